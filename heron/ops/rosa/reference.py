@@ -1,0 +1,126 @@
+"""Pure-Python ROSA: the brute-force oracle and the plain online suffix automaton.
+
+``rosa_oracle`` / ``rosa_qkv_oracle`` are written straight from spec/ROSA.md §1–2 (cubic time,
+tiny inputs only). ``SuffixAutomatonROSA`` is the structure of the official reference (dict
+transitions, suffix links, last-end-position update along the suffix-link chain): correct, but
+quadratic on constant or periodic streams. It is the baseline the fast paths are measured
+against and the oracle validates it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def rosa_qkv_oracle(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> list[int]:
+    """Brute force QKV ROSA on one stream: O(T^3)."""
+    length = len(q)
+    if not (len(k) == len(v) == length):
+        raise ValueError("q, k and v must have the same length")
+    out = [-1] * length
+    for i in range(length):
+        best_len, best_end = 0, -1
+        for j in range(i):  # key end positions strictly before i
+            match = 0
+            while match <= j and q[i - match] == k[j - match]:
+                match += 1
+            if match > 0 and match >= best_len:  # ties: the later j wins
+                best_len, best_end = match, j
+        if best_len > 0:
+            out[i] = v[best_end + 1]
+    return out
+
+
+def rosa_oracle(x: Sequence[int]) -> list[int]:
+    """Brute force token ROSA on one stream (QKV ROSA with q = k = v = x)."""
+    return rosa_qkv_oracle(x, x, x)
+
+
+class SuffixAutomatonROSA:
+    """Online QKV ROSA on one stream with a suffix automaton of the keys.
+
+    ``push(q, k, v)`` returns the output for the new position: the query ``q`` is matched against
+    the keys seen so far, then ``k`` (and ``v``) are appended. The match keeps its state across
+    pushes (matching statistics), and each state stores the last end position of its strings,
+    updated along the suffix-link chain (the official structure; quadratic on periodic streams).
+    """
+
+    def __init__(self) -> None:
+        self.next: list[dict[int, int]] = [{}]
+        self.link: list[int] = [-1]
+        self.length: list[int] = [0]
+        self.last_end: list[int] = [-1]
+        self.last = 0
+        self.keys: list[int] = []
+        self.values: list[int] = []
+        self.match_state = 0
+        self.match_len = 0
+
+    def _new_state(self, length: int, link: int, transitions: dict[int, int], last_end: int) -> int:
+        self.next.append(dict(transitions))
+        self.link.append(link)
+        self.length.append(length)
+        self.last_end.append(last_end)
+        return len(self.length) - 1
+
+    def _extend(self, symbol: int) -> None:
+        position = len(self.keys) - 1
+        cur = self._new_state(self.length[self.last] + 1, -1, {}, position)
+        p = self.last
+        while p != -1 and symbol not in self.next[p]:
+            self.next[p][symbol] = cur
+            p = self.link[p]
+        if p == -1:
+            self.link[cur] = 0
+        else:
+            q = self.next[p][symbol]
+            if self.length[p] + 1 == self.length[q]:
+                self.link[cur] = q
+            else:
+                clone = self._new_state(
+                    self.length[p] + 1, self.link[q], self.next[q], self.last_end[q]
+                )
+                while p != -1 and self.next[p].get(symbol) == q:
+                    self.next[p][symbol] = clone
+                    p = self.link[p]
+                self.link[q] = clone
+                self.link[cur] = clone
+                # The matcher may sit in the state that was just split: move it to the part
+                # that holds strings of its length.
+                if self.match_state == q and self.match_len <= self.length[clone]:
+                    self.match_state = clone
+        self.last = cur
+        # Every suffix of the keys now ends at `position`: the official last-end update.
+        state = self.link[cur]
+        while state > 0:
+            self.last_end[state] = position
+            state = self.link[state]
+
+    def push(self, q: int, k: int, v: int) -> int:
+        state, length = self.match_state, self.match_len
+        while state != 0 and q not in self.next[state]:
+            state = self.link[state]
+            length = min(length, self.length[state])
+        if q in self.next[state]:
+            state = self.next[state][q]
+            length += 1
+        else:
+            state, length = 0, 0
+        self.match_state, self.match_len = state, length
+        # v[i] is visible to the output at i (the match may end at j = i - 1).
+        self.values.append(v)
+        out = self.values[self.last_end[state] + 1] if length > 0 else -1
+        self.keys.append(k)
+        self._extend(k)
+        return out
+
+
+def rosa_qkv_automaton(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> list[int]:
+    """QKV ROSA on one stream through :class:`SuffixAutomatonROSA`."""
+    sam = SuffixAutomatonROSA()
+    return [sam.push(int(a), int(b), int(c)) for a, b, c in zip(q, k, v)]
+
+
+def rosa_automaton(x: Sequence[int]) -> list[int]:
+    """Token ROSA on one stream through :class:`SuffixAutomatonROSA`."""
+    return rosa_qkv_automaton(x, x, x)
