@@ -1,0 +1,201 @@
+"""WKV7 benchmark: Heron's kernels on the shapes of ANCHORS.md (+ T = 512 and head size 16),
+forward and forward+backward, bf16 in/out, medians of ``triton.testing.do_bench``; fla's
+``chunk_rwkv7`` is measured in the same run when it is installed (it is optional).
+
+    python benchmarks/wkv7.py               # GPU table (needs CUDA)
+    python benchmarks/wkv7.py --cpu         # CPU: chunked PyTorch vs the per-step loop
+    python benchmarks/wkv7.py --json out.json
+
+The anchors (H100, from ANCHORS.md) are printed beside the figures for reference; only fla is
+re-measured here, so ratios against the BlinkDL anchors compare against figures measured on the
+project's H100 in an earlier run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from heron.ops.wkv7 import w_to_fla_log_decay, wkv7, wkv7_chunked, wkv7_reference  # noqa: E402
+
+# (B, T, H, N): anchor fwd+bwd in ms (best of BlinkDL v3 / fla from ANCHORS.md) or None.
+GPU_SHAPES = [
+    ((8, 4096, 32, 64), {"blinkdl_v3": (2.50, 8.38), "fla_chunk_safe": (3.64, 12.93)}),
+    ((32, 1024, 12, 64), {"blinkdl_v3": (0.82, 3.16), "fla_chunk_safe": (1.39, 5.01)}),
+    ((4, 16384, 32, 64), {"blinkdl_v3": (8.48, 29.31), "fla_chunk_safe": (7.26, 25.91)}),
+    ((8, 512, 32, 64), {}),
+    ((8, 4096, 128, 16), {}),
+]
+
+
+def make_inputs(B, T, H, N, dtype, device, seed=0):
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator, device=device, dtype=torch.float32)
+
+    r = normal(B, T, H, N) * 0.5
+    k = normal(B, T, H, N) * 0.5
+    v = normal(B, T, H, N)
+    w = -torch.nn.functional.softplus(-(normal(B, T, H, N) - 1.0)) - 0.5
+    kk = torch.nn.functional.normalize(normal(B, T, H, N), dim=-1)
+    a = -kk
+    b = kk * torch.sigmoid(normal(B, T, H, N))
+    return [x.to(dtype).contiguous() for x in (r, w, k, v, a, b)]
+
+
+def _load_fla():
+    try:
+        from fla.ops.rwkv7 import chunk_rwkv7
+    except Exception as exc:  # not installed, or broken for this torch/triton
+        return None, f"{type(exc).__name__}: {exc}"
+    return chunk_rwkv7, None
+
+
+def bench_gpu(args):
+    import triton.testing
+
+    device = torch.device("cuda")
+    chunk_rwkv7, fla_error = _load_fla()
+    rows = []
+    for (B, T, H, N), anchors in GPU_SHAPES:
+        if args.quick and T * B > 40000:
+            continue
+        inputs = make_inputs(B, T, H, N, torch.bfloat16, device)
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        grad_y = torch.randn_like(inputs[0])
+
+        def heron_forward():
+            with torch.no_grad():
+                return wkv7(*inputs, backend="cuda")
+
+        def heron_forward_backward():
+            y = wkv7(*leaves, backend="cuda")
+            y.backward(grad_y)
+
+        row = {"shape": (B, T, H, N), "dtype": "bf16", "anchors": anchors}
+        row["heron_fwd_ms"] = triton.testing.do_bench(heron_forward, return_mode="median")
+        row["heron_fwdbwd_ms"] = triton.testing.do_bench(
+            heron_forward_backward, grad_to_none=leaves, return_mode="median"
+        )
+        state = torch.zeros(B, H, N, N, device=device, requires_grad=True)
+
+        def heron_state_forward_backward():
+            y, s = wkv7(*leaves, state, return_state=True, backend="cuda")
+            torch.autograd.backward((y, s), (grad_y, torch.ones_like(s)))
+
+        row["heron_state_fwdbwd_ms"] = triton.testing.do_bench(
+            heron_state_forward_backward, grad_to_none=leaves + [state], return_mode="median"
+        )
+        if chunk_rwkv7 is not None:
+            r, w, k, v, a, b = inputs
+            log_decay = w_to_fla_log_decay(w.float()).to(w.dtype)
+            fla_leaves = [x.clone().requires_grad_() for x in (r, log_decay, k, v, a, b)]
+
+            def fla_forward():
+                with torch.no_grad():
+                    return chunk_rwkv7(r, log_decay, k, v, a, b, scale=1.0)[0]
+
+            def fla_forward_backward():
+                o = chunk_rwkv7(*fla_leaves, scale=1.0)[0]
+                o.backward(grad_y)
+
+            row["fla_fwd_ms"] = triton.testing.do_bench(fla_forward, return_mode="median")
+            row["fla_fwdbwd_ms"] = triton.testing.do_bench(
+                fla_forward_backward, grad_to_none=fla_leaves, return_mode="median"
+            )
+        rows.append(row)
+        print(_format_row(row), flush=True)
+        del inputs, leaves, grad_y
+        torch.cuda.empty_cache()
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "fla": "measured" if chunk_rwkv7 is not None else f"not measured ({fla_error})",
+        "rows": rows,
+    }
+
+
+def _format_row(row):
+    text = (
+        f"{row['shape']} {row['dtype']}: heron fwd {row['heron_fwd_ms']:.3f} ms, "
+        f"fwd+bwd {row['heron_fwdbwd_ms']:.3f} ms (with state in/out {row['heron_state_fwdbwd_ms']:.3f})"
+    )
+    if "fla_fwd_ms" in row:
+        text += f"; fla fwd {row['fla_fwd_ms']:.3f}, fwd+bwd {row['fla_fwdbwd_ms']:.3f}"
+    for name, (fwd, fwdbwd) in row["anchors"].items():
+        text += f"; anchor {name} {fwd}/{fwdbwd} (x{fwdbwd / row['heron_fwdbwd_ms']:.2f})"
+    return text
+
+
+def _best_of(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_cpu(args):
+    results = {"threads": torch.get_num_threads(), "rows": []}
+    shapes = [(4, 1024, 4, 64), (600, 128, 2, 16), (32, 128, 2, 16)]
+    for B, T, H, N in shapes:
+        inputs = make_inputs(B, T, H, N, torch.float32, torch.device("cpu"))
+        with torch.no_grad():
+            chunked = _best_of(lambda: wkv7_chunked(*inputs), 5)
+            loop = _best_of(lambda: wkv7_reference(*inputs), 2)
+        leaves = [x.clone().requires_grad_() for x in inputs]
+
+        def train_step(fn):
+            y, s = fn(*leaves)
+            (y.square().sum() + s.sum()).backward()
+
+        chunked_train = _best_of(lambda: train_step(wkv7_chunked), 3)
+        loop_train = _best_of(lambda: train_step(wkv7_reference), 1)
+        row = {
+            "shape": (B, T, H, N),
+            "chunked_fwd_s": chunked,
+            "loop_fwd_s": loop,
+            "fwd_speedup": loop / chunked,
+            "chunked_fwdbwd_s": chunked_train,
+            "loop_fwdbwd_s": loop_train,
+            "fwdbwd_speedup": loop_train / chunked_train,
+        }
+        results["rows"].append(row)
+        print(
+            f"CPU {row['shape']} fp32, {results['threads']} thread(s): chunked fwd {chunked * 1e3:.1f} ms vs "
+            f"step loop {loop * 1e3:.1f} ms (x{row['fwd_speedup']:.1f}); fwd+bwd {chunked_train * 1e3:.1f} ms "
+            f"vs {loop_train * 1e3:.1f} ms (x{row['fwdbwd_speedup']:.1f})",
+            flush=True,
+        )
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="CPU benchmark (chunked vs step loop)")
+    parser.add_argument("--quick", action="store_true", help="skip the largest GPU shapes")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.cpu:
+        results = bench_cpu(args)
+    else:
+        if not torch.cuda.is_available():
+            parser.error("the GPU benchmark needs a CUDA device (use --cpu for the CPU benchmark)")
+        results = bench_gpu(args)
+        print(f"device: {results['device']}; fla: {results['fla']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

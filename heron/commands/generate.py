@@ -1,0 +1,174 @@
+"""``heron generate``: continue a prompt with a trained model, or measure its copy ability.
+
+The prompt is prefilled in GPT mode (one pass over all its tokens), then every new token is one
+RNN-mode step; with ROSA the model state keeps one online automaton per stream, so a step costs
+the same at token 10 and token 10,000. Generation stops at ``--max-tokens`` or at a stop token
+(by default end-of-text, id 0).
+
+Examples:
+  heron generate --checkpoint runs/text/model.safetensors --prompt "def main(" --max-tokens 200 --stream
+  heron generate --checkpoint model.safetensors --prompt "Once" --temperature 0.8 --top-p 0.9 --seed 1
+  heron generate --checkpoint model.safetensors --copy-eval          # issue-7 copy protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint (or run the copy-ability evaluation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="heron .safetensors file or official checkpoint")
+    parser.add_argument("--prompt", default=None, help="prompt text (default: start from end-of-text)")
+    parser.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
+    parser.add_argument("--max-tokens", type=int, default=200, help="tokens to generate per sample (default 200)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1 = off)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (default 0 = off)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent continuations, generated as one batch")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (one sample)")
+    parser.add_argument("--tokenizer", choices=["auto", "world", "bytes"], default="auto",
+                        help="auto: bytes for a 257-token vocabulary, else world (default auto)")
+    parser.add_argument("--stop-token", type=int, action="append", default=None,
+                        help="stop at this token id (repeatable; default: end-of-text 0)")
+    parser.add_argument("--no-stop", action="store_true", help="ignore stop tokens, always generate --max-tokens")
+    parser.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
+    parser.add_argument("--full-recompute", action="store_true",
+                        help="baseline: run the whole context through the model for every token")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default=None,
+                        help="convert the model's floating parameters (default: as stored)")
+    parser.add_argument("--timing", action="store_true", help="print prefill/decode speed to stderr")
+    copy = parser.add_argument_group("copy-ability evaluation (replaces generation)")
+    copy.add_argument("--copy-eval", action="store_true",
+                      help="draw --copy-length tokens from the --copy-pool most frequent validation tokens, prompt "
+                           "with them plus their first --copy-cue, decode the rest greedily, report the share copied")
+    copy.add_argument("--copy-trials", type=int, default=200, help="number of random sequences (default 200)")
+    copy.add_argument("--copy-length", type=int, default=64, help="tokens per random sequence (default 64)")
+    copy.add_argument("--copy-cue", type=int, default=8, help="tokens repeated as the cue (default 8)")
+    copy.add_argument("--copy-pool", type=int, default=1000, help="draw from this many most frequent tokens (default 1000)")
+    copy.add_argument("--copy-data", nargs="+", default=None,
+                      help="text/jsonl/binidx files whose token frequencies define the pool "
+                           "(default: the demo corpus validation split)")
+    copy.add_argument("--copy-seed", type=int, default=0, help="seed of the draws (default 0)")
+    copy.add_argument("--copy-batch-size", type=int, default=50, help="trials decoded together (default 50)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=run)
+
+
+def _resolve_tokenizer(name: str, vocab_size: int | None):
+    from heron.data.tokenizers import get_tokenizer
+
+    if name == "auto":
+        name = "bytes" if vocab_size == 257 else "world"
+    if vocab_size is not None and name == "bytes" and vocab_size < 257:
+        raise ValueError(f"--tokenizer bytes needs a vocabulary of 257, the model has {vocab_size}")
+    if vocab_size is not None and name == "world" and vocab_size < 65530:
+        raise ValueError(f"--tokenizer world needs a vocabulary of at least 65530 ids, the model has {vocab_size}; "
+                         "pass --tokenizer bytes for a byte-level model")
+    return get_tokenizer(name)
+
+
+def _check_arguments(args) -> None:
+    if args.max_tokens < 0:
+        raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.stream and args.num_samples != 1:
+        raise ValueError("--stream prints one sample: use --num-samples 1")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("--prompt and --prompt-file: pass one of them")
+    for name in ("copy_trials", "copy_length", "copy_cue", "copy_pool", "copy_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def run(args) -> int:
+    import torch
+
+    from heron.models.load import load
+
+    _check_arguments(args)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load(args.checkpoint, device=device, dtype=dtype).eval()
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if args.copy_eval:
+        return _run_copy_eval(args, model, vocab_size)
+    return _run_generation(args, model, vocab_size)
+
+
+def _run_generation(args, model, vocab_size) -> int:
+    from heron.data.tokenizers import END_OF_TEXT, StreamDecoder
+    from heron.generate import generate
+
+    tokenizer = _resolve_tokenizer(args.tokenizer, vocab_size)
+    if args.prompt_file is not None:
+        with open(args.prompt_file, encoding="utf-8") as handle:
+            prompt_text = handle.read()
+    else:
+        prompt_text = args.prompt or ""
+    prompt = tokenizer.encode(prompt_text) or [END_OF_TEXT]
+    stop_tokens = [] if args.no_stop else (args.stop_token if args.stop_token is not None else [END_OF_TEXT])
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(prompt_text)
+        out.flush()
+    on_token = None
+    decoder = None
+    if args.stream:
+        decoder = StreamDecoder(tokenizer)
+
+        def on_token(row, token):
+            if token not in stop_tokens:
+                out.write(decoder.feed(token))
+                out.flush()
+
+    result = generate(model, [prompt] * args.num_samples, args.max_tokens, temperature=args.temperature,
+                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_tokens=stop_tokens,
+                      on_token=on_token, incremental=not args.full_recompute)
+    if decoder is not None:
+        out.write(decoder.flush() + "\n")
+    else:
+        for index, tokens in enumerate(result.tokens):
+            if args.num_samples > 1:
+                out.write(f"\n--- sample {index + 1} ---\n" + ("" if args.no_echo else prompt_text))
+            out.write(tokenizer.decode(tokens) + "\n")
+    out.flush()
+    if args.timing:
+        generated = result.generated_count
+        print(f"prefill {len(prompt)} tokens x {args.num_samples}: {1000 * result.prefill_seconds:.1f} ms; "
+              f"decode {generated} tokens: {result.decode_seconds:.3f} s "
+              f"({generated / max(result.decode_seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
+    return 0
+
+
+def _run_copy_eval(args, model, vocab_size) -> int:
+    from heron.data.text import TextSource, most_frequent_tokens
+    from heron.generate.copy_eval import copy_eval
+
+    tokenizer = _resolve_tokenizer(args.tokenizer, vocab_size)
+    if args.copy_data:
+        tokens = TextSource.from_files(args.copy_data, 1, tokenizer=tokenizer).tokens
+        origin = ", ".join(args.copy_data)
+    else:
+        tokens = TextSource.demo("validation", 1, tokenizer=tokenizer).tokens
+        origin = "demo corpus validation split"
+    pool = most_frequent_tokens(tokens, args.copy_pool)
+    started = time.perf_counter()
+    result = copy_eval(model, pool, trials=args.copy_trials, length=args.copy_length, cue=args.copy_cue,
+                       seed=args.copy_seed, batch_size=args.copy_batch_size, incremental=not args.full_recompute)
+    elapsed = time.perf_counter() - started
+    print(f"{result.summary()}; pool = {args.copy_pool} most frequent {tokenizer.name} tokens of {origin}, "
+          f"seed {args.copy_seed} [{elapsed:.1f} s]")
+    return 0

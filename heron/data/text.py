@@ -1,0 +1,452 @@
+"""Text data for language-model training: a batch source over token streams.
+
+Sources of text:
+- ``.txt`` files (one document each) and ``.jsonl`` files (one document per line: a JSON object
+  with a ``"text"`` string, or a bare JSON string), tokenized once and cached as a ``.npy`` memmap;
+- the official RWKV / Megatron ``binidx`` format (``PREFIX.bin`` + ``PREFIX.idx``), already token
+  ids, read in place through ``numpy.memmap``;
+- the offline demo corpus (``demo_corpus_documents``), identical on every machine.
+
+Documents are concatenated, each followed by the end-of-text id 0, so a model learns where a
+document ends and a window crossing a boundary sees the separator. ``TextSource.batch`` draws
+random windows with the trainer's ``torch.Generator`` only (the data contract of docs/design.md),
+so a saved generator state resumes the exact batch sequence.
+
+The demo corpus is the Python source (code and its English documentation strings) of the pinned
+PyPI package ``music21==10.5.1`` (BSD-3-Clause), an optional dependency of the project
+(``heron[music]``). Its bundled musical corpus (``music21/corpus/``) is left out — the music
+task uses it — and so are the two test modules that are MusicXML dumps
+(``musicxml/testPrimitive.py``, ``musicxml/testFiles.py``), as are empty files: 258 files,
+10,205,376 bytes. Each file, in sorted order of its path inside the package, is one document;
+every tenth (indices 9, 19, ...: 25 files, 907,053 bytes) is the validation split, the rest the
+training split. The files' content hash is checked on
+every load, so the corpus cannot silently differ between machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heron.data.tokenizers import END_OF_TEXT, get_tokenizer
+
+__all__ = [
+    "TextSource",
+    "tokenize_documents",
+    "iter_documents",
+    "load_token_file",
+    "read_binidx",
+    "write_binidx",
+    "demo_corpus_documents",
+    "demo_corpus_tokens",
+    "most_frequent_tokens",
+    "DEMO_CORPUS_PACKAGE",
+    "DEMO_CORPUS_VERSION",
+    "DEMO_CORPUS_SHA256",
+    "default_cache_dir",
+]
+
+DEMO_CORPUS_PACKAGE = "music21"
+DEMO_CORPUS_VERSION = "10.5.1"
+DEMO_CORPUS_EXCLUDED = ("corpus/", "musicxml/testPrimitive.py", "musicxml/testFiles.py")
+DEMO_CORPUS_VALIDATION_EVERY = 10
+# sha256 over (relative path, NUL, length, NUL, content) of every selected file in sorted order
+DEMO_CORPUS_SHA256 = "92fbef8c204d0500f50cb12f9b141625c846dafeac517402c17e00fab5563e12"
+
+_CACHE_FORMAT = "heron-text-cache-v1"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/heron/tokens`` (``~/.cache/heron/tokens``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "heron" / "tokens"
+
+
+def _token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def _resolve_tokenizer(tokenizer):
+    if isinstance(tokenizer, str):
+        return get_tokenizer(tokenizer)
+    for attribute in ("encode_bytes", "vocab_size", "fingerprint"):
+        if not hasattr(tokenizer, attribute):
+            raise TypeError(f"tokenizer: expected a tokenizer name or object with .{attribute}, "
+                            f"got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# documents
+
+def iter_documents(path: str | Path) -> Iterable[bytes]:
+    """The documents of one ``.txt`` (the whole file) or ``.jsonl`` file (one per line), as UTF-8 bytes."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        yield path.read_bytes()
+    elif suffix == ".jsonl":
+        with path.open("rb") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"data: {path}:{line_number} is not valid JSON ({exc.msg})") from None
+                if isinstance(record, dict):
+                    record = record.get("text")
+                if not isinstance(record, str):
+                    raise ValueError(f"data: {path}:{line_number}: expected an object with a \"text\" string "
+                                     "or a JSON string")
+                yield record.encode("utf-8")
+    else:
+        raise ValueError(f"data: {path} has an unsupported extension {path.suffix!r}; "
+                         "expected .txt, .jsonl or a binidx prefix (.bin/.idx)")
+
+
+def tokenize_documents(documents: Iterable[bytes | str], tokenizer="world") -> np.ndarray:
+    """Concatenate the tokenized documents, each followed by end-of-text (id 0)."""
+    tokenizer = _resolve_tokenizer(tokenizer)
+    pieces = []
+    for index, document in enumerate(documents):
+        if isinstance(document, str):
+            document = document.encode("utf-8")
+        elif not isinstance(document, (bytes, bytearray)):
+            raise TypeError(f"documents[{index}]: expected str or bytes, got {type(document).__name__}")
+        pieces.append(np.asarray(tokenizer.encode_bytes(bytes(document)) + [END_OF_TEXT],
+                                 dtype=_token_dtype(tokenizer.vocab_size)))
+    if not pieces:
+        return np.zeros(0, dtype=_token_dtype(tokenizer.vocab_size))
+    return np.concatenate(pieces)
+
+
+# ----------------------------------------------------------------------------------------------
+# binidx (Megatron MMapIndexedDataset, as used by RWKV-LM)
+
+_BINIDX_MAGIC = b"MMIDIDX\x00\x00"
+_BINIDX_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
+                  6: np.float64, 7: np.float64, 8: np.uint16}
+_BINIDX_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3,
+                 np.dtype(np.int32): 4, np.dtype(np.int64): 5, np.dtype(np.uint16): 8}
+
+
+def _binidx_prefix(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".bin", ".idx") else path
+
+
+def read_binidx(path: str | Path) -> np.ndarray:
+    """Token stream of a binidx pair (``PREFIX``, ``PREFIX.bin`` or ``PREFIX.idx``) as a read-only
+    memmap of the ``.bin`` file; the ``.idx`` header is validated against it. The official
+    converter already ends every document with token 0, so nothing is inserted."""
+    prefix = _binidx_prefix(path)
+    index_path, data_path = prefix.with_suffix(".idx"), prefix.with_suffix(".bin")
+    for required in (index_path, data_path):
+        if not required.exists():
+            raise FileNotFoundError(f"data: binidx file {required} not found")
+    with index_path.open("rb") as handle:
+        header = handle.read(9 + 8 + 1 + 8 + 8)
+    if len(header) < 34 or header[:9] != _BINIDX_MAGIC:
+        raise ValueError(f"data: {index_path} is not a binidx index (bad magic)")
+    (version,) = struct.unpack("<Q", header[9:17])
+    if version != 1:
+        raise ValueError(f"data: {index_path} has binidx version {version}; only version 1 is supported")
+    dtype_code = header[17]
+    if dtype_code not in _BINIDX_DTYPES or _BINIDX_DTYPES[dtype_code] == np.float64:
+        raise ValueError(f"data: {index_path} declares dtype code {dtype_code}; expected an integer dtype")
+    dtype = np.dtype(_BINIDX_DTYPES[dtype_code])
+    sequence_count, _document_count = struct.unpack("<QQ", header[18:34])
+    sizes = np.memmap(index_path, dtype=np.int32, mode="r", offset=34, shape=(sequence_count,)) \
+        if sequence_count else np.zeros(0, dtype=np.int32)
+    total = int(sizes.sum(dtype=np.int64))
+    data_bytes = data_path.stat().st_size
+    if data_bytes != total * dtype.itemsize:
+        raise ValueError(f"data: {data_path} holds {data_bytes} bytes but its index describes "
+                         f"{total} tokens of {dtype.itemsize} bytes")
+    if total == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(data_path, dtype=dtype, mode="r")
+
+
+def write_binidx(path: str | Path, documents: Sequence[Sequence[int]], dtype=np.uint16) -> Path:
+    """Write token documents as a binidx pair (what RWKV-LM's converter produces: each
+    document is stored as given — append the end-of-text 0 yourself if you want it)."""
+    prefix = _binidx_prefix(path)
+    dtype = np.dtype(dtype)
+    if dtype not in _BINIDX_CODES:
+        raise ValueError(f"dtype: expected one of {sorted(str(d) for d in _BINIDX_CODES)}, got {dtype}")
+    arrays = [np.asarray(document, dtype=np.int64) for document in documents]
+    info = np.iinfo(dtype)
+    for index, array in enumerate(arrays):
+        if array.ndim != 1:
+            raise ValueError(f"documents[{index}]: expected a 1-D sequence of token ids")
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise ValueError(f"documents[{index}]: token ids do not fit in {dtype}")
+    sizes = np.asarray([array.size for array in arrays], dtype=np.int32)
+    pointers = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) * dtype.itemsize)[:-1]]).astype(np.int64) \
+        if len(arrays) else np.zeros(0, dtype=np.int64)
+    document_index = np.arange(len(arrays) + 1, dtype=np.int64)
+    with prefix.with_suffix(".bin").open("wb") as handle:
+        for array in arrays:
+            handle.write(array.astype(dtype).tobytes())
+    with prefix.with_suffix(".idx").open("wb") as handle:
+        handle.write(_BINIDX_MAGIC)
+        handle.write(struct.pack("<Q", 1))
+        handle.write(struct.pack("<B", _BINIDX_CODES[dtype]))
+        handle.write(struct.pack("<Q", len(arrays)))
+        handle.write(struct.pack("<Q", len(document_index)))
+        handle.write(sizes.tobytes())
+        handle.write(pointers.tobytes())
+        handle.write(document_index.tobytes())
+    return prefix
+
+
+# ----------------------------------------------------------------------------------------------
+# the tokenized cache
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_save(array: np.ndarray, destination: Path) -> None:
+    """Write-then-rename, so parallel ranks tokenizing the same data never read a half file."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, array)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; the cache is shared by the user's runs
+        os.replace(temporary, destination)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _cached(key: str, produce, cache_dir: Path | None) -> np.ndarray:
+    cache_path = (default_cache_dir() if cache_dir is None else Path(cache_dir)) / f"{key}.npy"
+    if cache_path.exists():
+        try:
+            return np.load(cache_path, mmap_mode="r")
+        except (ValueError, OSError):
+            pass  # a damaged cache entry is rebuilt below
+    _atomic_save(produce(), cache_path)
+    return np.load(cache_path, mmap_mode="r")
+
+
+def load_token_file(path: str | Path, tokenizer="world", cache_dir: str | Path | None = None) -> np.ndarray:
+    """Token stream of one data file: binidx is read in place; ``.txt``/``.jsonl`` are tokenized
+    once into a cached memmap keyed by the file's content hash and the tokenizer."""
+    path = Path(path)
+    prefix = _binidx_prefix(path)
+    if path.suffix in (".bin", ".idx") or (not path.exists() and prefix.with_suffix(".idx").exists()):
+        return read_binidx(prefix)
+    if not path.exists():
+        raise FileNotFoundError(f"data: {path} not found")
+    tokenizer = _resolve_tokenizer(tokenizer)
+    key = hashlib.sha256(
+        f"{_CACHE_FORMAT}|{tokenizer.fingerprint}|{path.suffix.lower()}|{_file_sha256(path)}".encode()
+    ).hexdigest()[:32]
+    return _cached(key, lambda: tokenize_documents(iter_documents(path), tokenizer), cache_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# the demo corpus
+
+def _demo_corpus_root() -> Path:
+    try:
+        from importlib import metadata
+        version = metadata.version(DEMO_CORPUS_PACKAGE)
+    except Exception:
+        version = None
+    if version is None:
+        raise FileNotFoundError(
+            f"the demo corpus is read from the pinned package {DEMO_CORPUS_PACKAGE}=={DEMO_CORPUS_VERSION}, "
+            f"which is not installed: pip install 'heron[music]' (or {DEMO_CORPUS_PACKAGE}=={DEMO_CORPUS_VERSION})")
+    if version != DEMO_CORPUS_VERSION:
+        raise ValueError(f"the demo corpus needs {DEMO_CORPUS_PACKAGE}=={DEMO_CORPUS_VERSION}, found {version}: "
+                         "other versions ship different text")
+    import importlib.util
+    spec = importlib.util.find_spec(DEMO_CORPUS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {DEMO_CORPUS_PACKAGE} has no source folder")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _demo_corpus_files() -> list[tuple[str, bytes]]:
+    root = _demo_corpus_root()
+    files = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root).as_posix()
+        if any(relative.startswith(excluded) for excluded in DEMO_CORPUS_EXCLUDED):
+            continue
+        content = path.read_bytes()
+        if content.strip():  # empty __init__.py files carry no text
+            files.append((relative, content))
+    files.sort(key=lambda item: item[0])
+    return files
+
+
+def _demo_corpus_digest(files: Sequence[tuple[str, bytes]]) -> str:
+    digest = hashlib.sha256()
+    for relative, content in files:
+        digest.update(relative.encode("utf-8") + b"\x00" + str(len(content)).encode() + b"\x00")
+        digest.update(content)
+    return digest.hexdigest()
+
+
+def demo_corpus_documents(split: str = "train") -> list[bytes]:
+    """Documents of the demo corpus split ``"train"``, ``"validation"`` or ``"all"``, after
+    checking the corpus' content hash."""
+    if split not in ("train", "validation", "all"):
+        raise ValueError(f"split: expected 'train', 'validation' or 'all', got {split!r}")
+    files = _demo_corpus_files()
+    digest = _demo_corpus_digest(files)
+    if digest != DEMO_CORPUS_SHA256:
+        raise ValueError(f"demo corpus content hash {digest} differs from the expected {DEMO_CORPUS_SHA256}: "
+                         f"the installed {DEMO_CORPUS_PACKAGE} files were modified")
+    every = DEMO_CORPUS_VALIDATION_EVERY
+    return [content for index, (_, content) in enumerate(files)
+            if split == "all" or (split == "validation") == (index % every == every - 1)]
+
+
+def demo_corpus_tokens(split: str = "train", tokenizer="world", cache_dir: str | Path | None = None) -> np.ndarray:
+    """The demo corpus split tokenized (cached like any text file)."""
+    tokenizer = _resolve_tokenizer(tokenizer)
+    if split not in ("train", "validation", "all"):
+        raise ValueError(f"split: expected 'train', 'validation' or 'all', got {split!r}")
+    documents = demo_corpus_documents(split)  # checks the hash every time
+    key = hashlib.sha256(f"{_CACHE_FORMAT}|{tokenizer.fingerprint}|demo|{DEMO_CORPUS_SHA256}|{split}".encode()
+                         ).hexdigest()[:32]
+    return _cached(key, lambda: tokenize_documents(documents, tokenizer), cache_dir)
+
+
+def most_frequent_tokens(tokens, count: int = 1000, exclude: Iterable[int] = (END_OF_TEXT,)) -> torch.Tensor:
+    """The ``count`` most frequent ids of a token stream (ties broken by smaller id), most
+    frequent first; ids in ``exclude`` (end-of-text by default) are left out."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    array = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"tokens: expected a 1-D integer token stream, got shape {array.shape} dtype {array.dtype}")
+    counts = np.bincount(array.astype(np.int64)) if array.size else np.zeros(0, dtype=np.int64)
+    for excluded in exclude:
+        if 0 <= excluded < counts.size:
+            counts[excluded] = 0
+    present = int((counts > 0).sum())
+    if present < count:
+        raise ValueError(f"count: the stream has only {present} distinct (non-excluded) tokens, asked for {count}")
+    order = np.lexsort((np.arange(counts.size), -counts))[:count]
+    return torch.from_numpy(order.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# the batch source
+
+class TextSource:
+    """Random ``seq_len``-token windows of a token stream: ``batch()`` returns inputs
+    ``tokens[s : s+T]`` and targets ``tokens[s+1 : s+T+1]`` for starts ``s`` drawn uniformly
+    with the given generator. Every position is scored (the end-of-text id is a target too)."""
+
+    def __init__(self, tokens, seq_len: int, vocab_size: int, name: str = "text"):
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ValueError(f"vocab_size: expected an int >= 2, got {vocab_size!r}")
+        array = tokens.numpy() if isinstance(tokens, torch.Tensor) else tokens
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"tokens: expected a 1-D integer token stream, got shape {array.shape} dtype {array.dtype}")
+        if array.size < seq_len + 1:
+            raise ValueError(f"tokens: the stream has {array.size} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+        self.tokens = array
+        self.seq_len = seq_len
+        self.vocab_size = vocab_size
+        self.name = name
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.size)
+
+    @property
+    def num_windows(self) -> int:
+        return self.num_tokens - self.seq_len
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        starts = torch.randint(0, self.num_windows, (batch_size,), generator=generator).numpy()
+        rows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)[None, :]]
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def sequential_batches(self, batch_size: int, max_batches: int | None = None):
+        """Non-overlapping windows in order (for a deterministic validation loss)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        starts = np.arange(0, self.num_windows, self.seq_len)
+        for batch_number, first in enumerate(range(0, len(starts), batch_size)):
+            if max_batches is not None and batch_number >= max_batches:
+                return
+            chunk = starts[first:first + batch_size]
+            rows = torch.from_numpy(self.tokens[chunk[:, None] + np.arange(self.seq_len + 1)[None, :]].astype(np.int64))
+            yield rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def holdout(self, fraction: float) -> tuple["TextSource", "TextSource"]:
+        """Split into (train, validation) with the last ``fraction`` of the stream held out,
+        cut just after an end-of-text when one is near, so documents are not shared."""
+        if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction: expected a float in (0, 1), got {fraction!r}")
+        cut = int(round(self.num_tokens * (1.0 - fraction)))
+        separators = np.flatnonzero(self.tokens[:cut] == END_OF_TEXT)
+        if separators.size and cut - separators[-1] <= max(self.seq_len, self.num_tokens // 100):
+            cut = int(separators[-1]) + 1
+        if cut < self.seq_len + 1 or self.num_tokens - cut < self.seq_len + 1:
+            raise ValueError(f"fraction: {fraction} leaves fewer than seq_len + 1 tokens on one side")
+        return (TextSource(self.tokens[:cut], self.seq_len, self.vocab_size, self.name + ":train"),
+                TextSource(self.tokens[cut:], self.seq_len, self.vocab_size, self.name + ":validation"))
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | Path] | str | Path, seq_len: int, tokenizer="world",
+                   cache_dir: str | Path | None = None) -> "TextSource":
+        """Concatenation of ``.txt`` / ``.jsonl`` / binidx files (each tokenized and cached once)."""
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        paths = list(paths)
+        if not paths:
+            raise ValueError("paths: expected at least one data file")
+        tokenizer = _resolve_tokenizer(tokenizer)
+        streams = [load_token_file(path, tokenizer, cache_dir) for path in paths]
+        for path, stream in zip(paths, streams):
+            if stream.size and int(stream.max()) >= tokenizer.vocab_size:
+                raise ValueError(f"data: {path} holds token id {int(stream.max())}, beyond the "
+                                 f"{tokenizer.name} vocabulary of {tokenizer.vocab_size}")
+        tokens = streams[0] if len(streams) == 1 else np.concatenate(streams)
+        return cls(tokens, seq_len, tokenizer.vocab_size, name=",".join(Path(p).name for p in paths))
+
+    @classmethod
+    def demo(cls, split: str = "train", seq_len: int = 512, tokenizer="world",
+             cache_dir: str | Path | None = None) -> "TextSource":
+        tokenizer = _resolve_tokenizer(tokenizer)
+        return cls(demo_corpus_tokens(split, tokenizer, cache_dir), seq_len, tokenizer.vocab_size,
+                   name=f"demo:{split}")
+
+    def __repr__(self) -> str:
+        return (f"TextSource({self.name!r}, {self.num_tokens} tokens, seq_len={self.seq_len}, "
+                f"vocab_size={self.vocab_size})")

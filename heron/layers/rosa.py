@@ -1,0 +1,312 @@
+"""ROSA layers (spec/ROSA.md §3): ``EmbROSA``, ``ROSABits``, the ROSA-QKV op and the ``ROSAQKV`` block.
+
+Parameter names and initial values are the official ones, so the official state dicts load
+unchanged: ``EmbROSA.emb`` (``nn.Embedding``), ``ROSABits.emb0 / emb1`` ``[1, 1, C]``,
+``ROSAQKV.x_q x_k x_v`` ``[1, 1, C]``, ``q k v o`` (``nn.Linear`` with bias) and
+``ROSAQKV.rosa_qkv.emb`` ``[1, 1, C]``.
+
+Every layer is called as ``layer(x, state=None, return_state=False)`` (docs/design.md). Without
+a state the whole sequence runs through :func:`heron.ops.rosa.rosa_qkv`; with a state given or
+``return_state=True`` the ROSA part runs through :class:`heron.ops.rosa.OnlineROSA`, so that the
+returned :class:`ROSAState` continues exactly where the chunk ended (RNN mode is ``T = 1``).
+Gradients of the thresholded inputs come from the estimator chosen per layer (``estimator=``,
+see :mod:`heron.ops.rosa.grad` and docs/estimators.md); the learned vectors get exact gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ops.rosa.grad import (
+    DEFAULT_WINDOW,
+    EstimatorConfig,
+    channel_decode_table,
+    check_activation,
+    check_bits,
+    pack_symbols,
+    qkv_decode_table,
+    rosa_channel,
+    rosa_qkv_channels,
+)
+
+__all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV"]
+
+
+@dataclass
+class ROSAState:
+    """State of a ROSA layer: the online automata of its streams and, for ``ROSAQKV``, the
+    token shift (the previous position's block input, ``[B, C]``)."""
+
+    automaton: object  # heron.ops.rosa.OnlineROSA
+    x_prev: torch.Tensor | None = None
+
+    def to(self, device) -> "ROSAState":
+        """The automata live on the CPU; only the token shift moves."""
+        return ROSAState(self.automaton, None if self.x_prev is None else self.x_prev.to(device))
+
+    def copy(self) -> "ROSAState":
+        return ROSAState(
+            self.automaton.copy(), None if self.x_prev is None else self.x_prev.clone()
+        )
+
+
+def _new_automaton(num_streams: int):
+    from ..ops.rosa import OnlineROSA
+
+    return OnlineROSA(num_streams)
+
+
+def _check_state(state, name: str, num_streams: int, need_shift: bool = False) -> None:
+    if state is None:
+        return
+    if not isinstance(state, ROSAState):
+        raise TypeError(f"state must be a ROSAState from a previous call of {name}, got {type(state).__name__}")
+    if state.automaton.num_streams != num_streams:
+        raise ValueError(
+            f"state holds {state.automaton.num_streams} streams but {name} needs {num_streams} "
+            "for this input (batch size or width changed?)"
+        )
+    if need_shift and state.x_prev is None:
+        raise ValueError(f"state of {name} must carry x_prev (the token shift)")
+
+
+def _refuse_grad_through_history(state, *tensors) -> None:
+    """The estimators treat a chunk as a whole stream; a carried history would make them wrong."""
+    if state is None or state.automaton.length == 0:
+        return
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise ValueError(
+            "gradients through a carried ROSA state are not supported (the estimators assume the "
+            "chunk starts the stream); run RNN-mode steps under torch.no_grad() or pass state=None"
+        )
+
+
+def _streams(symbols: torch.Tensor) -> torch.Tensor:
+    B, T, G = symbols.shape
+    return symbols.permute(0, 2, 1).reshape(B * G, T)
+
+
+def _unstreams(streams: torch.Tensor, B: int, G: int) -> torch.Tensor:
+    T = streams.shape[1]
+    return streams.reshape(B, G, T).permute(0, 2, 1)
+
+
+def _decode(table: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
+    B, T, G = y.shape
+    index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, G * bits)
+    return table.gather(0, index).reshape(B, T, G * bits)
+
+
+class EmbROSA(nn.Module):
+    """Token ROSA with a learned embedding: ``out[b, t] = emb[y[b, t]]``, zero where ``y = -1``.
+
+    Input: token ids ``[B, T]`` (int), values in ``[0, vocab_size)``. Exact gradients (the
+    embedding gets a scatter-add; nothing upstream is differentiable).
+    """
+
+    def __init__(self, vocab_size: int, n_embd: int):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("n_embd", n_embd)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.vocab_size = vocab_size
+        self.n_embd = n_embd
+        self.emb = nn.Embedding(vocab_size, n_embd)
+
+    def forward(self, idx: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx must be a torch.Tensor of token ids [B, T], got {type(idx).__name__}")
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex():
+            raise TypeError(f"idx must hold integer token ids, got {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape [B, T], got {tuple(idx.shape)}")
+        if idx.numel() > 0:
+            low, high = torch.aminmax(idx)
+            if int(low) < 0 or int(high) >= self.vocab_size:
+                raise ValueError(
+                    f"idx must hold token ids in [0, {self.vocab_size}), found [{int(low)}, {int(high)}]"
+                )
+        idx = idx.to(torch.int64)
+        _check_state(state, "EmbROSA", idx.shape[0])
+        if state is None and not return_state:
+            from ..ops.rosa import rosa
+
+            y = rosa(idx)
+        else:
+            automaton = state.automaton if state is not None else _new_automaton(idx.shape[0])
+            y = automaton.extend(idx, idx, idx).to(idx.device)
+            state = ROSAState(automaton)
+        out = self.emb(y.clamp_min(0)) * (y >= 0).unsqueeze(-1).to(self.emb.weight.dtype)
+        return (out, state) if return_state else out
+
+
+class ROSABits(nn.Module):
+    """The official n-bit channel ROSA layer: ``x > 0`` grouped ``bits`` channels per symbol,
+    token ROSA per group stream, output bit 1 -> ``emb1[c]``, bit 0 -> ``emb0[c]``.
+
+    ``no_match``: ``"zero"`` (no match gives 0, the official 1-bit layer) or ``"symbol0"`` (no
+    match decodes as symbol 0, i.e. ``emb0``, the official 4-bit layer); the default follows the
+    official layer for the chosen ``bits`` (``"zero"`` for 1 bit, ``"symbol0"`` otherwise).
+    ``estimator``: ``"flip"`` (official), ``"window"`` (flip truncated to ``window`` positions),
+    ``"value"`` (copy-through); ``tau`` is the flip denominator floor.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        bits: int = 1,
+        estimator: str = "flip",
+        tau: float = 1e-3,
+        window: int = DEFAULT_WINDOW,
+        no_match: str | None = None,
+    ):
+        super().__init__()
+        bits = check_bits(bits)
+        if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
+            raise ValueError(f"n_embd must be a positive int, got {n_embd!r}")
+        if n_embd % bits != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by bits ({bits})")
+        self.n_embd, self.bits = n_embd, bits
+        self.no_match = no_match if no_match is not None else ("zero" if bits == 1 else "symbol0")
+        self.config = EstimatorConfig(estimator, tau, window)
+        channel_decode_table(torch.zeros(1), torch.zeros(1), 1, self.no_match)  # validates no_match
+        self.emb0 = nn.Parameter(torch.full((1, 1, n_embd), -1e-5))
+        self.emb1 = nn.Parameter(torch.full((1, 1, n_embd), 1e-5))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.n_embd}, bits={self.bits}, estimator={self.config.estimator!r}, "
+            f"tau={self.config.tau}, no_match={self.no_match!r}"
+        )
+
+    def decode_table(self) -> torch.Tensor:
+        return channel_decode_table(self.emb0, self.emb1, self.bits, self.no_match)
+
+    def forward(self, x: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
+        check_activation("x", x, self.n_embd, self.bits)
+        B, T, _ = x.shape
+        G = self.n_embd // self.bits
+        _check_state(state, "ROSABits", B * G)
+        table = self.decode_table().to(x.device)
+        if state is None and not return_state:
+            return rosa_channel(x, table, self.bits, self.config)
+        _refuse_grad_through_history(state, x)
+        automaton = state.automaton if state is not None else _new_automaton(B * G)
+        fresh = automaton.length == 0
+        streams = _streams(pack_symbols(x.detach(), self.bits)).cpu()
+        y = _unstreams(automaton.extend(streams, streams, streams), B, G).to(x.device)
+        if fresh and torch.is_grad_enabled() and x.requires_grad:
+            out = rosa_channel(x, table, self.bits, self.config)  # same output, with the estimator
+        else:
+            out = _decode(table, y, self.bits).to(x.dtype)
+        return out, ROSAState(automaton)
+
+
+class ROSAQKVOp(nn.Module):
+    """The ROSA-QKV op: QKV ROSA on ``bits``-channel groups of ``q > 0``, ``k > 0``, ``v > 0``;
+    output bit 1 -> ``+emb[c]``, bit 0 -> ``-emb[c]``. ``no_match``: ``"symbol0"`` (``-emb``, the
+    official 1-bit op) or ``"zero"`` (``0``, the official 4-bit op); the default follows ``bits``."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        bits: int = 1,
+        estimator: str = "flip",
+        tau: float = 1e-3,
+        window: int = DEFAULT_WINDOW,
+        no_match: str | None = None,
+    ):
+        super().__init__()
+        bits = check_bits(bits)
+        if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
+            raise ValueError(f"n_embd must be a positive int, got {n_embd!r}")
+        if n_embd % bits != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by bits ({bits})")
+        self.n_embd, self.bits = n_embd, bits
+        self.no_match = no_match if no_match is not None else ("symbol0" if bits == 1 else "zero")
+        self.config = EstimatorConfig(estimator, tau, window)
+        qkv_decode_table(torch.zeros(1), 1, self.no_match)  # validates no_match
+        self.emb = nn.Parameter(torch.full((1, 1, n_embd), 1.0))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.n_embd}, bits={self.bits}, estimator={self.config.estimator!r}, "
+            f"tau={self.config.tau}, no_match={self.no_match!r}"
+        )
+
+    def decode_table(self) -> torch.Tensor:
+        return qkv_decode_table(self.emb, self.bits, self.no_match)
+
+    def forward(self, q, k, v, automaton=None):
+        """``automaton``: an ``OnlineROSA`` to continue (it is advanced in place), or ``None``."""
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_activation(name, t, self.n_embd, self.bits)
+        table = self.decode_table().to(q.device)
+        if automaton is None:
+            return rosa_qkv_channels(q, k, v, table, self.bits, self.config)
+        if not (q.shape == k.shape == v.shape):
+            raise ValueError(
+                f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        B, T, C = q.shape
+        G = C // self.bits
+        fresh = automaton.length == 0
+        streams = [_streams(pack_symbols(t.detach(), self.bits)).cpu() for t in (q, k, v)]
+        y = _unstreams(automaton.extend(*streams), B, G).to(q.device)
+        if fresh and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return rosa_qkv_channels(q, k, v, table, self.bits, self.config)
+        return _decode(table, y, self.bits).to(q.dtype)
+
+
+class ROSAQKV(nn.Module):
+    """The ROSA-QKV block of the official RWKV-8 task models (spec/ROSA.md §3):
+
+        xx = shift(x) - x;  q, k, v = x + xx * x_q, x + xx * x_k, x + xx * x_v
+        out = o(rosa_qkv(q(q), k(k), v(v)))
+
+    ``shift(x)[t] = x[t-1]`` with ``state.x_prev`` (or zeros) at ``t = 0``.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        bits: int = 1,
+        estimator: str = "flip",
+        tau: float = 1e-3,
+        window: int = DEFAULT_WINDOW,
+        no_match: str | None = None,
+    ):
+        super().__init__()
+        self.n_embd, self.bits = n_embd, bits
+        self.rosa_qkv = ROSAQKVOp(n_embd, bits, estimator, tau, window, no_match)
+        self.x_q = nn.Parameter(torch.zeros(1, 1, n_embd))
+        self.x_k = nn.Parameter(torch.zeros(1, 1, n_embd))
+        self.x_v = nn.Parameter(torch.zeros(1, 1, n_embd))
+        self.q = nn.Linear(n_embd, n_embd)
+        self.k = nn.Linear(n_embd, n_embd)
+        self.v = nn.Linear(n_embd, n_embd)
+        self.o = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
+        check_activation("x", x, self.n_embd, self.bits)
+        B, T, C = x.shape
+        G = C // self.bits
+        _check_state(state, "ROSAQKV", B * G, need_shift=True)
+        if state is not None and tuple(state.x_prev.shape) != (B, C):
+            raise ValueError(f"state.x_prev must have shape [{B}, {C}], got {tuple(state.x_prev.shape)}")
+        first = state.x_prev.to(x.dtype).unsqueeze(1) if state is not None else x.new_zeros(B, 1, C)
+        shifted = torch.cat([first, x[:, :-1]], dim=1)
+        xx = shifted - x
+        q = self.q(x + xx * self.x_q)
+        k = self.k(x + xx * self.x_k)
+        v = self.v(x + xx * self.x_v)
+        if state is None and not return_state:
+            return self.o(self.rosa_qkv(q, k, v))
+        _refuse_grad_through_history(state, q, k, v)
+        automaton = state.automaton if state is not None else _new_automaton(B * G)
+        y = self.rosa_qkv(q, k, v, automaton=automaton)
+        x_prev = x[:, -1].detach() if T > 0 else state.x_prev if state is not None else x.new_zeros(B, C)
+        return self.o(y), ROSAState(automaton, x_prev)

@@ -1,0 +1,527 @@
+"""Trainable ROSA: autograd Functions for the channel and QKV ROSA ops and their gradient estimators.
+
+ROSA is piecewise constant in its float inputs (spec/ROSA.md §3–4). The ops here threshold float
+activations into symbol streams (``x > 0``, grouped ``bits`` channels per symbol), run exact ROSA
+on them (``heron.ops.rosa.rosa_qkv``) and decode every output symbol ``y`` (``-1`` = no match)
+through a *decode table* ``table[y + 1, c]``: the layer output at channel ``c`` when the symbol of
+its group is ``y``. Every official layer variant is such a table built from its learned vectors
+(:func:`channel_decode_table`, :func:`qkv_decode_table`), so the learned vectors get exact
+gradients through the table by ordinary autograd, and the thresholded inputs get an estimator:
+
+``"flip"``
+    The official bit-flip estimator (spec §4): for every position ``t`` and bit ``m`` of a stream,
+    ``dL/dx = (phi(bit=1) - phi(bit=0)) / (2 * max(|x|, tau))`` with ``phi = sum_t g[t] . out_t``.
+    Computed exactly (same numbers as :func:`naive_flip_grad_channel` / :func:`naive_flip_grad_qkv`
+    up to float summation order) by the C++ (OpenMP) or CUDA kernels, which re-run only the
+    suffix a flip changes. Cost per stream O(bits * T^2); the official choice for short contexts.
+``"window"``
+    The same finite difference, but each flip re-runs only the ``window`` positions starting at
+    the flipped one (effects further away are dropped). O(bits * T * window) per stream on the CPU:
+    the cheap estimator for long contexts. ``window >= T`` equals ``"flip"``.
+``"value"``
+    Copy-through: only the value path of the flip (an output that *retrieved* position ``t``
+    changes when the bit at ``t`` flips; the match itself is held fixed). O(bits * T) per stream,
+    pure PyTorch on any device. For QKV ops it gives the value gradient only (no gradient to
+    ``q``/``k``), so use it for channel layers or as a baseline.
+
+All estimators share the denominator ``2 * max(|x|, tau)``; see docs/estimators.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .._build import ExtensionUnavailable, load_extension
+from .reference import rosa_qkv_automaton
+
+__all__ = [
+    "ESTIMATORS",
+    "EstimatorConfig",
+    "channel_decode_table",
+    "qkv_decode_table",
+    "rosa_channel",
+    "rosa_qkv_channels",
+    "flip_deltas",
+    "flip_deltas_reference",
+    "naive_flip_grad_channel",
+    "naive_flip_grad_qkv",
+    "native_flip_cpu",
+    "native_flip_cuda",
+]
+
+ESTIMATORS = ("flip", "window", "value")
+DEFAULT_WINDOW = 16
+NO_MATCH_CONVENTIONS = ("zero", "symbol0")
+
+_CPU_SOURCES = ["rosa/csrc/rosa_flip_cpu.cpp"]
+_CUDA_SOURCES = ["rosa/csrc/rosa_flip_cuda_binding.cpp", "rosa/csrc/rosa_flip_cuda.cu"]
+_warned: set[str] = set()
+
+
+def native_flip_cpu():
+    """The C++ flip-estimator extension (built on first use), or raise ``ExtensionUnavailable``."""
+    return load_extension("rosa_flip_cpu", _CPU_SOURCES)
+
+
+def native_flip_cuda():
+    """The CUDA flip-estimator extension (built on first use), or raise ``ExtensionUnavailable``."""
+    return load_extension("rosa_flip_cuda", _CUDA_SOURCES, cuda=True)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration and validation
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Which gradient estimator a ROSA op uses for its thresholded inputs."""
+
+    estimator: str = "flip"
+    tau: float = 1e-3
+    window: int = DEFAULT_WINDOW
+
+    def __post_init__(self):
+        if not isinstance(self.estimator, str) or self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
+            raise ValueError(f"tau must be a positive float, got {self.tau!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window must be a positive int, got {self.window!r}")
+
+    def window_for(self, length: int) -> int:
+        """Positions each flip re-runs (the whole suffix for ``"flip"``)."""
+        return length if self.estimator == "flip" else min(self.window, max(length, 1))
+
+
+def check_bits(bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int in 1..8, got {type(bits).__name__}")
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    return bits
+
+
+def check_activation(name: str, x, channels: int | None = None, bits: int = 1) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, T, C], got {type(x).__name__}")
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name} must be a floating-point tensor [B, T, C], got {x.dtype}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape [B, T, C], got {tuple(x.shape)}")
+    if channels is not None and x.shape[-1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (last dim), got {x.shape[-1]}")
+    if x.shape[-1] % bits != 0:
+        raise ValueError(f"{name}: channels ({x.shape[-1]}) must be divisible by bits ({bits})")
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# decode tables
+
+
+def channel_decode_table(emb0: torch.Tensor, emb1: torch.Tensor, bits: int, no_match: str) -> torch.Tensor:
+    """Decode table ``[2^bits + 1, C]`` of the channel layers (``ROSABits``): bit 1 of the output
+    symbol selects ``emb1[c]``, bit 0 ``emb0[c]``; no match gives ``0`` (``no_match="zero"``, the
+    official 1-bit layer) or decodes as symbol 0, i.e. ``emb0`` (``"symbol0"``, the official 4-bit
+    layer). Differentiable in ``emb0`` and ``emb1``."""
+    if no_match not in NO_MATCH_CONVENTIONS:
+        raise ValueError(f"no_match must be one of {NO_MATCH_CONVENTIONS}, got {no_match!r}")
+    e0 = emb0.reshape(-1)
+    e1 = emb1.reshape(-1)
+    bit = _symbol_bits(bits, e0.shape[0], e0.device).to(e0.dtype)  # [2^bits, C]
+    matched = e0 + bit * (e1 - e0)
+    first = torch.zeros_like(e0) if no_match == "zero" else e0
+    return torch.cat([first.unsqueeze(0), matched], dim=0)
+
+
+def qkv_decode_table(emb: torch.Tensor, bits: int, no_match: str) -> torch.Tensor:
+    """Decode table ``[2^bits + 1, C]`` of the ROSA-QKV op: bit 1 gives ``+emb[c]``, bit 0
+    ``-emb[c]``; no match gives ``-emb`` (``"symbol0"``, the official 1-bit op) or ``0``
+    (``"zero"``, the official 4-bit op)."""
+    if no_match not in NO_MATCH_CONVENTIONS:
+        raise ValueError(f"no_match must be one of {NO_MATCH_CONVENTIONS}, got {no_match!r}")
+    e = emb.reshape(-1)
+    bit = _symbol_bits(bits, e.shape[0], e.device).to(e.dtype)
+    matched = (2.0 * bit - 1.0) * e
+    first = torch.zeros_like(e) if no_match == "zero" else -e
+    return torch.cat([first.unsqueeze(0), matched], dim=0)
+
+
+def _symbol_bits(bits: int, channels: int, device) -> torch.Tensor:
+    """``[2^bits, C]``: bit ``c % bits`` of symbol ``y`` (channel ``c`` decodes bit ``c % bits``)."""
+    symbols = torch.arange(2**bits, device=device).unsqueeze(1)
+    which = (torch.arange(channels, device=device) % bits).unsqueeze(0)
+    return (symbols >> which) & 1
+
+
+# ----------------------------------------------------------------------------------------------
+# layout helpers: [B, T, C] activations <-> [B, T, G] symbols <-> [S = B*G, T] streams
+
+
+def pack_symbols(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``[B, T, C]`` float -> ``[B, T, C // bits]`` int64 symbols (bit m = channel bits*g + m > 0)."""
+    B, T, C = x.shape
+    weights = torch.pow(2, torch.arange(bits, device=x.device, dtype=torch.int64))
+    return ((x > 0).reshape(B, T, C // bits, bits).to(torch.int64) * weights).sum(-1)
+
+
+def _to_streams(symbols: torch.Tensor) -> torch.Tensor:
+    B, T, G = symbols.shape
+    return symbols.permute(0, 2, 1).reshape(B * G, T).contiguous()
+
+
+def _from_streams(per_bit: torch.Tensor, B: int, G: int) -> torch.Tensor:
+    """``[S, T, bits]`` -> ``[B, T, G * bits]``."""
+    S, T, bits = per_bit.shape
+    return per_bit.reshape(B, G, T, bits).permute(0, 2, 1, 3).reshape(B, T, G * bits)
+
+
+def _decode(table: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
+    """``out[b, t, c] = table[y[b, t, c // bits] + 1, c]``."""
+    B, T, G = y.shape
+    index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, G * bits)
+    return table.gather(0, index).reshape(B, T, G * bits)
+
+
+def _value_table(grad_out: torch.Tensor, table: torch.Tensor, bits: int) -> torch.Tensor:
+    """``val[s, t, y + 1] = sum_m g[b, t, bits*g + m] * table[y + 1, bits*g + m]`` as ``[S, T, Y]``."""
+    B, T, C = grad_out.shape
+    G = C // bits
+    g = grad_out.reshape(B, T, G, bits)
+    tab = table.reshape(table.shape[0], G, bits).to(grad_out.dtype)
+    val = torch.einsum("btgm,ygm->bgty", g, tab)
+    return val.reshape(B * G, T, table.shape[0]).contiguous()
+
+
+def _forward_symbols(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from . import rosa_qkv  # the engine; imported late so this module loads on its own
+
+    return rosa_qkv(q, k, v)
+
+
+# ----------------------------------------------------------------------------------------------
+# phi differences: the kernels and their pure-Python fallback
+
+
+def flip_deltas(q, k, v, val, bits: int, window: int, *, token: bool, want=(True, True, True)):
+    """``phi(flipped) - phi(original)`` for every flip of a stream bit: ``[S, T, bits]`` each.
+
+    ``q, k, v``: int64 ``[S, T]`` streams (``token=True``: one stream used as q, k and v, a flip
+    changes all three; the result is returned as the first element). ``val``: ``[S, T, 2^bits+1]``.
+    ``want``: which of (q, k, v) to compute in QKV mode (``None`` for the others). Runs the C++ or
+    CUDA kernel when available, else :func:`flip_deltas_reference` (with one warning).
+    """
+    device = val.device
+    S, T = val.shape[0], val.shape[1]
+    if S == 0 or T == 0:
+        zeros = val.new_zeros(S, T, bits)
+        return (zeros,) if token else tuple(zeros.clone() if w else None for w in want)
+    ext = None
+    if device.type == "cuda":
+        try:
+            ext = native_flip_cuda()
+        except ExtensionUnavailable as exc:
+            _warn_once("cuda", f"{exc}; the ROSA flip estimator runs on the CPU for CUDA tensors")
+            cpu = flip_deltas(
+                q.cpu(), k.cpu(), v.cpu(), val.cpu(), bits, window, token=token, want=want
+            )
+            return tuple(d.to(device) if d is not None else None for d in cpu)
+    else:
+        try:
+            ext = native_flip_cpu()
+        except ExtensionUnavailable as exc:
+            _warn_once("cpu", f"{exc}; the ROSA flip estimator falls back to pure Python (slow)")
+    if ext is None:
+        return flip_deltas_reference(q, k, v, val, bits, window, token=token, want=want)
+    with _on_device(device) as stream_args:
+        if token:
+            return (ext.flip_token(q.contiguous(), val.contiguous(), bits, window, *stream_args),)
+        dq, dk, dv = ext.flip_qkv(
+            q.contiguous(), k.contiguous(), v.contiguous(), val.contiguous(), bits, window, *want,
+            *stream_args,
+        )
+    return tuple(d if w else None for d, w in zip((dq, dk, dv), want))
+
+
+class _on_device:
+    """For CUDA: make ``device`` current and yield ``(raw stream handle,)`` for the binding,
+    which takes the caller's stream instead of including c10/cuda headers; ``()`` on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.guard = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.guard is None:
+            return ()
+        self.guard.__enter__()
+        return (torch.cuda.current_stream(self.device).cuda_stream,)
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            self.guard.__exit__(*exc)
+        return False
+
+
+def flip_deltas_reference(q, k, v, val, bits: int, window: int, *, token: bool, want=(True, True, True)):
+    """Pure-Python :func:`flip_deltas`: every flipped stream is re-run from scratch with the plain
+    suffix automaton and scored through ``val`` (positions ``t .. t+window-1`` only)."""
+    S, T = val.shape[0], val.shape[1]
+    table = val.detach().cpu().double()
+    qs, ks, vs = (t.detach().cpu().tolist() for t in (q, k, v))
+    targets = ("token",) if token else tuple(n for n, w in zip("qkv", want) if w)
+    out = {name: torch.zeros(S, T, bits, dtype=torch.float64) for name in targets}
+    for s in range(S):
+        base_y = rosa_qkv_automaton(qs[s], ks[s], vs[s])
+        base = [float(table[s, i, base_y[i] + 1]) for i in range(T)]
+        for name in targets:
+            for t in range(T):
+                for m in range(bits):
+                    streams = {"q": list(qs[s]), "k": list(ks[s]), "v": list(vs[s])}
+                    for which in ("qkv" if name == "token" else name):
+                        streams[which][t] ^= 1 << m
+                    y = rosa_qkv_automaton(streams["q"], streams["k"], streams["v"])
+                    end = min(T, t + window)
+                    out[name][s, t, m] = sum(float(table[s, i, y[i] + 1]) - base[i] for i in range(t, end))
+    result = {n: d.to(val.dtype).to(val.device) for n, d in out.items()}
+    if token:
+        return (result["token"],)
+    return tuple(result.get(n) for n in "qkv")
+
+
+def value_deltas(retrieved: torch.Tensor, values: torch.Tensor, val: torch.Tensor, bits: int) -> torch.Tensor:
+    """Copy-through deltas ``[S, T, bits]``: an output at ``i`` that retrieved position
+    ``r = retrieved[s, i]`` changes to the flipped value symbol ``values[s, r] ^ (1 << m)``."""
+    S, T, Y = val.shape
+    matched = retrieved >= 0
+    r = retrieved.clamp_min(0)
+    source = values.gather(1, r)  # [S, T] the retrieved symbol (= y where matched)
+    base = val.gather(2, torch.where(matched, source + 1, torch.zeros_like(source)).unsqueeze(-1))
+    flips = source.unsqueeze(-1) ^ (1 << torch.arange(bits, device=val.device))  # [S, T, bits]
+    diff = val.gather(2, flips + 1) - base
+    diff = diff * matched.unsqueeze(-1).to(val.dtype)
+    out = torch.zeros(S, T, bits, dtype=val.dtype, device=val.device)
+    return out.scatter_add_(1, r.unsqueeze(-1).expand(S, T, bits), diff)
+
+
+def retrieval_indices(q: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
+    """Retrieval index ``j + 1`` of every position of ``[S, T]`` streams (``-1`` = no match)."""
+    if q.device.type == "cuda":
+        try:
+            ext = native_flip_cuda()
+            with _on_device(q.device) as stream_args:
+                return ext.retrieval(q.contiguous(), k.contiguous(), 2**bits, *stream_args)
+        except ExtensionUnavailable as exc:
+            _warn_once("cuda-r", f"{exc}; ROSA retrieval indices are computed on the CPU")
+            return retrieval_indices(q.cpu(), k.cpu(), bits).to(q.device)
+    try:
+        return native_flip_cpu().retrieval(q.contiguous(), k.contiguous(), 2**bits)
+    except ExtensionUnavailable as exc:
+        _warn_once("cpu-r", f"{exc}; ROSA retrieval indices fall back to pure Python")
+    return torch.tensor(
+        [_retrieval_python(a, b) for a, b in zip(q.tolist(), k.tolist())], dtype=torch.int64
+    ).reshape(q.shape)
+
+
+def _retrieval_python(q: list[int], k: list[int]) -> list[int]:
+    # Retrieval index = j + 1: run the automaton with v = positions.
+    return rosa_qkv_automaton(q, k, list(range(len(q))))
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd Functions
+
+
+def _finish(delta: torch.Tensor, x: torch.Tensor, tau: float) -> torch.Tensor:
+    """``(phi_plus - phi_minus) / (2 max(|x|, tau))`` from ``phi(flipped) - phi(original)``."""
+    sign = torch.where(x > 0, -1.0, 1.0).to(delta.dtype)
+    return (sign * delta / (2.0 * x.abs().clamp_min(tau).to(delta.dtype))).to(x.dtype)
+
+
+class _ChannelROSA(torch.autograd.Function):
+    """Channel ROSA (token ROSA on each group's symbol stream), decoded through ``table``."""
+
+    @staticmethod
+    def forward(ctx, x, table, bits: int, config: EstimatorConfig):
+        symbols = pack_symbols(x, bits)
+        y = _forward_symbols(symbols, symbols, symbols)
+        ctx.save_for_backward(x, table, symbols, y)
+        ctx.bits, ctx.config = bits, config
+        return _decode(table, y, bits).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, table, symbols, y = ctx.saved_tensors
+        bits, config = ctx.bits, ctx.config
+        B, T, C = x.shape
+        G = C // bits
+        grad_x = grad_table = None
+        if ctx.needs_input_grad[1]:
+            index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, C)
+            grad_table = torch.zeros_like(table).scatter_add_(
+                0, index, grad_out.reshape(B * T, C).to(table.dtype)
+            )
+        if ctx.needs_input_grad[0]:
+            val = _value_table(grad_out, table.detach(), bits)
+            streams = _to_streams(symbols)
+            if config.estimator == "value":
+                retrieved = retrieval_indices(streams, streams, bits)
+                delta = value_deltas(retrieved, streams, val, bits)
+            else:
+                (delta,) = flip_deltas(
+                    streams, streams, streams, val, bits, config.window_for(T), token=True
+                )
+            grad_x = _finish(_from_streams(delta, B, G), x, config.tau)
+        return grad_x, grad_table, None, None
+
+
+class _QKVROSA(torch.autograd.Function):
+    """QKV ROSA on channel groups of ``q, k, v``, decoded through ``table``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, table, bits: int, config: EstimatorConfig):
+        qs, ks, vs = (pack_symbols(t, bits) for t in (q, k, v))
+        y = _forward_symbols(qs, ks, vs)
+        ctx.save_for_backward(q, k, v, table, qs, ks, vs, y)
+        ctx.bits, ctx.config = bits, config
+        return _decode(table, y, bits).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, table, qs, ks, vs, y = ctx.saved_tensors
+        bits, config = ctx.bits, ctx.config
+        B, T, C = q.shape
+        G = C // bits
+        grads = [None, None, None]
+        grad_table = None
+        if ctx.needs_input_grad[3]:
+            index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, C)
+            grad_table = torch.zeros_like(table).scatter_add_(
+                0, index, grad_out.reshape(B * T, C).to(table.dtype)
+            )
+        want = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        if any(want):
+            val = _value_table(grad_out, table.detach(), bits)
+            streams = [_to_streams(s) for s in (qs, ks, vs)]
+            if config.estimator == "value":
+                deltas = [None, None, None]
+                if want[2]:
+                    retrieved = retrieval_indices(streams[0], streams[1], bits)
+                    deltas[2] = value_deltas(retrieved, streams[2], val, bits)
+                if want[0]:
+                    deltas[0] = val.new_zeros(B * G, T, bits)
+                if want[1]:
+                    deltas[1] = val.new_zeros(B * G, T, bits)
+            else:
+                deltas = flip_deltas(
+                    *streams, val, bits, config.window_for(T), token=False, want=want
+                )
+            for i, (inp, delta) in enumerate(zip((q, k, v), deltas)):
+                if want[i]:
+                    grads[i] = _finish(_from_streams(delta, B, G), inp, config.tau)
+        return grads[0], grads[1], grads[2], grad_table, None, None
+
+
+def rosa_channel(x: torch.Tensor, table: torch.Tensor, bits: int, config: EstimatorConfig) -> torch.Tensor:
+    """Channel ROSA layer op: ``out[b, t, c] = table[y + 1, c]`` with ``y`` the token ROSA of the
+    ``bits``-channel symbol stream of ``x > 0``; gradients per ``config`` (see module doc)."""
+    bits = check_bits(bits)
+    check_activation("x", x, table.shape[1], bits)
+    _check_table(table, bits, x)
+    return _ChannelROSA.apply(x, table, bits, config)
+
+
+def rosa_qkv_channels(q, k, v, table: torch.Tensor, bits: int, config: EstimatorConfig) -> torch.Tensor:
+    """ROSA-QKV op on float channels: thresholded ``q, k, v`` grouped ``bits`` at a time."""
+    bits = check_bits(bits)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_activation(name, t, table.shape[1], bits)
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    _check_table(table, bits, q)
+    return _QKVROSA.apply(q, k, v, table, bits, config)
+
+
+def _check_table(table: torch.Tensor, bits: int, like: torch.Tensor) -> None:
+    if table.dim() != 2 or table.shape[0] != 2**bits + 1:
+        raise ValueError(f"decode table must be [2^bits + 1, C] = [{2**bits + 1}, C], got {tuple(table.shape)}")
+    if table.device != like.device:
+        raise ValueError(f"decode table is on {table.device} but the input is on {like.device}")
+
+
+# ----------------------------------------------------------------------------------------------
+# naive references (the literal definition of spec §4; tiny inputs only)
+
+
+def _phi(grad_out_stream: torch.Tensor, table: torch.Tensor, y: list[int], channels: slice) -> float:
+    """``sum_t g[t] . out_t`` for one group's channels, out decoded from the symbol outputs ``y``."""
+    rows = torch.tensor([s + 1 for s in y], dtype=torch.int64)
+    out = table[rows][:, channels]
+    return float((grad_out_stream * out).sum())
+
+
+def naive_flip_grad_channel(x, table, bits: int, grad_out, tau: float = 1e-3) -> torch.Tensor:
+    """Bit-flip gradient of the channel op by its definition: for every (b, t, channel) flip the
+    bit, re-run ROSA on the whole flipped stream, and difference ``phi`` (float64 throughout)."""
+    x = x.detach().double().cpu()
+    table = table.detach().double().cpu()
+    grad_out = grad_out.detach().double().cpu()
+    B, T, C = x.shape
+    symbols = pack_symbols(x, bits)
+    grad = torch.zeros_like(x)
+    for b in range(B):
+        for g in range(C // bits):
+            stream = symbols[b, :, g].tolist()
+            cols = slice(g * bits, (g + 1) * bits)
+            g_stream = grad_out[b, :, cols]
+            base = _phi(g_stream, table, rosa_qkv_automaton(stream, stream, stream), cols)
+            for t in range(T):
+                for m in range(bits):
+                    flipped = list(stream)
+                    flipped[t] ^= 1 << m
+                    phi = _phi(g_stream, table, rosa_qkv_automaton(flipped, flipped, flipped), cols)
+                    value = x[b, t, g * bits + m]
+                    plus, minus = (base, phi) if value > 0 else (phi, base)
+                    grad[b, t, g * bits + m] = (plus - minus) / (2.0 * max(abs(float(value)), tau))
+    return grad
+
+
+def naive_flip_grad_qkv(q, k, v, table, bits: int, grad_out, tau: float = 1e-3):
+    """Bit-flip gradients ``(dq, dk, dv)`` of the QKV op by the definition of spec §4."""
+    q, k, v = (t.detach().double().cpu() for t in (q, k, v))
+    table = table.detach().double().cpu()
+    grad_out = grad_out.detach().double().cpu()
+    B, T, C = q.shape
+    syms = [pack_symbols(t, bits) for t in (q, k, v)]
+    grads = [torch.zeros_like(q) for _ in range(3)]
+    for b in range(B):
+        for g in range(C // bits):
+            streams = [s[b, :, g].tolist() for s in syms]
+            cols = slice(g * bits, (g + 1) * bits)
+            g_stream = grad_out[b, :, cols]
+            base = _phi(g_stream, table, rosa_qkv_automaton(*streams), cols)
+            for which, source in enumerate((q, k, v)):
+                for t in range(T):
+                    for m in range(bits):
+                        changed = [list(s) for s in streams]
+                        changed[which][t] ^= 1 << m
+                        phi = _phi(g_stream, table, rosa_qkv_automaton(*changed), cols)
+                        value = source[b, t, g * bits + m]
+                        plus, minus = (base, phi) if value > 0 else (phi, base)
+                        grads[which][b, t, g * bits + m] = (plus - minus) / (
+                            2.0 * max(abs(float(value)), tau)
+                        )
+    return tuple(grads)

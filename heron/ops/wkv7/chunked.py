@@ -1,0 +1,149 @@
+"""Chunked pure-PyTorch WKV7: the CPU path (and the generic fallback on any device).
+
+The recurrence of one head, with ``S`` the ``[N_v, N_k]`` state, is
+
+    S_t = S_{t-1} (diag(d_t) + a_t b_t^T) + v_t k_t^T,      y_t = S_t r_t,
+
+with ``d_t = exp(-exp(w_t))``. Inside a chunk of ``L`` steps starting from ``S_0``, write
+``g_t`` for the inclusive cumulative log-decay and ``h_t = S_{t-1} a_t`` for the in-context
+"removal" vector. Unrolling gives
+
+    h_t = S_0 (a_t * e^{g_{t-1}}) + sum_{s<t} h_s <a_t, b_s e^{g_{t-1}-g_s}> + v_s <a_t, k_s e^{g_{t-1}-g_s}>
+
+which is a unit lower-triangular linear system for the ``h`` of the whole chunk (a WY-style
+representation), after which the outputs, the chunk's state transition ``S_L = S_0 T + A``
+and the within-chunk outputs are plain matrix products. Only the ``[N, N]`` state is carried
+sequentially from chunk to chunk; everything else is batched over all chunks at once.
+
+Numerical safety: every decay factor that appears is ``exp`` of a *difference* of cumulative
+log-decays taken in the causal direction, so it lies in ``[0, 1]`` and nothing is ever divided
+by a small cumulative decay. When the cumulative log-decay inside every chunk stays above
+``-FACTORED_LOG_DECAY_LIMIT`` the differences are factored as ``e^{g_t} * e^{-g_s}`` (products
+of moderate numbers, fast matrix products); otherwise the exact pairwise form
+``exp(g_t - g_s)`` is used, which cannot overflow whatever the decay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_CHUNK_LENGTH = 16
+# exp(40) ~ 2e17: factors this large times O(1) inputs stay far from float32 overflow and the
+# matching e^{g} ~ 4e-18 far from its underflow, so the factored form is exact to rounding.
+FACTORED_LOG_DECAY_LIMIT = 40.0
+# Per-step log-decays are floored here: exp(-30) ~ 1e-13 (float32) and exp(-200) (float64) are
+# far below the rounding of anything they multiply, so the result is unchanged, while the
+# cumulative sums inside a chunk stay small enough that their differences keep their precision.
+LOG_DECAY_FLOOR = {torch.float32: -30.0, torch.float64: -200.0}
+
+
+def _pairwise_coupling(left, left_log, right, right_log, mask):
+    """``[..., t, s] = sum_j left[t, j] right[s, j] exp(left_log[t, j] - right_log[s, j])`` where
+    ``mask[t, s]``, else 0; the exponent is formed pairwise, so it can never overflow."""
+    diff = left_log.unsqueeze(-2) - right_log.unsqueeze(-3)
+    # Mathematically <= 0 where used; clamp so rounding can never produce a factor > 1.
+    diff = diff.clamp(max=0.0).masked_fill(~mask[..., None], float("-inf"))
+    return (left.unsqueeze(-2) * right.unsqueeze(-3) * diff.exp()).sum(-1)
+
+
+def wkv7_chunked(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    chunk_length: int = DEFAULT_CHUNK_LENGTH,
+    force_pairwise: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked WKV7 on ``[B, T, H, N]`` inputs; returns ``(y, final_state)``.
+
+    Arithmetic in float64 for float64 inputs, else float32; ``y`` has the input dtype and the
+    state ``[B, H, N_v, N_k]`` is float32 (float64). Differentiable through autograd in every
+    input including ``state``. Inputs are assumed validated (see ``heron.ops.wkv7.wkv7``).
+    """
+    B, T, H, N = r.shape
+    compute = torch.float64 if r.dtype == torch.float64 else torch.float32
+    device = r.device
+    if state is None:
+        state = torch.zeros(B, H, N, N, dtype=compute, device=device)
+    else:
+        state = state.to(compute)
+    if T == 0:
+        return r.new_zeros(B, 0, H, N), state
+
+    L = chunk_length
+    num_chunks = (T + L - 1) // L
+    padding = num_chunks * L - T
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        # [B, T, H, N] -> [B, H, num_chunks, L, N]; padded steps have k = v = a = b = r = 0 and
+        # log-decay 0, so they leave the state untouched.
+        x = x.to(compute).transpose(1, 2)
+        if padding:
+            x = torch.nn.functional.pad(x, (0, 0, 0, padding))
+        return x.reshape(B, H, num_chunks, L, N)
+
+    r_, k_, v_, a_, b_ = (prepare(x) for x in (r, k, v, a, b))
+    log_decay = prepare((-torch.exp(w.to(compute))).clamp(min=LOG_DECAY_FLOOR[compute]))
+
+    g = log_decay.cumsum(-2)  # inclusive cumulative log-decay within each chunk
+    g_excl = torch.nn.functional.pad(g[..., :-1, :], (0, 0, 1, 0))
+    g_last = g[..., -1:, :]
+
+    pairwise = force_pairwise or bool((g_last.detach().min() < -FACTORED_LOG_DECAY_LIMIT).item())
+    a_decayed = a_ * g_excl.exp()  # a_t e^{g_{t-1}}: reads S_0 into h_t
+    r_decayed = r_ * g.exp()  # r_t e^{g_t}: reads S_0 into y_t
+    strict = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
+    inclusive = torch.ones(L, L, dtype=torch.bool, device=device).tril(0)
+    if pairwise:
+        m_ab = _pairwise_coupling(a_, g_excl, b_, g, strict)  # h_t <- h_s
+        m_ak = _pairwise_coupling(a_, g_excl, k_, g, strict)  # h_t <- v_s
+        m_rb = _pairwise_coupling(r_, g, b_, g, inclusive)  # y_t <- h_s
+        m_rk = _pairwise_coupling(r_, g, k_, g, inclusive)  # y_t <- v_s
+    else:
+        inverse_decay = torch.exp(-g)
+        b_undecayed = (b_ * inverse_decay).transpose(-1, -2)
+        k_undecayed = (k_ * inverse_decay).transpose(-1, -2)
+        m_ab = (a_decayed @ b_undecayed).masked_fill(~strict, 0.0)
+        m_ak = (a_decayed @ k_undecayed).masked_fill(~strict, 0.0)
+        m_rb = (r_decayed @ b_undecayed).masked_fill(~inclusive, 0.0)
+        m_rk = (r_decayed @ k_undecayed).masked_fill(~inclusive, 0.0)
+
+    to_end = (g_last - g).clamp(max=0.0).exp()
+    b_to_end = b_ * to_end
+    k_to_end = k_ * to_end
+
+    # Solve (I - M_ab) [U | Hv] = [a_decayed | M_ak V]: h_t = S_0 u_t + hv_t.
+    eye = torch.eye(L, dtype=compute, device=device)
+    system = eye - m_ab
+    rhs = torch.cat([a_decayed, m_ak @ v_], dim=-1)
+    solution = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+    u, hv = solution[..., :N], solution[..., N:]
+
+    # Carry the state from chunk to chunk (batched over B*H, chunk-major for contiguous reads):
+    #   h = U S_0^T + Hv,  S_L = S_0 diag(e^{g_L}) + V^T K_to_end + h^T B_to_end.
+    # The state-free products are formed for all chunks at once beforehand.
+    def chunk_major(x):
+        return x.permute(2, 0, 1, 3, 4).reshape(num_chunks, B * H, *x.shape[-2:])
+
+    u_c, hv_c, b_to_end_c = chunk_major(u), chunk_major(hv), chunk_major(b_to_end)
+    carried_c = chunk_major(v_.transpose(-1, -2) @ k_to_end)  # [C, BH, N_v, N_k]
+    decay_end_c = chunk_major(g_last.exp())  # [C, BH, 1, N_k]
+
+    chunk_states, removals = [], []
+    current = state.reshape(B * H, N, N)
+    for c in range(num_chunks):
+        chunk_states.append(current)
+        h = torch.baddbmm(hv_c[c], u_c[c], current.transpose(-1, -2))  # [BH, L, N_v]
+        removals.append(h)
+        current = torch.baddbmm(torch.addcmul(carried_c[c], current, decay_end_c[c]), h.transpose(-1, -2), b_to_end_c[c])
+    start_states = torch.stack(chunk_states, dim=1).reshape(B, H, num_chunks, N, N)
+    h_all = torch.stack(removals, dim=1).reshape(B, H, num_chunks, L, N)
+    current = current.reshape(B, H, N, N)
+
+    # Y = R_decayed S_0^T + M_rb H + M_rk V
+    y = r_decayed @ start_states.transpose(-1, -2) + m_rb @ h_all + m_rk @ v_  # [B, H, C, L, N_v]
+    y = y.reshape(B, H, num_chunks * L, N)[:, :, :T].transpose(1, 2)
+    return y.to(r.dtype), current

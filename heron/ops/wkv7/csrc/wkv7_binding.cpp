@@ -1,0 +1,124 @@
+// Torch glue for the WKV7 CUDA kernels: checks, output allocation, dtype dispatch. The CUDA
+// stream comes from Python (torch.cuda.current_stream().cuda_stream) so this file needs no CUDA
+// headers.
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "wkv7.h"
+
+namespace {
+
+heron_wkv7::DType dtype_code(const torch::Tensor& x) {
+  switch (x.scalar_type()) {
+    case torch::kFloat32: return heron_wkv7::DType::kFloat32;
+    case torch::kBFloat16: return heron_wkv7::DType::kBFloat16;
+    case torch::kFloat16: return heron_wkv7::DType::kFloat16;
+    default: TORCH_CHECK(false, "wkv7 CUDA: inputs must be float32, bfloat16 or float16, got ", x.scalar_type());
+  }
+}
+
+void check_input(const torch::Tensor& x, const torch::Tensor& like, const char* name) {
+  TORCH_CHECK(x.is_cuda(), "wkv7 CUDA: ", name, " must be a CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "wkv7 CUDA: ", name, " must be contiguous");
+  TORCH_CHECK(x.sizes() == like.sizes(), "wkv7 CUDA: ", name, " has shape ", x.sizes(), ", expected ", like.sizes());
+  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "wkv7 CUDA: ", name, " has dtype ", x.scalar_type(), ", expected ", like.scalar_type());
+}
+
+void check_state(const torch::Tensor& x, int64_t batch, int64_t heads, int64_t n, const char* name) {
+  TORCH_CHECK(x.is_cuda() && x.is_contiguous() && x.scalar_type() == torch::kFloat32, "wkv7 CUDA: ", name,
+              " must be a contiguous float32 CUDA tensor");
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == batch && x.size(1) == heads && x.size(2) == n && x.size(3) == n,
+              "wkv7 CUDA: ", name, " must have shape [B, H, N, N]");
+}
+
+void check_launch(int code, const char* what) {
+  TORCH_CHECK(code == 0, "wkv7 CUDA: ", what, " kernel launch failed with CUDA error ", code);
+}
+
+}  // namespace
+
+int64_t segment_length(int64_t head_size) { return heron_wkv7::segment_length(static_cast<int>(head_size)); }
+
+// Returns [y, final_state, removal, checkpoints]; the last two are empty unless save_for_backward.
+std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
+                                   torch::Tensor a, torch::Tensor b, c10::optional<torch::Tensor> initial_state,
+                                   bool save_for_backward, int64_t stream) {
+  TORCH_CHECK(r.dim() == 4, "wkv7 CUDA: r must be [B, T, H, N]");
+  const int64_t batch = r.size(0), time = r.size(1), heads = r.size(2), n = r.size(3);
+  TORCH_CHECK(heron_wkv7::head_size_supported(static_cast<int>(n)), "wkv7 CUDA: head size ", n,
+              " is not supported (16, 32, 64 or 128)");
+  check_input(r, r, "r");
+  check_input(w, r, "w");
+  check_input(k, r, "k");
+  check_input(v, r, "v");
+  check_input(a, r, "a");
+  check_input(b, r, "b");
+  const float* initial = nullptr;
+  if (initial_state.has_value()) {
+    check_state(*initial_state, batch, heads, n, "state");
+    initial = initial_state->data_ptr<float>();
+  }
+  auto f32 = r.options().dtype(torch::kFloat32);
+  auto y = torch::empty_like(r);
+  auto final_state = torch::empty({batch, heads, n, n}, f32);
+  const int64_t segments = (time + heron_wkv7::segment_length(static_cast<int>(n)) - 1) /
+                           heron_wkv7::segment_length(static_cast<int>(n));
+  torch::Tensor removal = torch::empty({save_for_backward ? batch : 0, time, heads, n}, f32);
+  torch::Tensor checkpoints = torch::empty({save_for_backward ? batch : 0, heads, segments, n, n}, f32);
+  check_launch(heron_wkv7::launch_forward(
+                   dtype_code(r), batch, time, heads, n, r.data_ptr(), w.data_ptr(), k.data_ptr(),
+                   v.data_ptr(), a.data_ptr(), b.data_ptr(), initial, y.data_ptr(),
+                   final_state.data_ptr<float>(), save_for_backward ? removal.data_ptr<float>() : nullptr,
+                   save_for_backward ? checkpoints.data_ptr<float>() : nullptr, reinterpret_cast<void*>(stream)),
+               "forward");
+  return {y, final_state, removal, checkpoints};
+}
+
+// Returns [grad_r, grad_w, grad_k, grad_v, grad_a, grad_b, grad_initial_state].
+std::vector<torch::Tensor> backward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
+                                    torch::Tensor a, torch::Tensor b, torch::Tensor removal,
+                                    torch::Tensor checkpoints, torch::Tensor grad_y,
+                                    c10::optional<torch::Tensor> grad_final_state, int64_t stream) {
+  TORCH_CHECK(r.dim() == 4, "wkv7 CUDA: r must be [B, T, H, N]");
+  const int64_t batch = r.size(0), time = r.size(1), heads = r.size(2), n = r.size(3);
+  TORCH_CHECK(heron_wkv7::head_size_supported(static_cast<int>(n)), "wkv7 CUDA: head size ", n,
+              " is not supported (16, 32, 64 or 128)");
+  check_input(r, r, "r");
+  check_input(w, r, "w");
+  check_input(k, r, "k");
+  check_input(v, r, "v");
+  check_input(a, r, "a");
+  check_input(b, r, "b");
+  check_input(grad_y, r, "grad_y");
+  const int64_t segments = (time + heron_wkv7::segment_length(static_cast<int>(n)) - 1) /
+                           heron_wkv7::segment_length(static_cast<int>(n));
+  TORCH_CHECK(removal.is_contiguous() && removal.scalar_type() == torch::kFloat32 &&
+                  removal.sizes() == r.sizes(),
+              "wkv7 CUDA: saved removal vectors are missing (forward ran without save_for_backward?)");
+  TORCH_CHECK(checkpoints.is_contiguous() && checkpoints.scalar_type() == torch::kFloat32 &&
+                  checkpoints.numel() == batch * heads * segments * n * n,
+              "wkv7 CUDA: saved state checkpoints are missing or have the wrong size");
+  const float* grad_final = nullptr;
+  if (grad_final_state.has_value()) {
+    check_state(*grad_final_state, batch, heads, n, "grad_final_state");
+    grad_final = grad_final_state->data_ptr<float>();
+  }
+  auto grad_r = torch::empty_like(r), grad_w = torch::empty_like(r), grad_k = torch::empty_like(r),
+       grad_v = torch::empty_like(r), grad_a = torch::empty_like(r), grad_b = torch::empty_like(r);
+  auto grad_initial = torch::empty({batch, heads, n, n}, r.options().dtype(torch::kFloat32));
+  check_launch(heron_wkv7::launch_backward(
+                   dtype_code(r), batch, time, heads, n, r.data_ptr(), w.data_ptr(), k.data_ptr(),
+                   v.data_ptr(), a.data_ptr(), b.data_ptr(), removal.data_ptr<float>(),
+                   checkpoints.data_ptr<float>(), grad_y.data_ptr(), grad_final, grad_r.data_ptr(),
+                   grad_w.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(), grad_a.data_ptr(),
+                   grad_b.data_ptr(), grad_initial.data_ptr<float>(), reinterpret_cast<void*>(stream)),
+               "backward");
+  return {grad_r, grad_w, grad_k, grad_v, grad_a, grad_b, grad_initial};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("segment_length", &segment_length, "steps between saved states for a head size");
+  m.def("forward", &forward, "WKV7 forward (CUDA)");
+  m.def("backward", &backward, "WKV7 backward (CUDA)");
+}

@@ -1,0 +1,341 @@
+"""The training loop: one readable function, in the spirit of nanoGPT's ``train.py``.
+
+``train(config, resume=...)`` builds the task (data, model, metric), the optimiser and the
+schedule, then runs ``config.steps`` optimiser steps. Each step draws the whole global batch
+from one seeded ``torch.Generator`` and splits it into gradient-accumulation micro-batches and
+per-rank shards; the loss is the sum of token losses divided by the number of scored tokens in
+the *global* batch, so the gradient is the same whatever the accumulation and the process
+count (up to the order of float additions).
+
+A checkpoint holds everything the trajectory depends on — model, optimiser, step, the torch
+CPU/CUDA RNG states and the data generator — so ``--resume`` continues bit-for-bit. Ctrl-C
+(SIGINT) or SIGTERM, and the ``time_limit``, stop the run at the next step boundary and write a
+checkpoint; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from heron.train.config import TrainConfig, trajectory_differences
+from heron.train.distributed import DistributedContext, resolve_device, setup_distributed, wrap_model
+from heron.train.logging import RunLogger
+from heron.train.schedule import apply_learning_rate, learning_rate
+from heron.train.tasks import TaskSetup, get_task
+
+CHECKPOINT_FORMAT = "heron-train"
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimiser steps completed
+    finished: bool  # reached config.steps (False: stopped by Ctrl-C/SIGTERM or time limit)
+    loss: float  # mean training loss of the last logged interval
+    metrics: dict[str, float] = field(default_factory=dict)  # last evaluation
+    checkpoint: Path | None = None
+    model_file: Path | None = None
+    losses: list[float] = field(default_factory=list)  # per-step training loss of this invocation
+    stopped_by: str | None = None  # "signal" or "time limit" when not finished
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handler: the first signal asks the loop to stop at the next step boundary,
+    a second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    """bf16 autocast on GPU by default (``dtype = auto``), plain fp32 on CPU."""
+    use_bf16 = config.dtype == "bf16" or (config.dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _check_tokens(inputs: torch.Tensor, targets: torch.Tensor, vocab_size: int, task: str) -> None:
+    """Out-of-range ids would index past the embedding (a crash on CPU, garbage or a device
+    assert on GPU): reject them with the offending value before the model runs."""
+    if inputs.dtype != torch.long or targets.dtype != torch.long:
+        raise TypeError(f"task {task!r}: batches must be int64, got inputs {inputs.dtype}, targets {targets.dtype}")
+    if inputs.shape != targets.shape or inputs.dim() != 2:
+        raise ValueError(
+            f"task {task!r}: inputs and targets must both be [B, T], got {tuple(inputs.shape)} and {tuple(targets.shape)}"
+        )
+    low, high = int(inputs.min()), int(inputs.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"task {task!r}: input token {bad} is out of range [0, {vocab_size})")
+    scored = targets[targets != -100]
+    if scored.numel() and (int(scored.min()) < 0 or int(scored.max()) >= vocab_size):
+        bad = int(scored.min()) if int(scored.min()) < 0 else int(scored.max())
+        raise ValueError(f"task {task!r}: target token {bad} is out of range [0, {vocab_size}) (or -100 = unscored)")
+
+
+def _rng_state(device: torch.device, generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        details = []
+        if missing:
+            details.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            details.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if reshaped:
+            details.append(
+                "shape mismatches " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped[:8])
+            )
+        raise ValueError(f"{source} was saved from another model configuration: " + "; ".join(details))
+    model.load_state_dict(state)
+
+
+def _read_resume_checkpoint(path: Path, config: TrainConfig, setup: TaskSetup) -> dict[str, Any]:
+    payload = load_checkpoint(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a training checkpoint (format {payload.get('format')!r})")
+    if payload["model_config"] != setup.model_identity:
+        changes = trajectory_differences({"model": payload["model_config"]}, {"model": setup.model_identity})
+        raise ValueError(f"checkpoint {path} is from another model configuration: " + "; ".join(changes))
+    changes = trajectory_differences(payload["config"], config.to_dict())
+    if changes:
+        raise ValueError(
+            f"--resume with a changed configuration (checkpoint {path}); changed: " + "; ".join(changes)
+            + ". Resume with the original options, or start a new run in a fresh --out directory"
+        )
+    return payload
+
+
+def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResult:
+    """Run (or continue, with ``resume`` = a checkpoint path) the training that ``config`` describes."""
+    task = get_task(config.task)
+    device = resolve_device(config.device)
+    context = setup_distributed(device)
+    try:
+        return _train(config, task, device, context, resume)
+    finally:
+        context.close()
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW for either official recipe (spec §5): ``official`` (the small task scripts) is plain
+    ``torch.optim.AdamW`` with weight decay on every parameter, betas (0.9, 0.999), eps 1e-8;
+    ``lm`` (RWKV-7 ``train_temp``) uses the model package's parameter groups (decay on matrices
+    only, ``att.w0`` at twice the rate via ``lr_scale``), betas (0.9, 0.99), eps 1e-18."""
+    if config.recipe == "official":
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    from heron.models.init import make_lm_optimizer
+
+    return make_lm_optimizer(model, config.lr, config.weight_decay)
+
+
+def _train(config, task, device: torch.device, context: DistributedContext, resume) -> TrainResult:
+    out = Path(config.out)
+    if resume is None and (out / CHECKPOINT_NAME).exists():
+        raise ValueError(
+            f"{out} already holds a training checkpoint: continue it with --resume, or choose a fresh --out"
+        )
+    # The model's initial values come from the global torch RNG, the batches from their own
+    # generator, so changing the model does not change the data and vice versa.
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    setup = task.build(config)
+    model = setup.model.to(device)
+    optimizer = build_optimizer(model, config)
+    start_step, elapsed_before, tokens_seen = 0, 0.0, 0
+    if resume is not None:
+        payload = _read_resume_checkpoint(Path(resume), config, setup)
+        _load_model_state(model, payload["model"], f"checkpoint {resume}")
+        optimizer.load_state_dict(payload["optimizer"])
+        _restore_rng(payload["rng"], device, generator)
+        start_step = int(payload["step"])
+        elapsed_before = float(payload.get("elapsed_s", 0.0))
+        tokens_seen = int(payload.get("tokens", 0))
+    trained_model = wrap_model(model, context, device)
+    autocast = _autocast(config, device)
+    logger = RunLogger(out, enabled=context.is_main, total_steps=config.steps, start_step=start_step,
+                       progress=config.progress, tensorboard=config.tensorboard)
+    if context.is_main:
+        parameters = sum(p.numel() for p in model.parameters())
+        logger.message(
+            f"heron train {config.task}: {parameters:,} parameters, {config.steps} steps of "
+            f"{config.batch_size} samples on {device} x {context.world_size}"
+            + (f", resuming at step {start_step}" if start_step else "")
+        )
+
+    def checkpoint(step: int, elapsed: float) -> Path | None:
+        if not context.is_main:
+            return None
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "model_config": setup.model_identity,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "rng": _rng_state(device, generator),
+            "elapsed_s": elapsed,
+            "tokens": tokens_seen,
+            "world_size": context.world_size,
+        }
+        return save_checkpoint(payload, out / CHECKPOINT_NAME)
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if context.is_main:
+            model.eval()
+            # Evaluation draws from its own fixed seeds; fork the global RNG so that a model
+            # using it in its forward pass cannot shift the training trajectory.
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                metrics = setup.evaluate(model, device, autocast)
+            model.train()
+            logger.log_eval(step, metrics)
+        context.barrier()
+        return metrics
+
+    micro_rows = config.batch_size // config.grad_accum
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    max_norm = config.clip if config.clip > 0 else math.inf
+    losses: list[float] = []
+    # Per-step losses stay on the device until they are logged: reading one back every step
+    # would stall the GPU queue of a small, launch-bound model.
+    pending: list[torch.Tensor] = []
+    interval_tokens = 0
+    last_logged_loss = float("nan")
+    metrics: dict[str, float] = {}
+    saved: Path | None = None
+    started = time.perf_counter()
+    interval_started = started
+    step = start_step
+    lr = config.lr
+    grad_norm = torch.zeros(())
+
+    def log_interval() -> float:
+        """Log the steps since the last row (a collective under DDP: call on every rank)."""
+        nonlocal pending, interval_tokens, interval_started, last_logged_loss
+        if not pending:
+            return last_logged_loss
+        values = context.sum(torch.stack(pending)).tolist()
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:
+            raise FloatingPointError(f"training loss became {bad} by step {step}; lower --lr or set --clip")
+        losses.extend(values)
+        now = time.perf_counter()
+        last_logged_loss = sum(values) / len(values)
+        logger.log_train(step, {
+            "loss": last_logged_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
+            "tokens_per_s": interval_tokens / max(now - interval_started, 1e-9),
+            "elapsed_s": elapsed_before + now - started,
+        })
+        pending, interval_tokens, interval_started = [], 0, now
+        return last_logged_loss
+
+    model.train()
+    with _StopRequest() as stop:
+        while step < config.steps:
+            lr = learning_rate(step, steps=config.steps, lr=config.lr, lr_final=config.lr_final, warmup=config.warmup)
+            apply_learning_rate(optimizer, lr)
+            source = setup.sources.at(step)
+            inputs, targets = source.batch(config.batch_size, generator)
+            _check_tokens(inputs, targets, setup.vocab_size, config.task)
+            scored_tokens = max(int((targets != -100).sum()), 1)
+            step_loss = torch.zeros((), device=device, dtype=torch.float64)
+            for micro in range(config.grad_accum):
+                rows = slice(micro * micro_rows, (micro + 1) * micro_rows)
+                shard = context.shard(micro_rows)
+                x = inputs[rows][shard].to(device, non_blocking=True)
+                y = targets[rows][shard].to(device, non_blocking=True)
+                last_micro = micro == config.grad_accum - 1
+                sync = contextlib.nullcontext() if last_micro or not context.enabled else trained_model.no_sync()
+                with sync:
+                    with autocast():
+                        logits = trained_model(x)
+                    if logits.shape[-1] < setup.vocab_size:
+                        raise ValueError(
+                            f"the model predicts {logits.shape[-1]} classes but task {config.task!r} "
+                            f"uses {setup.vocab_size} tokens (check --model-config vocab_size)"
+                        )
+                    loss_sum = F.cross_entropy(
+                        logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"
+                    )
+                    # DDP averages gradients over ranks; scaling by the world size turns that
+                    # average into the sum over the global batch.
+                    (loss_sum * (context.world_size / scored_tokens)).backward()
+                step_loss += loss_sum.detach().double()
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += inputs.numel()
+            pending.append(step_loss / scored_tokens)  # this rank's share; log_interval sums ranks
+            interval_tokens += inputs.numel()
+            logger.advance()
+            if step % config.log_every == 0 or step == config.steps:
+                log_interval()
+            if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                metrics = evaluate(step)
+            elapsed = elapsed_before + time.perf_counter() - started
+            out_of_time = config.time_limit > 0 and time.perf_counter() - started >= 60 * config.time_limit
+            if context.any_flag(stop.requested or out_of_time, device) and step < config.steps:
+                recent = log_interval()
+                saved = checkpoint(step, elapsed)
+                reason = "signal" if stop.requested else "time limit"
+                logger.message(f"stopped at step {step} ({reason}); checkpoint {saved}: continue with --resume")
+                logger.close()
+                return TrainResult(step, False, recent, metrics, saved, None, losses, reason)
+            if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
+                saved = checkpoint(step, elapsed)
+    log_interval()
+    metrics = evaluate(step)
+    saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
+    model_file = setup.export(model, out) if context.is_main and setup.export is not None else None
+    summary = f"done: step {step}, loss {last_logged_loss:.4f}"
+    if metrics:
+        summary += ", " + ", ".join(f"{name} {value:.6g}" for name, value in sorted(metrics.items()))
+    logger.message(summary + (f"; model saved to {model_file}" if model_file else ""))
+    logger.close()
+    return TrainResult(step, True, last_logged_loss, metrics, saved, model_file, losses)

@@ -1,0 +1,230 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from heron.data import text as text_module
+from heron.data.text import (
+    TextSource,
+    demo_corpus_documents,
+    demo_corpus_tokens,
+    load_token_file,
+    most_frequent_tokens,
+    read_binidx,
+    tokenize_documents,
+    write_binidx,
+)
+from heron.data.tokenizers import get_tokenizer
+
+
+@pytest.fixture
+def corpus_files(tmp_path):
+    txt = tmp_path / "story.txt"
+    txt.write_text("Once upon a time there was a heron. " * 20, encoding="utf-8")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join([json.dumps({"text": "first document ü"}), "",
+                                json.dumps("second document as a bare string"),
+                                json.dumps({"text": "third", "meta": 1})]) + "\n", encoding="utf-8")
+    return txt, jsonl
+
+
+def test_documents_end_with_separators(corpus_files):
+    _, jsonl = corpus_files
+    world = get_tokenizer("world")
+    tokens = tokenize_documents(text_module.iter_documents(jsonl), world)
+    separators = np.flatnonzero(tokens == 0)
+    assert len(separators) == 3 and separators[-1] == len(tokens) - 1
+    pieces = np.split(tokens, separators + 1)[:-1]
+    assert [world.decode(piece[:-1].tolist()) for piece in pieces] == [
+        "first document ü", "second document as a bare string", "third"]
+
+
+@pytest.mark.parametrize("tokenizer", ["world", "bytes"])
+def test_cache_is_reused_and_keyed_by_content(tmp_path, corpus_files, tokenizer):
+    txt, _ = corpus_files
+    cache = tmp_path / "cache"
+    first = load_token_file(txt, tokenizer, cache)
+    assert isinstance(first, np.memmap)
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 1
+    again = load_token_file(txt, tokenizer, cache)
+    assert np.array_equal(first, again) and sorted(cache.glob("*.npy")) == files
+    txt.write_text("changed content", encoding="utf-8")
+    changed = load_token_file(txt, tokenizer, cache)
+    assert len(list(cache.glob("*.npy"))) == 2
+    assert get_tokenizer(tokenizer).decode(changed.tolist()) == "changed content"
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path, corpus_files):
+    txt, _ = corpus_files
+    cache = tmp_path / "cache"
+    reference = np.array(load_token_file(txt, "bytes", cache))
+    (entry,) = cache.glob("*.npy")
+    entry.write_bytes(b"garbage")
+    assert np.array_equal(load_token_file(txt, "bytes", cache), reference)
+
+
+def test_batches_are_windows_and_deterministic(tmp_path, corpus_files):
+    source = TextSource.from_files(list(corpus_files), seq_len=16, tokenizer="world", cache_dir=tmp_path)
+    assert source.vocab_size == 65536
+    inputs, targets = source.batch(8, torch.Generator().manual_seed(5))
+    assert inputs.shape == targets.shape == (8, 16) and inputs.dtype == torch.int64
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    # every row is a window of the stream
+    stream = torch.from_numpy(source.tokens.astype(np.int64))
+    for row in range(8):
+        windows = stream.unfold(0, 17, 1)
+        assert (windows == torch.cat([inputs[row], targets[row, -1:]])).all(dim=1).any()
+    again = source.batch(8, torch.Generator().manual_seed(5))
+    assert torch.equal(again[0], inputs) and torch.equal(again[1], targets)
+    # resuming from a saved generator state continues the same sequence
+    generator = torch.Generator().manual_seed(11)
+    source.batch(4, generator)
+    saved = generator.get_state()
+    expected = source.batch(4, generator)
+    resumed = torch.Generator()
+    resumed.set_state(saved)
+    assert torch.equal(source.batch(4, resumed)[0], expected[0])
+
+
+def test_binidx_round_trip(tmp_path):
+    documents = [[5, 6, 7, 0], [9, 0], list(range(1, 40)) + [0]]
+    prefix = write_binidx(tmp_path / "data", documents, dtype=np.uint16)
+    stream = read_binidx(prefix)
+    assert stream.dtype == np.uint16
+    assert stream.tolist() == [token for document in documents for token in document]
+    for spelled in (prefix, prefix.with_suffix(".bin"), prefix.with_suffix(".idx")):
+        assert np.array_equal(load_token_file(spelled), stream)
+    source = TextSource.from_files([prefix.with_suffix(".bin")], seq_len=8, tokenizer="world")
+    assert source.num_tokens == len(stream)
+
+
+def test_binidx_validation(tmp_path):
+    prefix = write_binidx(tmp_path / "data", [[1, 2, 3]], dtype=np.uint16)
+    with prefix.with_suffix(".bin").open("ab") as handle:
+        handle.write(b"\x00\x00")
+    with pytest.raises(ValueError, match="index describes"):
+        read_binidx(prefix)
+    prefix.with_suffix(".idx").write_bytes(b"NOTANIDX" + bytes(40))
+    with pytest.raises(ValueError, match="magic"):
+        read_binidx(prefix)
+    with pytest.raises(FileNotFoundError):
+        read_binidx(tmp_path / "missing")
+    with pytest.raises(ValueError, match="do not fit"):
+        write_binidx(tmp_path / "big", [[70000]], dtype=np.uint16)
+
+
+def test_token_ids_beyond_the_tokenizer_are_rejected(tmp_path):
+    prefix = write_binidx(tmp_path / "data", [[1, 2, 300, 0] * 10], dtype=np.uint16)
+    with pytest.raises(ValueError, match="beyond"):
+        TextSource.from_files(prefix, seq_len=4, tokenizer="bytes")
+
+
+def test_holdout_cuts_at_a_document_boundary():
+    documents = [[1 + (i % 7)] * 30 + [0] for i in range(20)]
+    source = TextSource(np.concatenate([np.array(d, dtype=np.uint16) for d in documents]), 8, 257)
+    train, validation = source.holdout(0.2)
+    assert train.num_tokens + validation.num_tokens == source.num_tokens
+    assert train.tokens[-1] == 0
+    assert validation.num_tokens == pytest.approx(0.2 * source.num_tokens, abs=31)
+
+
+def test_sequential_batches_cover_the_stream():
+    source = TextSource(np.arange(1, 42, dtype=np.uint16), 5, 64)
+    batches = list(source.sequential_batches(3))
+    inputs = torch.cat([b[0] for b in batches])
+    assert inputs[:, 0].tolist() == list(range(1, 37, 5))
+    assert sum(len(b[0]) for b in source.sequential_batches(3, max_batches=1)) == 3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="seq_len"):
+        TextSource(np.arange(10), 0, 16)
+    with pytest.raises(ValueError, match="fewer than seq_len"):
+        TextSource(np.arange(10), 10, 16)
+    with pytest.raises(ValueError, match="tokens"):
+        TextSource(np.zeros((2, 5), dtype=np.int64), 2, 16)
+    source = TextSource(np.arange(10), 4, 16)
+    with pytest.raises(TypeError, match="generator"):
+        source.batch(2, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        source.batch(0, torch.Generator())
+    with pytest.raises(ValueError, match="unsupported extension"):
+        list(text_module.iter_documents("file.csv"))
+    with pytest.raises(FileNotFoundError):
+        load_token_file("/nonexistent/file.txt")
+
+
+def test_bad_jsonl_lines_name_the_file(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": 3}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        tokenize_documents(text_module.iter_documents(path), "bytes")
+    path.write_text('{not json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        tokenize_documents(text_module.iter_documents(path), "bytes")
+
+
+def test_most_frequent_tokens():
+    tokens = np.array([0, 0, 0, 0, 5, 5, 5, 3, 3, 9, 9, 1], dtype=np.uint16)
+    assert most_frequent_tokens(tokens, 4).tolist() == [5, 3, 9, 1]  # 0 excluded, ties by id
+    assert most_frequent_tokens(tokens, 2, exclude=()).tolist() == [0, 5]
+    with pytest.raises(ValueError, match="distinct"):
+        most_frequent_tokens(tokens, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo corpus
+
+def _demo_available() -> bool:
+    try:
+        text_module._demo_corpus_root()
+        return True
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+needs_demo = pytest.mark.skipif(not _demo_available(),
+                                reason=f"demo corpus needs {text_module.DEMO_CORPUS_PACKAGE}=={text_module.DEMO_CORPUS_VERSION}")
+
+
+@needs_demo
+def test_demo_corpus_split_and_hash():
+    everything = demo_corpus_documents("all")
+    train = demo_corpus_documents("train")
+    validation = demo_corpus_documents("validation")
+    assert len(train) + len(validation) == len(everything) == 258
+    assert len(validation) == 25
+    assert validation == everything[9::10]
+    assert train == [document for index, document in enumerate(everything) if index % 10 != 9]
+    assert sum(map(len, everything)) == 10_205_376
+
+
+@needs_demo
+def test_demo_corpus_hash_is_checked(monkeypatch):
+    files = text_module._demo_corpus_files()
+    tampered = list(files)
+    tampered[3] = (tampered[3][0], tampered[3][1] + b"# edited\n")
+    monkeypatch.setattr(text_module, "_demo_corpus_files", lambda: tampered)
+    with pytest.raises(ValueError, match="content hash"):
+        demo_corpus_documents("train")
+
+
+@needs_demo
+def test_demo_corpus_validation_tokens(tmp_path):
+    tokens = demo_corpus_tokens("validation", "world", cache_dir=tmp_path)
+    assert len(tokens) == 234_578  # pins corpus, split and tokenizer together
+    assert int((tokens == 0).sum()) == 25 and tokens[-1] == 0
+    world = get_tokenizer("world")
+    first_end = int(np.flatnonzero(tokens == 0)[0])
+    assert world.decode_bytes(tokens[:first_end].tolist()) == demo_corpus_documents("validation")[0]
+    pool = most_frequent_tokens(tokens, 1000)
+    assert pool.numel() == 1000 and 0 not in pool.tolist()
+    source = TextSource.demo("validation", seq_len=32, cache_dir=tmp_path)
+    assert source.num_tokens == len(tokens)
+
+
+def test_demo_split_name_is_checked():
+    with pytest.raises(ValueError, match="split"):
+        demo_corpus_documents("test")

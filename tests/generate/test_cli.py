@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from heron.cli import main
+
+
+@pytest.fixture(scope="module")
+def byte_checkpoint(tmp_path_factory):
+    """A tiny byte-level RWKV-8 saved in heron's own format."""
+    rwkv8 = pytest.importorskip("heron.models.rwkv8")
+    load_module = pytest.importorskip("heron.models.load")
+    torch.manual_seed(0)
+    model = rwkv8.RWKV8(rwkv8.RWKV8Config(n_layer=1, n_embd=32, vocab_size=257, head_size=16))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    load_module.save(model, path)
+    return path
+
+
+def test_generate_prints_prompt_and_continuation(byte_checkpoint, capsys):
+    argv = ["generate", "--checkpoint", str(byte_checkpoint), "--prompt", "heron", "--max-tokens", "12",
+            "--temperature", "0.7", "--top-k", "20", "--seed", "3", "--no-stop"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("heron") and len(first.encode("utf-8", "surrogatepass")) > len("heron")
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first  # same seed, same text
+
+
+def test_stream_matches_batch_output(byte_checkpoint, capsys):
+    common = ["generate", "--checkpoint", str(byte_checkpoint), "--prompt", "abc", "--max-tokens", "10",
+              "--temperature", "0", "--no-echo", "--no-stop"]
+    assert main(common) == 0
+    batch = capsys.readouterr().out
+    assert main(common + ["--stream", "--timing"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == batch
+    assert "tokens/s" in captured.err
+
+
+def test_full_recompute_gives_the_same_text(byte_checkpoint, capsys):
+    common = ["generate", "--checkpoint", str(byte_checkpoint), "--prompt", "xyz", "--max-tokens", "8",
+              "--temperature", "0", "--no-stop"]
+    assert main(common) == 0
+    incremental = capsys.readouterr().out
+    assert main(common + ["--full-recompute"]) == 0
+    assert capsys.readouterr().out == incremental
+
+
+def test_several_samples(byte_checkpoint, capsys):
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--prompt", "a", "--max-tokens", "5",
+                 "--num-samples", "3", "--seed", "1", "--no-stop"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 3
+
+
+def test_copy_eval_command(byte_checkpoint, tmp_path, capsys):
+    data = tmp_path / "pool.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog " * 10, encoding="utf-8")
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--copy-eval", "--copy-data", str(data),
+                 "--copy-trials", "4", "--copy-length", "12", "--copy-cue", "3", "--copy-pool", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "copy ability" in out and "4 x 9 tokens" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-tokens", "-1"], "--max-tokens"),
+    (["--stream", "--num-samples", "2"], "--stream"),
+    (["--tokenizer", "world"], "--tokenizer world"),
+    (["--top-p", "0"], "top_p"),
+])
+def test_bad_arguments_exit_with_a_message(byte_checkpoint, capsys, extra, message):
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--prompt", "a"] + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path / "none.safetensors"), "--prompt", "a"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,336 @@
+"""The ROSA gradient estimators against their naive definitions (spec/ROSA.md §4)."""
+
+import pytest
+import torch
+
+from heron.ops.rosa import grad as G
+from heron.ops.rosa.reference import rosa_qkv_oracle
+
+
+def _native_cpu():
+    try:
+        return G.native_flip_cpu()
+    except G.ExtensionUnavailable as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"C++ flip extension unavailable: {exc}")
+
+
+def _streams(kind: str, S: int, T: int, bits: int, generator) -> torch.Tensor:
+    if kind == "random":
+        return torch.randint(0, 2**bits, (S, T), generator=generator)
+    if kind == "constant":
+        return torch.full((S, T), 2**bits - 1, dtype=torch.int64)
+    if kind == "periodic":
+        period = torch.randint(0, 2**bits, (S, 3), generator=generator)
+        return period.repeat(1, T // 3 + 1)[:, :T].contiguous()
+    raise AssertionError(kind)
+
+
+# ------------------------------------------------------------------------------------------
+# kernels: phi differences equal re-running every flipped stream
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("T", [1, 2, 7, 12])
+@pytest.mark.parametrize("kind", ["random", "constant", "periodic"])
+def test_cpu_flip_deltas_equal_rerunning_every_flip(bits, T, kind):
+    ext = _native_cpu()
+    generator = torch.Generator().manual_seed(bits * 100 + T)
+    S = 3
+    x = _streams(kind, S, T, bits, generator)
+    val = torch.randn(S, T, 2**bits + 1, dtype=torch.float64, generator=generator)
+    for window in (T, 2):
+        got = ext.flip_token(x, val, bits, window)
+        (want,) = G.flip_deltas_reference(x, x, x, val, bits, window, token=True)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        q, k, v = (_streams(kind, S, T, bits, generator) for _ in range(3))
+        q = torch.randint(0, 2**bits, (S, T), generator=generator) if kind == "random" else q
+        dq, dk, dv = ext.flip_qkv(q, k, v, val, bits, window, True, True, True)
+        rq, rk, rv = G.flip_deltas_reference(q, k, v, val, bits, window, token=False)
+        torch.testing.assert_close(dq, rq, rtol=0, atol=1e-12)
+        torch.testing.assert_close(dk, rk, rtol=0, atol=1e-12)
+        if window == T:  # value flips are closed-form (never windowed)
+            torch.testing.assert_close(dv, rv, rtol=0, atol=1e-12)
+
+
+def test_cpu_flip_float32_matches_float64():
+    ext = _native_cpu()
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 2, (16, 40), generator=generator)
+    val = torch.randn(16, 40, 3, dtype=torch.float64, generator=generator)
+    got = ext.flip_token(x, val.float(), 1, 40)
+    want = ext.flip_token(x, val, 1, 40)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_retrieval_indices_follow_the_oracle():
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 3, (4, 15), generator=generator)
+    k = torch.randint(0, 3, (4, 15), generator=generator)
+    got = G.retrieval_indices(q, k, 2)
+    positions = list(range(15))
+    want = [rosa_qkv_oracle(a, b, positions) for a, b in zip(q.tolist(), k.tolist())]
+    assert got.tolist() == want
+
+
+def test_empty_streams_give_empty_gradients():
+    val = torch.zeros(0, 5, 3)
+    (d,) = G.flip_deltas(torch.zeros(0, 5, dtype=torch.long), None, None, val, 1, 5, token=True)
+    assert d.shape == (0, 5, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# layer ops: flip estimator equals the naive definition; exact learned-vector gradients
+
+
+def _channel_input(B, T, C, dtype, generator, dead_channel=True):
+    x = torch.randn(B, T, C, dtype=dtype, generator=generator)
+    if dead_channel:  # an all-constant stream (a dead channel) and an all-negative one
+        x[0, :, 0] = x[0, :, 0].abs() + 0.5
+        x[-1, :, -1] = -x[-1, :, -1].abs() - 0.5
+    x[0, -1, 1] = 1e-5  # below tau: the denominator floor is used
+    return x.requires_grad_(True)
+
+
+@pytest.mark.parametrize("bits,no_match", [(1, "zero"), (4, "symbol0"), (2, "zero")])
+@pytest.mark.parametrize("T", [1, 6, 11])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channel_flip_gradient_equals_naive_definition(bits, no_match, T, dtype):
+    generator = torch.Generator().manual_seed(bits * 7 + T)
+    C = 2 * bits
+    x = _channel_input(2, T, C, dtype, generator)
+    emb0 = torch.randn(C, dtype=dtype, generator=generator)
+    emb1 = torch.randn(C, dtype=dtype, generator=generator)
+    table = G.channel_decode_table(emb0, emb1, bits, no_match)
+    out = G.rosa_channel(x, table, bits, G.EstimatorConfig("flip"))
+    assert out.dtype == dtype
+    grad_out = torch.randn(out.shape, dtype=dtype, generator=generator)
+    (grad_x,) = torch.autograd.grad(out, x, grad_out)
+    want = G.naive_flip_grad_channel(x, table, bits, grad_out)
+    tolerance = 1e-9 if dtype == torch.float64 else 2e-3
+    torch.testing.assert_close(grad_x.double(), want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+@pytest.mark.parametrize("T", [2, 9])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_qkv_flip_gradients_equal_naive_definition(bits, T, dtype):
+    generator = torch.Generator().manual_seed(bits * 11 + T)
+    C = 2 * bits
+    q, k, v = (_channel_input(2, T, C, dtype, generator, dead_channel=False) for _ in range(3))
+    with torch.no_grad():
+        k[0, :, 0] = 1.0  # a constant key stream
+    emb = torch.randn(C, dtype=dtype, generator=generator)
+    table = G.qkv_decode_table(emb, bits, "symbol0" if bits == 1 else "zero")
+    out = G.rosa_qkv_channels(q, k, v, table, bits, G.EstimatorConfig("flip"))
+    grad_out = torch.randn(out.shape, dtype=dtype, generator=generator)
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    want = G.naive_flip_grad_qkv(q, k, v, table, bits, grad_out)
+    tolerance = 1e-9 if dtype == torch.float64 else 2e-3
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=tolerance, atol=tolerance)
+
+
+def test_qkv_gradient_only_for_inputs_that_need_it():
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 8, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    k = torch.randn(1, 8, 4, dtype=torch.float64, generator=generator)
+    v = torch.randn(1, 8, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    table = G.qkv_decode_table(torch.ones(4, dtype=torch.float64), 1, "symbol0")
+    out = G.rosa_qkv_channels(q, k, v, table, 1, G.EstimatorConfig())
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+    gq, gv = torch.autograd.grad(out, (q, v), grad_out)
+    rq, _, rv = G.naive_flip_grad_qkv(q, k, v, table, 1, grad_out)
+    torch.testing.assert_close(gq, rq)
+    torch.testing.assert_close(gv, rv)
+
+
+def _explicit_channel(x, emb0, emb1, bits, no_match):
+    """The official formulation: per-bit torch.where on the decoded symbol (autograd-exact in emb)."""
+    symbols = G.pack_symbols(x.detach(), bits)
+    y = torch.tensor(
+        [[rosa_qkv_oracle(s, s, s) for s in symbols[b].T.tolist()] for b in range(x.shape[0])]
+    ).permute(0, 2, 1)
+    decoded = y.clamp_min(0).repeat_interleave(bits, -1)
+    bit = (decoded >> (torch.arange(x.shape[-1]) % bits)) & 1
+    out = torch.where(bit.bool(), emb1, emb0)
+    if no_match == "zero":
+        out = torch.where(y.repeat_interleave(bits, -1) < 0, torch.zeros_like(out), out)
+    return out
+
+
+@pytest.mark.parametrize("bits,no_match", [(1, "zero"), (4, "symbol0"), (4, "zero")])
+def test_learned_vectors_get_exact_gradients(bits, no_match):
+    generator = torch.Generator().manual_seed(bits)
+    C = 2 * bits
+    x = torch.randn(3, 10, C, dtype=torch.float64, generator=generator)
+    emb0 = torch.randn(C, dtype=torch.float64, generator=generator, requires_grad=True)
+    emb1 = torch.randn(C, dtype=torch.float64, generator=generator, requires_grad=True)
+    grad_out = torch.randn(3, 10, C, dtype=torch.float64, generator=generator)
+    out = G.rosa_channel(x, G.channel_decode_table(emb0, emb1, bits, no_match), bits, G.EstimatorConfig())
+    got = torch.autograd.grad(out, (emb0, emb1), grad_out)
+    explicit = _explicit_channel(x, emb0, emb1, bits, no_match)
+    torch.testing.assert_close(out, explicit)
+    want = torch.autograd.grad(explicit, (emb0, emb1), grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_qkv_emb_gradient_is_exact():
+    generator = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, 12, 8, dtype=torch.float64, generator=generator) for _ in range(3))
+    emb = torch.randn(8, dtype=torch.float64, generator=generator, requires_grad=True)
+    grad_out = torch.randn(2, 12, 8, dtype=torch.float64, generator=generator)
+    for bits, no_match in ((1, "symbol0"), (4, "zero")):
+        out = G.rosa_qkv_channels(q, k, v, G.qkv_decode_table(emb, bits, no_match), bits, G.EstimatorConfig())
+        (got,) = torch.autograd.grad(out, emb, grad_out)
+        sq, sk, sv = (G.pack_symbols(t, bits) for t in (q, k, v))
+        y = torch.stack([
+            torch.tensor([rosa_qkv_oracle(a, b, c) for a, b, c in zip(sq[i].T.tolist(), sk[i].T.tolist(), sv[i].T.tolist())]).T
+            for i in range(2)
+        ])
+        channel_y = y.repeat_interleave(bits, -1)
+        bit = (channel_y.clamp_min(0) >> (torch.arange(8) % bits)) & 1
+        sign = 2.0 * bit.double() - 1.0
+        if no_match == "zero":
+            sign = torch.where(channel_y < 0, torch.zeros_like(sign), sign)
+        want = (grad_out * sign).sum((0, 1))
+        torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------------------------------------------------------
+# cheap estimators
+
+
+def test_window_estimator_equals_flip_when_the_window_covers_the_sequence():
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 9, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    table = G.channel_decode_table(torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64), 1, "zero")
+    grad_out = torch.randn(2, 9, 4, dtype=torch.float64, generator=generator)
+    flip = torch.autograd.grad(G.rosa_channel(x, table, 1, G.EstimatorConfig("flip")), x, grad_out)[0]
+    wide = torch.autograd.grad(G.rosa_channel(x, table, 1, G.EstimatorConfig("window", window=9)), x, grad_out)[0]
+    narrow = torch.autograd.grad(G.rosa_channel(x, table, 1, G.EstimatorConfig("window", window=2)), x, grad_out)[0]
+    torch.testing.assert_close(wide, flip)
+    assert not torch.allclose(narrow, flip)
+
+
+def _naive_value_grad(x, table, bits, grad_out, tau):
+    """Copy-through by definition: hold every match fixed, flip the bit of the retrieved symbol."""
+    symbols = G.pack_symbols(x, bits)
+    B, T, C = x.shape
+    grad = torch.zeros_like(x)
+    for b in range(B):
+        for g in range(C // bits):
+            stream = symbols[b, :, g].tolist()
+            retrieved = rosa_qkv_oracle(stream, stream, list(range(T)))
+            cols = slice(g * bits, (g + 1) * bits)
+            for i, r in enumerate(retrieved):
+                if r < 0:
+                    continue
+                for m in range(bits):
+                    flipped = stream[r] ^ (1 << m)
+                    delta = float((grad_out[b, i, cols] * (table[flipped + 1, cols] - table[stream[r] + 1, cols])).sum())
+                    value = float(x[b, r, g * bits + m])
+                    sign = -1.0 if value > 0 else 1.0
+                    grad[b, r, g * bits + m] += sign * delta / (2 * max(abs(value), tau))
+    return grad
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+def test_value_estimator_equals_its_definition(bits):
+    generator = torch.Generator().manual_seed(10 + bits)
+    C = 2 * bits
+    x = torch.randn(2, 13, C, dtype=torch.float64, generator=generator, requires_grad=True)
+    table = G.channel_decode_table(torch.randn(C, dtype=torch.float64), torch.randn(C, dtype=torch.float64), bits, "symbol0")
+    grad_out = torch.randn(2, 13, C, dtype=torch.float64, generator=generator)
+    out = G.rosa_channel(x, table, bits, G.EstimatorConfig("value"))
+    (got,) = torch.autograd.grad(out, x, grad_out)
+    torch.testing.assert_close(got, _naive_value_grad(x.detach(), table, bits, grad_out, 1e-3))
+
+
+def test_value_estimator_gives_qkv_value_gradient_only():
+    generator = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 10, 4, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(3))
+    table = G.qkv_decode_table(torch.ones(4, dtype=torch.float64), 1, "symbol0")
+    grad_out = torch.randn(2, 10, 4, dtype=torch.float64, generator=generator)
+    out = G.rosa_qkv_channels(q, k, v, table, 1, G.EstimatorConfig("value"))
+    gq, gk, gv = torch.autograd.grad(out, (q, k, v), grad_out)
+    _, _, rv = G.naive_flip_grad_qkv(q, k, v, table, 1, grad_out)
+    assert not gq.any() and not gk.any()
+    torch.testing.assert_close(gv, rv)
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+
+
+def test_bad_arguments_raise_clear_errors():
+    x = torch.randn(1, 4, 4)
+    table = G.channel_decode_table(torch.zeros(4), torch.zeros(4), 1, "zero")
+    with pytest.raises(ValueError, match="estimator"):
+        G.EstimatorConfig("straight")
+    with pytest.raises(ValueError, match="tau"):
+        G.EstimatorConfig("flip", tau=0.0)
+    with pytest.raises(ValueError, match="window"):
+        G.EstimatorConfig("window", window=0)
+    with pytest.raises(ValueError, match="bits"):
+        G.rosa_channel(x, table, 9, G.EstimatorConfig())
+    with pytest.raises(TypeError, match="bits"):
+        G.rosa_channel(x, table, 1.0, G.EstimatorConfig())
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        G.rosa_channel(x.long(), table, 1, G.EstimatorConfig())
+    with pytest.raises(ValueError, match=r"x must have shape \[B, T, C\]"):
+        G.rosa_channel(x[0], table, 1, G.EstimatorConfig())
+    with pytest.raises(ValueError, match="divisible"):
+        G.rosa_channel(torch.randn(1, 4, 6), G.channel_decode_table(torch.zeros(6), torch.zeros(6), 4, "zero"), 4,
+                       G.EstimatorConfig())
+    with pytest.raises(ValueError, match="no_match"):
+        G.channel_decode_table(torch.zeros(4), torch.zeros(4), 1, "none")
+    with pytest.raises(ValueError, match="same shape"):
+        G.rosa_qkv_channels(x, x, torch.randn(1, 5, 4), G.qkv_decode_table(torch.ones(4), 1, "symbol0"), 1,
+                            G.EstimatorConfig())
+
+
+# ------------------------------------------------------------------------------------------
+# CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [1, 4])
+def test_cuda_flip_equals_cpu(bits):
+    ext_cpu = _native_cpu()
+    ext_cuda = G.native_flip_cuda()
+    generator = torch.Generator().manual_seed(bits)
+    S, T = 64, 37
+    stream = torch.cuda.current_stream().cuda_stream
+    for kind in ("random", "constant", "periodic"):
+        x = _streams(kind, S, T, bits, generator)
+        q, k, v = (torch.randint(0, 2**bits, (S, T), generator=generator) for _ in range(3))
+        k[:4] = 0
+        val = torch.randn(S, T, 2**bits + 1, dtype=torch.float64, generator=generator)
+        for window in (T, 5):
+            torch.testing.assert_close(
+                ext_cuda.flip_token(x.cuda(), val.cuda(), bits, window, stream).cpu(),
+                ext_cpu.flip_token(x, val, bits, window), rtol=0, atol=1e-12)
+            got = ext_cuda.flip_qkv(q.cuda(), k.cuda(), v.cuda(), val.cuda(), bits, window, True, True, True, stream)
+            want = ext_cpu.flip_qkv(q, k, v, val, bits, window, True, True, True)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g.cpu(), w, rtol=0, atol=1e-12)
+        got = ext_cuda.retrieval(q.cuda(), k.cuda(), 2**bits, stream).cpu()
+        assert torch.equal(got, ext_cpu.retrieval(q, k, 2**bits))
+
+
+@pytest.mark.gpu
+def test_cuda_layer_gradients_equal_cpu():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 33, 8, generator=generator)
+    emb0, emb1 = torch.randn(8, generator=generator), torch.randn(8, generator=generator)
+    grad_out = torch.randn(4, 33, 8, generator=generator)
+    results = []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).requires_grad_(True)
+        e0, e1 = emb0.to(device).requires_grad_(True), emb1.to(device).requires_grad_(True)
+        out = G.rosa_channel(xd, G.channel_decode_table(e0, e1, 4, "symbol0"), 4, G.EstimatorConfig())
+        results.append([t.cpu() for t in (out, *torch.autograd.grad(out, (xd, e0, e1), grad_out.to(device)))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,110 @@
+"""WKV7 CUDA kernels vs the float64 reference (skipped without a CUDA device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from heron.ops.wkv7 import wkv7, wkv7_reference
+from heron.ops.wkv7 import cuda as wkv7_cuda
+
+from .wkv7_inputs import make_inputs, relative_l2
+
+pytestmark = pytest.mark.gpu
+
+TOLERANCES = {  # (outputs and final state, every gradient)
+    torch.bfloat16: (3e-3, 5e-3),
+    torch.float32: (1e-4, 1e-4),
+}
+NAMES = ("y", "state", "dr", "dw", "dk", "dv", "da", "db", "dstate0")
+
+
+def _errors(B, T, H, N, dtype, seed):
+    device = "cuda"
+    inputs = make_inputs(B, T, H, N, dtype=torch.float64, device=device, seed=seed)
+    leaves = [x.to(dtype).requires_grad_() for x in inputs[:6]]
+    leaves.append(inputs[6].float().requires_grad_())
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    grad_y = torch.randn(B, T, H, N, generator=generator, device=device, dtype=torch.float64)
+    grad_state = torch.randn(B, H, N, N, generator=generator, device=device, dtype=torch.float64)
+
+    y, final_state = wkv7(*leaves[:6], leaves[6], return_state=True, backend="cuda")
+    assert y.dtype == dtype and final_state.dtype == torch.float32
+    grads = torch.autograd.grad(
+        (y.float() * grad_y.float()).sum() + (final_state * grad_state.float()).sum(), leaves
+    )
+    # The reference sees exactly the rounded inputs the kernel saw.
+    reference_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    y_ref, state_ref = wkv7_reference(*reference_leaves)
+    grads_ref = torch.autograd.grad(
+        (y_ref * grad_y).sum() + (state_ref * grad_state).sum(), reference_leaves
+    )
+    values = [relative_l2(y, y_ref), relative_l2(final_state, state_ref)]
+    values += [relative_l2(g, g_ref) for g, g_ref in zip(grads, grads_ref)]
+    return dict(zip(NAMES, values))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("N,T", [(16, 1024), (32, 777), (64, 256), (64, 1000), (128, 512)])
+def test_cuda_matches_float64_reference(N, T, dtype):
+    errors = _errors(2, T, 4, N, dtype, seed=N + T)
+    output_tolerance, grad_tolerance = TOLERANCES[dtype]
+    print(f"N={N} T={T} {dtype}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+    assert errors["y"] < output_tolerance and errors["state"] < output_tolerance, errors
+    assert all(errors[name] < grad_tolerance for name in NAMES[2:]), errors
+
+
+def test_segment_length_matches_the_kernels():
+    extension = wkv7_cuda.load()
+    for head_size in wkv7_cuda.SUPPORTED_HEAD_SIZES:
+        assert extension.segment_length(head_size) == wkv7_cuda.segment_length(head_size)
+
+
+@pytest.mark.parametrize("T", [1, 2, 15, 17])
+def test_cuda_short_sequences_and_chaining(T):
+    B, H, N = 5, 3, 64
+    inputs = [x.float() for x in make_inputs(B, 2 * T, H, N, device="cuda", seed=T)]
+    y_ref, s_ref = wkv7_reference(*[x.double() for x in inputs])
+    first = [x[:, :T] for x in inputs[:6]]
+    second = [x[:, T:] for x in inputs[:6]]
+    y1, s1 = wkv7(*first, inputs[6], return_state=True)
+    y2, s2 = wkv7(*second, s1, return_state=True)
+    assert relative_l2(torch.cat([y1, y2], 1), y_ref) < 1e-5
+    assert relative_l2(s2, s_ref) < 1e-5
+
+
+def test_zero_decay_and_no_state():
+    B, T, H, N = 2, 40, 2, 32
+    inputs = [x.float().requires_grad_() for x in make_inputs(B, T, H, N, device="cuda", seed=7)[:6]]
+    with torch.no_grad():
+        inputs[1][:, ::3] = 30.0  # decay exactly 0 on every third step
+    y, s = wkv7(*inputs, return_state=True, backend="cuda")
+    grads = torch.autograd.grad(y.square().sum() + s.sum(), inputs)
+    reference = [x.detach().double().requires_grad_() for x in inputs]
+    y_ref, s_ref = wkv7_reference(*reference)
+    grads_ref = torch.autograd.grad(y_ref.square().sum() + s_ref.sum(), reference)
+    assert relative_l2(y, y_ref) < 1e-4 and relative_l2(s, s_ref) < 1e-4
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.isfinite(g).all() and relative_l2(g, g_ref) < 1e-4
+
+
+def test_unsupported_head_size_is_rejected_and_auto_falls_back():
+    inputs = [x.float() for x in make_inputs(1, 20, 1, 24, device="cuda", seed=8)]
+    with pytest.raises(ValueError, match="head sizes"):
+        wkv7(*inputs[:6], backend="cuda")
+    y = wkv7(*inputs[:6], inputs[6])  # auto -> chunked PyTorch on the GPU
+    y_ref, _ = wkv7_reference(*[x.double() for x in inputs])
+    assert relative_l2(y, y_ref) < 1e-4
+
+
+def test_cuda_op_under_torch_compile():
+    inputs = [x.to(torch.bfloat16).requires_grad_() for x in make_inputs(2, 64, 2, 64, device="cuda", seed=9)[:6]]
+
+    def loss(*xs):
+        return wkv7(*xs).float().square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    eager = torch.autograd.grad(loss(*inputs), inputs)
+    traced = torch.autograd.grad(compiled(*inputs), inputs)
+    for g, g_ref in zip(traced, eager):
+        assert relative_l2(g, g_ref) < 1e-6

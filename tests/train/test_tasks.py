@@ -1,0 +1,101 @@
+"""A few steps of every registered task, through the real data modules and models."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from heron.train.checkpoint import load_checkpoint
+from heron.train.config import TrainConfig
+from heron.train.tasks import Curriculum, get_task, task_names
+from heron.train.trainer import train
+
+TINY_LM = {"n_layer": 1, "n_embd": 32, "head_size": 16}
+QUIET = dict(progress=False, tensorboard=False, device="cpu", log_every=1)
+needs_rosa = pytest.mark.skipif(importlib.util.find_spec("heron.layers.rosa") is None,
+                                reason="heron.layers.rosa (the ROSA-QKV block) is not built yet")
+
+
+def _config(tmp_path, task, **overrides):
+    return TrainConfig.from_dict({**get_task(task).defaults, "task": task, "out": str(tmp_path), **QUIET, **overrides})
+
+
+def test_registry_lists_the_tasks():
+    assert {"counting", "reverse", "arith", "text", "abc"} <= set(task_names())
+
+
+@pytest.mark.parametrize("task, rosa", [
+    ("reverse", None), pytest.param("reverse", "qkv1", marks=needs_rosa), pytest.param("arith", "qkv1", marks=needs_rosa),
+])
+def test_digit_tasks_run_and_export_a_loadable_model(tmp_path, task, rosa):
+    model_config = {"rosa": rosa} if task == "reverse" else {"rosa": rosa, "n_embd": 32, "dim_ffn": 64, "lora_rank_decay": 8,
+                                                             "lora_rank_iclr": 8, "lora_rank_value": 8, "lora_rank_gate": 8}
+    config = _config(tmp_path, task, steps=3, batch_size=8, eval_every=2, eval_samples=1, model_config=model_config,
+                     task_options={"max_digits": 4, "curriculum": [[0, 2], [2, 4]]})
+    result = train(config)
+    assert result.finished and len(result.losses) == 3
+    assert 0.0 <= result.metrics["digit_accuracy"] <= 1.0
+    from heron.models.load import load
+
+    # The exported file holds exactly the trained weights: same logits as the checkpoint's model.
+    trained = get_task(task).build(config).model
+    trained.load_state_dict(load_checkpoint(result.checkpoint)["model"])
+    tokens = torch.randint(0, trained.config.vocab_size, (2, 9))
+    torch.testing.assert_close(load(result.model_file)(tokens), trained(tokens))
+
+
+def test_reverse_default_model_is_the_official_shape():
+    pytest.importorskip("heron.layers.rosa")
+    setup = get_task("reverse").build(TrainConfig(task="reverse", task_options={"max_digits": 3}))
+    assert sum(p.numel() for p in setup.model.parameters()) == 39_564  # as checkpoint 251105_reverse_L2
+
+
+def test_curriculum_is_a_function_of_the_step():
+    stages = Curriculum([(0, "a"), (10, "b"), (25, "c")])
+    assert [stages.at(s) for s in (0, 9, 10, 24, 25, 1000)] == ["a", "a", "b", "b", "c", "c"]
+    with pytest.raises(ValueError, match="first stage at step 0"):
+        Curriculum([(5, "a")])
+    with pytest.raises(ValueError, match="increasing"):
+        Curriculum([(0, "a"), (5, "b"), (5, "c")])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"curriculum": [[0, 70]]}, r"digit counts must be in 1..max_digits=60"),
+    ({"curriculum": [[3, 10]]}, "must start at step 0"),
+    ({"curriculum": "fast"}, "list of \\[first_step, max_digits\\] pairs"),
+    ({"max_digit": 5}, r"has no option\(s\) \['max_digit'\]"),
+])
+def test_digit_task_option_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        get_task("reverse").build(TrainConfig(task="reverse", task_options=options, model_config={"rosa": None}))
+
+
+def test_unknown_model_config_field():
+    with pytest.raises(ValueError, match=r"--model-config: unknown field\(s\) \['layers'\]"):
+        get_task("reverse").build(TrainConfig(task="reverse", model_config={"layers": 3}))
+
+
+def test_text_task_on_a_file(tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text("the cat sat on the mat. " * 200)
+    config = _config(tmp_path / "run", "text", steps=3, batch_size=4, warmup=1, eval_samples=2,
+                     model_config={**TINY_LM, "rosa": None},
+                     task_options={"data": [str(data)], "tokenizer": "bytes", "seq_len": 32})
+    result = train(config)
+    assert result.finished and result.metrics["eval_loss"] > 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_text_task_missing_data(tmp_path):
+    config = _config(tmp_path, "text", task_options={"data": [str(tmp_path / "absent.txt")]})
+    with pytest.raises(FileNotFoundError, match="data file\\(s\\) not found: .*absent.txt"):
+        train(config)
+
+
+def test_abc_task(tmp_path):
+    pytest.importorskip("music21")
+    config = _config(tmp_path, "abc", steps=2, batch_size=2, warmup=1, eval_samples=1,
+                     model_config={**TINY_LM, "rosa": None}, task_options={"seq_len": 32})
+    result = train(config)
+    assert result.finished and result.metrics["eval_bits_per_token"] > 0
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "model.safetensors").is_file()

@@ -1,0 +1,157 @@
+import dataclasses
+import os
+import signal
+
+import pytest
+import torch
+
+from heron.train import tasks
+from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from heron.train.trainer import train
+from tests.train import synthetic
+
+
+def _parameters(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_a_few_steps_learn_and_write_everything(tmp_path):
+    result = train(synthetic.config(tmp_path, steps=40, eval_every=20, ckpt_every=10, lr=3e-2))
+    assert result.finished and result.step == 40 and len(result.losses) == 40
+    assert sum(result.losses[-5:]) < sum(result.losses[:5])  # the loss falls
+    assert set(result.metrics) == {"eval_loss", "eval_bits_per_token", "next_token_accuracy"}
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"checkpoint.pt", "checkpoint.pt.prev", "train.csv", "eval.csv", "model.pt"} <= names
+    rows = (tmp_path / "train.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,lr") and len(rows) == 41
+    assert [line.split(",")[0] for line in (tmp_path / "eval.csv").read_text().splitlines()[1:]] == ["20", "40"]
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 40
+
+
+class _InterruptAfter:
+    """Wraps a batch source and delivers a real SIGINT to this process at its n-th batch."""
+
+    def __init__(self, source, calls: int) -> None:
+        self.source, self.calls = source, calls
+        self.vocab_size, self.seq_len = source.vocab_size, source.seq_len
+
+    def batch(self, batch_size, generator):
+        self.calls -= 1
+        if self.calls == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.source.batch(batch_size, generator)
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    steps = 12
+    reference = train(synthetic.config(tmp_path / "straight", steps=steps, grad_accum=2))
+
+    def interrupted_build(config):
+        setup = synthetic.TASK.build(config)
+        setup.sources.stages[0] = (0, _InterruptAfter(setup.sources.stages[0][1], 5))
+        return setup
+
+    # Same task name (it is part of the configuration a resume checks), interrupting source.
+    monkeypatch.setitem(tasks._REGISTRY, synthetic.NAME, dataclasses.replace(synthetic.TASK, build=interrupted_build))
+    first = train(synthetic.config(tmp_path / "split", steps=steps, grad_accum=2))
+    monkeypatch.undo()
+    assert not first.finished and first.stopped_by == "signal" and first.step == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    second = train(synthetic.config(tmp_path / "split", steps=steps, grad_accum=2),
+                   resume=tmp_path / "split" / CHECKPOINT_NAME)
+    assert second.finished and second.step == steps
+    assert first.losses + second.losses == reference.losses  # bit-for-bit
+    straight = _parameters(tmp_path / "straight" / CHECKPOINT_NAME)
+    resumed = _parameters(tmp_path / "split" / CHECKPOINT_NAME)
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    # the CSV describes one continuous trajectory
+    steps_logged = [int(line.split(",")[0]) for line in (tmp_path / "split" / "train.csv").read_text().splitlines()[1:]]
+    assert steps_logged == list(range(1, steps + 1))
+
+
+def test_time_limit_stops_and_resume_finishes(tmp_path):
+    first = train(synthetic.config(tmp_path, steps=6, time_limit=1e-9))
+    assert not first.finished and first.stopped_by == "time limit" and first.step == 1
+    second = train(synthetic.config(tmp_path, steps=6), resume=tmp_path / CHECKPOINT_NAME)
+    assert second.finished and second.step == 6
+    reference = train(synthetic.config(tmp_path / "ref", steps=6))
+    assert first.losses + second.losses == reference.losses
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    one = train(synthetic.config(tmp_path / "one", steps=4, batch_size=8, grad_accum=1))
+    four = train(synthetic.config(tmp_path / "four", steps=4, batch_size=8, grad_accum=4))
+    assert one.losses == pytest.approx(four.losses, rel=1e-5)
+    a, b = _parameters(tmp_path / "one" / CHECKPOINT_NAME), _parameters(tmp_path / "four" / CHECKPOINT_NAME)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_with_changed_config_names_the_fields(tmp_path):
+    train(synthetic.config(tmp_path, steps=3))
+    with pytest.raises(ValueError, match=r"changed: lr: 0.01 -> 0.02; steps: 3 -> 5"):
+        train(synthetic.config(tmp_path, steps=5, lr=2e-2), resume=tmp_path / CHECKPOINT_NAME)
+    # operational fields may change
+    result = train(synthetic.config(tmp_path, steps=3, log_every=2, out=str(tmp_path)), resume=tmp_path / CHECKPOINT_NAME)
+    assert result.finished
+
+
+def test_checkpoint_from_another_model_config(tmp_path):
+    train(synthetic.config(tmp_path / "a", steps=2, model_config={"width": 16}))
+    with pytest.raises(ValueError, match=r"another model configuration: .*width: 16 -> 24"):
+        train(synthetic.config(tmp_path / "a", steps=2, model_config={"width": 24}),
+              resume=tmp_path / "a" / CHECKPOINT_NAME)
+
+
+def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    train(synthetic.config(tmp_path, steps=2))
+    with pytest.raises(ValueError, match="already holds a training checkpoint"):
+        train(synthetic.config(tmp_path, steps=2))
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path):
+    train(synthetic.config(tmp_path, steps=2, ckpt_every=1))
+    path = tmp_path / CHECKPOINT_NAME
+    data = bytearray(path.read_bytes())
+    data[-300] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt .*previous checkpoint is intact"):
+        train(synthetic.config(tmp_path, steps=2), resume=path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt.prev")["step"] == 1
+
+
+def test_out_of_range_tokens_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"input token 99 is out of range \[0, 7\)"):
+        train(synthetic.config(tmp_path, task_options={"bad_token": 99}))
+    with pytest.raises(ValueError, match=r"input token -3 is out of range"):
+        train(synthetic.config(tmp_path / "b", task_options={"bad_token": -3}))
+
+
+def test_unknown_task():
+    from heron.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown task 'nope'; known tasks: .*reverse"):
+        train(TrainConfig(task="nope"))
+
+
+def test_lm_recipe_groups():
+    from heron.train.config import TrainConfig
+    from heron.train.trainer import build_optimizer
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = torch.nn.Module()
+            self.att.w0 = torch.nn.Parameter(torch.zeros(1, 1, 4))
+            self.att.key = torch.nn.Linear(4, 4, bias=False)
+            self.ln = torch.nn.LayerNorm(4)
+
+    model = Block()
+    optimizer = build_optimizer(model, TrainConfig(task="x", recipe="lm", weight_decay=0.1))
+    groups = {tuple(id(p) for p in g["params"]): g for g in optimizer.param_groups}
+    assert groups[(id(model.att.key.weight),)]["weight_decay"] == 0.1
+    assert groups[(id(model.att.w0),)]["lr_scale"] == 2.0 and groups[(id(model.att.w0),)]["weight_decay"] == 0.0
+    assert groups[(id(model.ln.weight), id(model.ln.bias))]["weight_decay"] == 0.0
+    assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-18
+    official = build_optimizer(model, TrainConfig(task="x"))
+    assert len(official.param_groups) == 1 and official.defaults["weight_decay"] == 0.01
