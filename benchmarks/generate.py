@@ -61,6 +61,17 @@ def build_model(args) -> torch.nn.Module:
     return model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -184,7 +195,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     model = build_model(args)
     parameters = sum(p.numel() for p in model.parameters())
     header = (f"{args.model} L{args.layers} D{args.width} V{args.vocab} {args.bits}-bit, {parameters / 1e6:.1f}M params, "

@@ -150,16 +150,19 @@ def bench_cpu(args):
     shapes = [(4, 1024, 4, 64), (600, 128, 2, 16), (32, 128, 2, 16)]
     for B, T, H, N in shapes:
         inputs = make_inputs(B, T, H, N, torch.float32, torch.device("cpu"))
+        # Interleaved best-of timings, so that both paths see the same load on a shared machine.
+        chunked, loop = float("inf"), float("inf")
         with torch.no_grad():
-            chunked = _best_of(lambda: wkv7_chunked(*inputs), 5)
-            loop = _best_of(lambda: wkv7_reference(*inputs), 2)
+            for _ in range(3):
+                chunked = min(chunked, _best_of(lambda: wkv7_chunked(*inputs), 3))
+                loop = min(loop, _best_of(lambda: wkv7_reference(*inputs), 1))
         leaves = [x.clone().requires_grad_() for x in inputs]
 
         def train_step(fn):
             y, s = fn(*leaves)
             (y.square().sum() + s.sum()).backward()
 
-        chunked_train = _best_of(lambda: train_step(wkv7_chunked), 3)
+        chunked_train = _best_of(lambda: train_step(wkv7_chunked), 5)
         loop_train = _best_of(lambda: train_step(wkv7_reference), 1)
         row = {
             "shape": (B, T, H, N),

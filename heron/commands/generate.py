@@ -28,6 +28,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="heron .safetensors file or official checkpoint")
     parser.add_argument("--prompt", default=None, help="prompt text (default: start from end-of-text)")
     parser.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
+    parser.add_argument("--prompt-ids", default=None,
+                        help="the prompt as token ids (\"1 2 3\" or \"1,2,3\"), for models without a text "
+                             "vocabulary (task models); the output is printed as ids and no stop token is "
+                             "assumed")
     parser.add_argument("--max-tokens", type=int, default=200, help="tokens to generate per sample (default 200)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1 = off)")
@@ -84,8 +88,8 @@ def _check_arguments(args) -> None:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample: use --num-samples 1")
-    if args.prompt is not None and args.prompt_file is not None:
-        raise ValueError("--prompt and --prompt-file: pass one of them")
+    if sum(value is not None for value in (args.prompt, args.prompt_file, args.prompt_ids)) > 1:
+        raise ValueError("--prompt, --prompt-file, --prompt-ids: pass one of them")
     for name in ("copy_trials", "copy_length", "copy_cue", "copy_pool", "copy_batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -108,9 +112,44 @@ def run(args) -> int:
     return _run_generation(args, model, vocab_size)
 
 
+def _parse_ids(text: str) -> list[int]:
+    pieces = text.replace(",", " ").split()
+    if not pieces:
+        raise ValueError("--prompt-ids: expected at least one token id")
+    try:
+        return [int(piece) for piece in pieces]
+    except ValueError:
+        raise ValueError(f"--prompt-ids: expected integers separated by spaces or commas, got {text!r}") from None
+
+
+def _run_id_generation(args, model) -> int:
+    from heron.generate import generate
+
+    prompt = _parse_ids(args.prompt_ids)
+    stop_tokens = [] if args.no_stop or args.stop_token is None else args.stop_token
+
+    def on_token(row, token):
+        print(f"[{token}]" if token in stop_tokens else token, end=" ", flush=True)
+
+    result = generate(model, [prompt] * args.num_samples, args.max_tokens, temperature=args.temperature,
+                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_tokens=stop_tokens,
+                      on_token=on_token if args.stream else None, incremental=not args.full_recompute)
+    if args.stream:
+        print()
+    else:
+        for tokens, reason, stopped_by in zip(result.tokens, result.stop_reasons, result.stopped_by):
+            prefix = "" if args.no_echo else " ".join(map(str, prompt)) + " | "
+            suffix = f" [{stopped_by}]" if reason == "stop_token" else ""
+            print(prefix + " ".join(map(str, tokens)) + suffix)
+    return 0
+
+
 def _run_generation(args, model, vocab_size) -> int:
     from heron.data.tokenizers import END_OF_TEXT, StreamDecoder
     from heron.generate import generate
+
+    if args.prompt_ids is not None:
+        return _run_id_generation(args, model)
 
     tokenizer = _resolve_tokenizer(args.tokenizer, vocab_size)
     if args.prompt_file is not None:

@@ -21,6 +21,7 @@ Token ids: reversal ``0-9`` digits, ``','`` = 10, ``'#'`` = 11 (V = 12); arithme
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -318,21 +319,27 @@ def _digits_to_int(row: torch.Tensor, count: int) -> int:
     return int("".join(str(d) for d in row[row.shape[0] - count :].tolist()))
 
 
-class _DigitSource:
+class _DigitSource(ABC):
+    """Shared part of the digit batch sources. ``seq_len`` (tokens the model reads) defaults to
+    the official length for ``max_digits`` (128, or 256 for reversal beyond 63 digits);
+    ``score_all`` puts every next token in the targets instead of the protocol's positions."""
+
     task: str
     vocab_size: int
-    pad_token: int
 
-    def __init__(self, max_digits: int, seq_len: int = _BLOCK, score_all: bool = False) -> None:
+    def __init__(self, max_digits: int, seq_len: int | None = None, score_all: bool = False) -> None:
         _check_positive("max_digits", max_digits)
+        if seq_len is None:
+            seq_len = default_length(self.task, max_digits) - 1
         _check_positive("seq_len", seq_len)
         _check_length(self.task, max_digits, seq_len + 1)
         self.max_digits = max_digits
         self.seq_len = seq_len
-        self.score_all = score_all
+        self.score_all = bool(score_all)
 
+    @abstractmethod
     def _rows(self, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-        raise NotImplementedError
+        """``batch_size`` full samples of ``seq_len + 1`` token ids, drawn from ``generator``."""
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs [B, seq_len]``, ``targets [B, seq_len]`` (next tokens; ``-100`` outside the
@@ -349,7 +356,7 @@ class _DigitSource:
 
 class ReverseDigits(_DigitSource):
     """Reversal training data: digit count uniform in ``1..max_digits``, the number uniform among
-    numbers of that many digits (0..9 for one digit), padded to ``seq_len + 1``."""
+    numbers of that many digits (0..9 for one digit), padded with ``'#'`` to ``seq_len + 1``."""
 
     task = "reverse"
     vocab_size = len(REVERSE_ALPHABET)

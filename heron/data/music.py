@@ -175,7 +175,6 @@ _FIELD_LINE = re.compile(r"^([A-Za-z]):(?![|:])(.*)$")  # in the music, "B:|" is
 _QUOTED = re.compile(r'"[^"\n]*"')
 _LONG_DECORATION = re.compile(r"![^!\n]*!")
 _INLINE_FIELD = re.compile(r"\[([A-Za-z]):([^\]\n]*)\]")
-_KEEP_IN_BODY = {"M", "L", "K"}
 
 
 def _strip_comment(line: str) -> str:
@@ -184,17 +183,20 @@ def _strip_comment(line: str) -> str:
     return line[: match.start()] if match else line
 
 
+_FIELD_NORMALISERS = {"M": normalise_meter, "L": normalise_unit_length, "K": normalise_key}
+
+
 def _normalise_inline_field(match: re.Match) -> str:
     name, value = match.group(1), match.group(2)
-    if name == "M":
-        return f"[M:{normalise_meter(value)}]"
-    if name == "L":
-        return f"[L:{normalise_unit_length(value)}]"
-    if name == "K":
-        return f"[K:{normalise_key(value)}]"
     if name == "V":
         raise TuneRejected("several voices")
+    if name in _FIELD_NORMALISERS:
+        return f"[{name}:{_FIELD_NORMALISERS[name](value)}]"
     return ""  # parts, tempo, remarks: not music
+
+
+def _is_printable_ascii(text: str) -> bool:
+    return all(32 <= ord(character) < 127 for character in text)
 
 
 def normalise_tune(raw: str, *, collection: str = "", source: str = "") -> Tune:
@@ -237,33 +239,31 @@ def normalise_tune(raw: str, *, collection: str = "", source: str = "") -> Tune:
             name, value = match.group(1), match.group(2)
             if name == "V":
                 raise TuneRejected("several voices")
-            if name in _KEEP_IN_BODY:
+            if name in _FIELD_NORMALISERS:
                 try:
-                    line = {"M": lambda v: f"M:{normalise_meter(v)}",
-                            "L": lambda v: f"L:{normalise_unit_length(v)}",
-                            "K": lambda v: f"K:{normalise_key(v)}"}[name](value)
+                    body_lines.append(f"{name}:{_FIELD_NORMALISERS[name](value)}")
                 except ValueError as exc:
                     raise TuneRejected(f"unreadable {name}: field in the music", str(exc)) from None
-                body_lines.append(line)
             continue  # parts, lyrics, notes, tempo changes: not music
         line = _QUOTED.sub("", line)
         line = _LONG_DECORATION.sub("", line)
         try:
             line = _INLINE_FIELD.sub(_normalise_inline_field, line)
         except TuneRejected:
-            raise
+            raise  # several voices
         except ValueError as exc:
             raise TuneRejected("unreadable inline field", str(exc)) from None
         line = line.replace("`", "")  # Aird's engraving spacers, no musical meaning
         line = re.sub(r"[ \t]+", " ", line).strip()
         if not line:
             continue
-        if not line.isascii():
-            raise TuneRejected("non-ASCII characters in the music")
+        if not _is_printable_ascii(line):
+            raise TuneRejected("characters outside printable ASCII in the music")
         body_lines.append(line)
     if "K" not in headers:
         raise TuneRejected("no K: header")
-    if not body_lines or not re.search(r"[A-Ga-g]", "".join(l for l in body_lines if not _FIELD_LINE.match(l))):
+    music_lines = [body_line for body_line in body_lines if not _FIELD_LINE.match(body_line)]
+    if not re.search(r"[A-Ga-g]", "".join(music_lines)):
         raise TuneRejected("no notes")
     try:
         key = normalise_key(headers["K"])

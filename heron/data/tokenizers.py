@@ -20,7 +20,7 @@ import ast
 import codecs
 import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [

@@ -33,6 +33,8 @@ from heron.generate.sampling import SamplingOptions, sample_next
 
 __all__ = ["GenerationResult", "generate", "model_vocab_size", "model_device"]
 
+_PREFILL_LOGIT_BUDGET = 1 << 28
+
 
 @dataclass
 class GenerationResult:
@@ -125,6 +127,7 @@ def generate(
     incremental: bool = True,
     record_logits: bool = False,
     shrink_finished: bool = True,
+    prefill_chunk: int | None = None,
 ) -> GenerationResult:
     """Continue each prompt by up to ``max_new_tokens`` tokens.
 
@@ -132,13 +135,17 @@ def generate(
     ``[T]`` tensor. ``seed`` or ``generator`` (a CPU ``torch.Generator``) fixes the sampling;
     neither is needed for greedy decoding (``temperature=0``). ``stop_tokens``: a row ends when
     it samples one of them. ``on_token(row, token_id)`` is called for every generated token as
-    soon as it is chosen (stop tokens included), in generation order.
+    soon as it is chosen (stop tokens included), in generation order. ``prefill_chunk``: prompt
+    tokens per GPT-mode call (the state carries over between chunks); by default as many as keep
+    the logits of one call under 2**28 elements.
     """
     options = SamplingOptions(float(temperature) if not isinstance(temperature, bool) else temperature,
                               float(top_p) if not isinstance(top_p, bool) else top_p, top_k)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "step"):
         raise TypeError("model: expected a Heron model (nn.Module with forward(tokens, state, return_state) and step())")
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens, 0)
+    if prefill_chunk is not None:
+        _check_count("prefill_chunk", prefill_chunk, 1)
     vocab_size = model_vocab_size(model)
     prompt_rows = _as_prompt_lists(prompts, vocab_size)
     stop_set = set()
@@ -176,7 +183,7 @@ def generate(
     try:
         runner = _generate_incremental if incremental else _generate_full_recompute
         runner(model, prompt_rows, max_new_tokens, options, uniforms, stop_set, on_token, result, device,
-               shrink_finished)
+               shrink_finished, prefill_chunk)
     finally:
         model.train(was_training)
     if record_logits:
@@ -189,7 +196,7 @@ def _choose(logits: torch.Tensor, rows: Sequence[int], options: SamplingOptions,
     """Pick the next token for each of ``rows`` from ``logits [len(rows), V]``."""
     row_uniforms = None
     if not options.greedy:
-        row_uniforms = torch.stack([uniforms[row, len(result.tokens[row])] for row in rows])
+        row_uniforms = uniforms[torch.tensor(rows), torch.tensor([len(result.tokens[row]) for row in rows])]
     chosen = sample_next(logits, options, row_uniforms).tolist()
     if result.logits is not None:
         cpu_logits = logits.detach().to("cpu", torch.float64)
@@ -211,14 +218,20 @@ def _accept(row: int, token: int, max_new_tokens: int, stop_set, on_token, resul
 
 
 def _generate_incremental(model, prompt_rows, max_new_tokens, options, uniforms, stop_set, on_token, result,
-                          device, shrink_finished):
+                          device, shrink_finished, prefill_chunk):
     lengths = [len(prompt) for prompt in prompt_rows]
     common = min(lengths)
     started = time.perf_counter()
     prefix = torch.tensor([prompt[:common] for prompt in prompt_rows], dtype=torch.int64, device=device)
-    logits, state = model(prefix, return_state=True)
-    last_logits = logits[:, -1]
-    result.model_calls += 1
+    # GPT mode returns logits for every position; chunking bounds that [B, chunk, V] tensor
+    # (64 prompts of 512 tokens at V = 65536 would otherwise be 8.6 GB of fp32 logits)
+    chunk = prefill_chunk or max(1, _PREFILL_LOGIT_BUDGET // (len(prompt_rows) * max(model_vocab_size(model) or 1, 1)))
+    state = None
+    for first in range(0, common, chunk):
+        logits, state = model(prefix[:, first:first + chunk], state=state, return_state=True)
+        last_logits = logits[:, -1]
+        del logits
+        result.model_calls += 1
     _synchronize(device)
     result.prefill_seconds = time.perf_counter() - started
 
@@ -257,7 +270,7 @@ def _generate_incremental(model, prompt_rows, max_new_tokens, options, uniforms,
 
 
 def _generate_full_recompute(model, prompt_rows, max_new_tokens, options, uniforms, stop_set, on_token, result,
-                             device, shrink_finished):
+                             device, shrink_finished, prefill_chunk):
     contexts = [list(prompt) for prompt in prompt_rows]
     active = list(range(len(prompt_rows)))
     started = time.perf_counter()

@@ -262,8 +262,11 @@ class TimeMix(nn.Module):
             )
             y = y.to(x.dtype).view(B, 1, C)
         else:
-            y, new_wkv = wkv7(r4, w.view(B, T, H, N), k4, v4, -kk, kk * iclr4, state=wkv_state,
-                              return_state=True)
+            # Under autocast the projections come out in bf16/fp16 while the decay/LoRA math is
+            # fp32: the kernel takes one input dtype, that of r (its state stays fp32).
+            kernel_dtype = r4.dtype
+            y, new_wkv = wkv7(r4, *(t.to(kernel_dtype) for t in (w.view(B, T, H, N), k4, v4, -kk, kk * iclr4)),
+                              state=wkv_state, return_state=True)
             y = y.reshape(B, T, C)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)

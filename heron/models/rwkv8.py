@@ -325,7 +325,8 @@ def _select_rosa_state(rosa_state, batch_index: torch.Tensor, batch_size: int):
 
     automaton = rosa_state.automaton
     groups = automaton.num_streams // batch_size
-    streams = (batch_index[:, None] * groups + torch.arange(groups)).reshape(-1)
+    # the automata live on the CPU whatever device the model runs on
+    streams = (batch_index.cpu()[:, None] * groups + torch.arange(groups)).reshape(-1)
     x_prev = rosa_state.x_prev[batch_index.to(rosa_state.x_prev.device)]
     return ROSAState(automaton.select(streams), x_prev)
 
@@ -416,6 +417,8 @@ class RWKV8(nn.Module):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] == 0:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T] with T >= 1, got {got}")
+        if tokens.device != self.emb.weight.device:
+            raise ValueError(f"tokens are on {tokens.device} but the model is on {self.emb.weight.device}")
         check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens", check_range=True)
         if state is not None:
             self._check_state(state, tokens.shape[0])

@@ -38,6 +38,9 @@ __all__ = [
     "tune_duration",
     "MeterCheck",
     "meter_check",
+    "meter_check_of_bars",
+    "counted_bars",
+    "recurring_phrases",
     "RepetitionStatistic",
     "repetition_statistic",
     "note_length",
@@ -206,7 +209,8 @@ def read_bars(text: str) -> list[Bar]:
         elif piece == "]" and in_chord:
             in_chord = False
             current.content.append(piece)
-            length_target = len(durations) - 1 if chord_has_note else None
+            # (a bar line inside a malformed chord may have closed the bar holding its note)
+            length_target = len(durations) - 1 if chord_has_note and durations else None
         elif piece == "{":
             in_grace = True
             length_target = None
@@ -246,10 +250,15 @@ def counted_bars(bars: Sequence[Bar]) -> list[Bar]:
 
 def meter_check(texts: Iterable[str]) -> MeterCheck:
     """Pooled over all tunes: the share of counted bars whose duration equals the meter's."""
+    return meter_check_of_bars(read_bars(text) for text in texts)
+
+
+def meter_check_of_bars(tunes_bars: Iterable[Sequence[Bar]]) -> MeterCheck:
+    """:func:`meter_check` from bars already read (one list of bars per tune)."""
     matched = counted = tunes = 0
-    for text in texts:
+    for bars in tunes_bars:
         tunes += 1
-        for bar in counted_bars(read_bars(text)):
+        for bar in counted_bars(bars):
             counted += 1
             matched += bar.duration == bar.meter
     return MeterCheck(matched, counted, tunes)
@@ -267,9 +276,10 @@ class RepetitionStatistic:
         return self.recurring / self.phrases if self.phrases else math.nan
 
 
-def recurring_phrases(text: str) -> tuple[int, int]:
-    """``(recurring, phrases)`` for one tune."""
-    contents = [tuple(bar.content) for bar in read_bars(text)]
+def recurring_phrases(text: str | Sequence[Bar]) -> tuple[int, int]:
+    """``(recurring, phrases)`` for one tune (its text, or its bars already read)."""
+    bars = read_bars(text) if isinstance(text, str) else text
+    contents = [tuple(bar.content) for bar in bars]
     seen: set[tuple] = set()
     recurring = 0
     phrases = max(len(contents) - 1, 0)
@@ -282,7 +292,9 @@ def recurring_phrases(text: str) -> tuple[int, int]:
     return recurring, phrases
 
 
-def repetition_statistic(texts: Iterable[str]) -> RepetitionStatistic:
+def repetition_statistic(texts: Iterable[str | Sequence[Bar]]) -> RepetitionStatistic:
+    """Pooled over tunes (texts, or lists of bars already read): the share of 2-bar phrases
+    that recur within their tune."""
     recurring = phrases = tunes = 0
     shares = []
     for text in texts:

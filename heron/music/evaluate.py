@@ -115,14 +115,16 @@ def evaluate_music(
     out_dir: Path | str | None = None,
     compute_bits: bool = True,
     batch_size: int = 16,
+    bits_max_tunes: int | None = None,
 ) -> MusicEvaluation:
     """Generate ``n`` tunes from validation headers and compare them with the validation tunes.
     With ``out_dir``, the tunes (``.abc``, and ``.mid``/``.png`` when they parse) and
-    ``eval.json`` are written there."""
+    ``eval.json`` are written there. ``bits_max_tunes`` limits the bits-per-token pass to the
+    shortest validation tunes (quick checks only; the reported figure is then not comparable)."""
     bits = None
     if compute_bits:
         source = MusicBatchSource("validation", 1, dataset=dataset, tokenizer=tokenizer)
-        bits = validation_bits_per_token(model, source, batch_size=batch_size, device=device)
+        bits = validation_bits_per_token(model, source, batch_size=batch_size, device=device, max_tunes=bits_max_tunes)
     prompts = validation_prompts(dataset, tokenizer, n, seed)
     tunes = generate_tunes(model, tokenizer, prompts, seed=seed, temperature=temperature, top_p=top_p, max_tokens=max_tokens, device=device)
     texts = [tune.abc(number=1) for tune in tunes]

@@ -116,8 +116,9 @@ def generate_tunes(
     batch_size: int = 64,
     device: str | torch.device | None = None,
 ) -> list[GeneratedTune]:
-    """One tune per prompt. Sampling draws its uniforms from a CPU generator seeded with ``seed``,
-    so a seed gives the same tunes on any device (up to the logits themselves)."""
+    """One tune per prompt. Tune ``i`` draws its sampling uniforms from its own CPU generator
+    seeded from ``(seed, i)``, so a seed gives the same tunes on any device and with any
+    ``batch_size`` (up to the logits themselves)."""
     if not prompts:
         raise ValueError("prompts must hold at least one TunePrompt")
     if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -135,27 +136,29 @@ def generate_tunes(
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
     device = torch.device(device)
-    generator = torch.Generator().manual_seed(seed)
+    # one random stream per tune, so a tune depends on (seed, its index) and not on batching
+    generators = [torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**63) for index in range(len(prompts))]
     separator = tokenizer.separator_id
     model.eval()
     results: list[GeneratedTune] = []
     for start in range(0, len(prompts), batch_size):
         group = list(prompts[start : start + batch_size])
-        # rows sharing a prompt run as one batch, so prompts of different lengths need no padding
-        by_header: dict[str, list[int]] = {}
-        for row, prompt in enumerate(group):
-            by_header.setdefault(prompt.header, []).append(row)
+        # rows whose prompts have the same token count run as one batch (no padding needed);
+        # known headers are one token per line, so prompts of known keys and meters all match
+        prompt_ids = [[separator] + tokenizer.encode(prompt.header) for prompt in group]
+        by_length: dict[int, list[int]] = {}
+        for row, ids in enumerate(prompt_ids):
+            by_length.setdefault(len(ids), []).append(row)
         bodies: list[GeneratedTune | None] = [None] * len(group)
-        for header, rows in by_header.items():
-            prompt_ids = [separator] + tokenizer.encode(header)
-            tokens = torch.tensor([prompt_ids] * len(rows), dtype=torch.int64, device=device)
+        for rows in by_length.values():
+            tokens = torch.tensor([prompt_ids[row] for row in rows], dtype=torch.int64, device=device)
             logits, state = model(tokens, state=None, return_state=True)
             logits = logits[:, -1, :]
             generated: list[list[int]] = [[] for _ in rows]
             finished = [False] * len(rows)
             for _ in range(max_tokens):
                 _check_model_output(logits, len(rows), tokenizer.vocab_size)
-                uniforms = torch.rand(len(rows), generator=generator, dtype=torch.float64)
+                uniforms = torch.cat([torch.rand(1, generator=generators[start + row], dtype=torch.float64) for row in rows])
                 chosen = sample_next(logits.float(), options, uniforms)
                 chosen_list = chosen.tolist()
                 for index, token_id in enumerate(chosen_list):

@@ -1,6 +1,10 @@
-"""Heron's primitives: ROSA and WKV7, each with a reference, a CPU and a CUDA implementation."""
+"""Heron's primitives, each with a reference, a CPU and a CUDA implementation:
 
-from .rosa import rosa, rosa_qkv
-from .wkv7 import wkv7
+- :mod:`heron.ops.rosa` — ``rosa``, ``rosa_qkv``, ``pack_bits``, ``OnlineROSA``, estimators;
+- :mod:`heron.ops.wkv7` — the WKV7 recurrence; the module itself is callable, so
+  ``heron.ops.wkv7(r, w, k, v, a, b, ...)`` and ``heron.ops.wkv7.wkv7(...)`` are the same call.
+"""
 
-__all__ = ["rosa", "rosa_qkv", "wkv7"]
+from heron.ops import rosa, wkv7
+
+__all__ = ["rosa", "wkv7"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -42,16 +43,33 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "heron" / "extensions"
 
 
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def _local_headers(paths: Sequence[Path]) -> list[Path]:
+    seen: dict[Path, None] = {}
+    pending = list(paths)
+    while pending:
+        text = pending.pop().read_text(errors="replace")
+        for name in _INCLUDE.findall(text):
+            for folder in {p.parent for p in paths}:
+                header = (folder / name).resolve()
+                if header.exists() and header not in seen:
+                    seen[header] = None
+                    pending.append(header)
+    return sorted(seen)
+
+
 def _source_digest(paths: Sequence[Path], flags: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    # Headers next to the sources are part of the build too.
-    for folder in sorted({p.parent for p in paths}):
-        for header in sorted(folder.glob("*.h")) + sorted(folder.glob("*.cuh")):
-            digest.update(header.name.encode())
-            digest.update(header.read_bytes())
+    # Local headers the sources include (transitively) are part of the build too; other
+    # headers in the folder are not, so editing one extension's header rebuilds only it.
+    for header in _local_headers(paths):
+        digest.update(header.name.encode())
+        digest.update(header.read_bytes())
     digest.update(" ".join(flags).encode())
     digest.update(torch.__version__.encode())
     digest.update(sys.version.encode())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-from typing import Any
 
 TRAIN_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
 
@@ -59,11 +58,16 @@ class RunLogger:
                 print("tensorboard is not installed: logging to CSV only", file=sys.stderr)
             else:
                 self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_step + 1)
+        self.total_steps = total_steps
+        self.print_rows = False
         if progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a bare GPU image may lack tqdm: print the logged rows instead
+                self.print_rows = True
+            else:
+                self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                                file=sys.stderr)
 
     def log_train(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -77,6 +81,9 @@ class RunLogger:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.3g}",
                                  lr=f"{values['lr']:.2e}", refresh=False)
+        elif self.print_rows:
+            self.message(f"step {step}/{self.total_steps}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
+                         f"{values['tokens_per_s']:.3g} tokens/s, {values['elapsed_s']:.0f} s")
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:

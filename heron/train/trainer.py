@@ -74,7 +74,7 @@ class _StopRequest:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    """bf16 autocast on GPU by default (``dtype = auto``), plain fp32 on CPU."""
+    """bf16 autocast on GPU by default (``dtype = auto``), none on CPU or for fp32/fp64."""
     use_bf16 = config.dtype == "bf16" or (config.dtype == "auto" and device.type == "cuda")
     if use_bf16:
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -184,7 +184,9 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     setup = task.build(config)
-    model = setup.model.to(device)
+    # fp64 trains the whole model in double precision (reference runs, gradient checks); the
+    # other dtypes keep fp32 parameters and differ only in autocast.
+    model = setup.model.to(device, dtype=torch.float64 if config.dtype == "fp64" else None)
     optimizer = build_optimizer(model, config)
     start_step, elapsed_before, tokens_seen = 0, 0.0, 0
     if resume is not None:

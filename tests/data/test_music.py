@@ -123,7 +123,10 @@ def test_normalise_tune_default_unit_length_follows_the_abc_rule():
     ("X:1\nM:2/4\nK:H\nAB|\n", "key"),
     ("X:1\nM:FREI 4/4\nK:G\nAB|\n", "meter"),
     ("X:1\nM:2/4\nK:G\n|: z4 :|\n", "no notes"),
-    ("X:1\nM:2/4\nK:G\nAB|c\u00e9|\n", "ASCII"),
+    ("X:1\nM:2/4\nK:G\nAB|c\u00e9|\n", "printable ASCII"),
+    ("X:1\nM:2/4\nK:G\nAB|c\x0cd|\n", "printable ASCII"),
+    ("X:1\nM:2/4\nK:G\nAB|[M:7/3] cd|\n", "inline field"),
+    ("X:1\nM:2/4\nK:G\nAB|cd|\nK:Hp\nAB|\n", "K: field"),
 ])
 def test_normalise_tune_rejects(raw, reason):
     with pytest.raises(TuneRejected, match=reason):
@@ -256,9 +259,9 @@ def test_batch_source_windows(dataset, tokenizer):
     again_inputs, _ = source.batch(8, torch.Generator().manual_seed(1))
     assert torch.equal(inputs, again_inputs)
     # each window is a slice of the stream of separated tunes
-    stream = source.stream.tolist()
-    row = inputs[0].tolist() + [int(targets[0, -1])]
-    assert any(stream[i : i + 65] == row for i in range(len(stream) - 64) if stream[i] == row[0])
+    row = torch.cat([inputs[0], targets[0, -1:]])
+    starts = torch.nonzero(source.stream[:-64] == row[0]).flatten()
+    assert any(torch.equal(source.stream[start : start + 65], row) for start in starts.tolist())
     assert source.stream[0] == tokenizer.separator_id == source.stream[-1]
     assert int((source.stream == tokenizer.separator_id).sum()) == len(dataset.train) + 1
 

@@ -78,3 +78,23 @@ def test_bad_arguments_exit_with_a_message(byte_checkpoint, capsys, extra, messa
 def test_missing_checkpoint(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path / "none.safetensors"), "--prompt", "a"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_prompt_ids_with_an_official_task_checkpoint(shared, capsys):
+    """The official 251105 reversal model continues "1234567," with the reversed digits and '#'."""
+    checkpoint = shared / "checkpoints" / "251105_reverse_L2.pth"
+    assert main(["generate", "--checkpoint", str(checkpoint), "--prompt-ids", "1 2 3 4 5 6 7 10",
+                 "--temperature", "0", "--max-tokens", "10", "--stop-token", "11"]) == 0
+    assert capsys.readouterr().out.strip() == "1 2 3 4 5 6 7 10 | 7 6 5 4 3 2 1 [11]"
+    assert main(["generate", "--checkpoint", str(checkpoint), "--prompt-ids", "9,0,8,10", "--temperature", "0",
+                 "--max-tokens", "4", "--stop-token", "11", "--stream", "--no-echo"]) == 0
+    assert capsys.readouterr().out.strip() == "8 0 9 [11]"
+
+
+def test_prompt_ids_are_validated(byte_checkpoint, capsys):
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--prompt-ids", "1 x"]) == 2
+    assert "--prompt-ids" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--prompt-ids", "1 2", "--prompt", "a"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--prompt-ids", "1 999"]) == 2
+    assert "outside the vocabulary" in capsys.readouterr().err

@@ -51,6 +51,18 @@ def test_toy_prefill_then_steps():
     assert result.model_calls == len(model.calls)
 
 
+def test_prefill_in_chunks():
+    model = ToyROSAModel(vocab_size=5)
+    prompts = [[1, 2, 3, 1, 2, 3, 4, 1, 2], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1]]
+    whole = generate(model, prompts, 6, temperature=0.0, record_logits=True)
+    model.calls.clear()
+    chunked = generate(model, prompts, 6, temperature=0.0, record_logits=True, prefill_chunk=4)
+    assert model.calls[:3] == [("forward", (2, 4)), ("forward", (2, 4)), ("forward", (2, 1))]
+    _assert_same_generation(chunked, whole, 1e-12)
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        generate(model, prompts, 2, prefill_chunk=0)
+
+
 def test_finished_rows_leave_the_batch():
     model = ToyROSAModel()
     prompts = [[1, 2], [3, 4]]
@@ -177,13 +189,18 @@ MODELS = {
 def test_real_model_incremental_equals_full_recompute(name):
     model = _randomize(_build_or_skip(MODELS[name]), seed=1)
     rng = random.Random(2)
-    for trial in range(2):
-        prompts = _random_prompts(rng, 3, 40, low=1, high=24)
+    # random ragged prompts, then constant and periodic ones (dead / periodic ROSA streams)
+    for trial, prompts in enumerate([_random_prompts(rng, 3, 40, low=1, high=24),
+                                     _random_prompts(rng, 2, 40, low=1, high=24),
+                                     [[7] * 20, [1, 2] * 9, [5]]]):
         options = dict(temperature=0.8, seed=trial, record_logits=True)
         incremental = generate(model, prompts, 16, **options)
         full = generate(model, prompts, 16, incremental=False, **options)
         _assert_same_generation(incremental, full, 1e-9)
         assert all(len(tokens) == 16 for tokens in incremental.tokens)
+        # a prompt prefilled in chunks (state carried between GPT-mode calls) gives the same
+        chunked = generate(model, prompts, 16, prefill_chunk=3, **options)
+        _assert_same_generation(chunked, full, 1e-9)
     if "rosa" in name:
         # the equality above is only a test of the ROSA state if ROSA moves the logits
         tokens = torch.tensor([prompts[0] + incremental.tokens[0]])
@@ -240,3 +257,42 @@ def test_real_model_state_serialization(name):
     _, state = model(torch.tensor([PROMPT]), return_state=True)
     restored = _serialize_round_trip(state)
     assert torch.equal(_continue(model, restored, CONTINUATION), _continue(model, state, CONTINUATION))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["rosa-lm-1bit", "rwkv8+rosa-qkv1"])
+def test_cuda_generation_matches_cpu(name):
+    model = _randomize(_build_or_skip(MODELS[name]), seed=5)
+    prompts = _random_prompts(random.Random(6), 3, 40, low=4, high=20)
+    options = dict(temperature=0.9, top_p=0.95, seed=2, record_logits=True)
+    on_cpu = generate(model, prompts, 12, incremental=False, **options)
+    on_cuda = generate(model.to("cuda"), prompts, 12, **options)
+    _assert_same_generation(on_cuda, on_cpu, 1e-9)
+
+
+def test_property_random_batches_stop_tokens_and_sampling():
+    """Random ragged batches, stop tokens and sampling options: the incremental loop (with
+    finished rows dropped or kept) always equals full recompute."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import given, settings, strategies as st
+
+    model = ToyROSAModel(vocab_size=7, seed=9)
+    prompt = st.lists(st.integers(0, 6), min_size=1, max_size=12)
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(prompts=st.lists(prompt, min_size=1, max_size=4), max_new=st.integers(0, 8),
+           stops=st.lists(st.integers(0, 6), max_size=2), temperature=st.sampled_from([0.0, 0.7, 1.5]),
+           top_k=st.integers(0, 7), top_p=st.sampled_from([1.0, 0.8, 0.3]), seed=st.integers(0, 1000),
+           shrink=st.booleans())
+    def check(prompts, max_new, stops, temperature, top_k, top_p, seed, shrink):
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stops,
+                       record_logits=True)
+        incremental = generate(model, prompts, max_new, shrink_finished=shrink, **options)
+        full = generate(model, prompts, max_new, incremental=False, **options)
+        _assert_same_generation(incremental, full, 1e-12)
+        for tokens, reason, stopped_by in zip(incremental.tokens, incremental.stop_reasons, incremental.stopped_by):
+            assert not set(tokens) & set(stops)
+            assert (reason == "stop_token") == (stopped_by is not None)
+            assert len(tokens) == max_new or reason == "stop_token"
+
+    check()

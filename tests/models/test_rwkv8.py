@@ -272,15 +272,25 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 3, dtype=torch.int64), State(model.zero_state(1).blocks[:1]))
     with pytest.raises(TypeError, match="State or None"):
         model(torch.zeros(1, 3, dtype=torch.int64), [])
+    with pytest.raises(ValueError, match="tokens are on meta"):
+        model(torch.zeros(1, 3, dtype=torch.int64, device="meta"))
     with pytest.raises(TypeError, match="RWKV8Config"):
         RWKV8({"n_layer": 1})
 
 
 @pytest.mark.slow
 def test_torch_compile_gpt_mode_matches_eager():
+    """One graph (fullgraph), same logits and same gradients as eager mode."""
     config = small_config(n_layer=2)
     model = random_model(config, seed=13, dtype=torch.float32)
     tokens = torch.randint(0, config.vocab_size, (2, 16))
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: no graph breaks
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled_logits = compiled(tokens)
+    torch.testing.assert_close(compiled_logits, model(tokens), rtol=1e-5, atol=1e-5)
+    compiled_logits.square().mean().backward()
+    compiled_grads = {name: param.grad.clone() for name, param in model.named_parameters()}
+    model.zero_grad()
+    model(tokens).square().mean().backward()
+    for name, param in model.named_parameters():
+        scale = param.grad.abs().max().clamp_min(1e-12)
+        assert ((compiled_grads[name] - param.grad).abs().max() / scale) <= 1e-4, name

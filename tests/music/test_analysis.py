@@ -12,6 +12,7 @@ from heron.data.music import COLLECTIONS, load_dataset
 from heron.music.analysis import (
     counted_bars,
     meter_check,
+    meter_check_of_bars,
     note_length,
     read_bars,
     recurring_phrases,
@@ -88,6 +89,9 @@ def test_repetition_statistic_counts_recurring_two_bar_phrases():
     assert (statistic.recurring, statistic.phrases, statistic.tunes) == (2, 8, 2)
     assert statistic.share == pytest.approx(0.25)
     assert statistic.mean_per_tune == pytest.approx((2 / 6 + 0) / 2)
+    from_bars = repetition_statistic([read_bars(REPEAT_TUNE), read_bars(other)])
+    assert (from_bars.recurring, from_bars.phrases) == (2, 8)
+    assert meter_check_of_bars([read_bars(METER_TUNE)]) == meter_check([METER_TUNE])
 
 
 def test_durations_agree_with_music21_on_corpus_tunes(tmp_path_factory):
@@ -116,3 +120,19 @@ def test_durations_agree_with_music21_on_corpus_tunes(tmp_path_factory):
 def test_read_bars_rejects_non_text():
     with pytest.raises(TypeError, match="text"):
         read_bars(b"X:1")
+
+
+def test_analysis_survives_random_abc_like_text():
+    # generated tunes can hold anything: the metrics must count, never crash
+    import random
+
+    rng = random.Random(1)
+    pieces = ["A", "b'", "^c", "_B,", "z", "2", "/", "3/2", "//", "0", "/0", ">", "<<", "(3", "(0", "(3:0:2",
+              "[", "]", "{", "}", "|", "||", ":|", "|:", "::", "|1", "[2", "[M:3/4]", "[M:x]", "\nM:6/8\n",
+              "\nL:1/0\n", "\nK:G\n", "-", "(", ")", " ", "~", "Z", "X", "!trill!", "\\"]
+    for _ in range(300):
+        text = "X:1\nM:6/8\nL:1/8\nK:G\n" + "".join(rng.choice(pieces) for _ in range(rng.randrange(60)))
+        bars = read_bars(text)
+        assert all(bar.duration >= 0 for bar in bars)
+        meter_check([text])
+        repetition_statistic([text])

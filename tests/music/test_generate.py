@@ -155,7 +155,7 @@ def test_generation_is_seeded_and_batched_consistently(tokenizer):
     model = TinyRecurrentLM(tokenizer.vocab_size)
     prompts = [make_prompt(tokenizer, key="G", meter="6/8"), make_prompt(tokenizer, key="D", meter="3/4")] * 2
     first = generate_tunes(model, tokenizer, prompts, seed=5, max_tokens=30)
-    again = generate_tunes(model, tokenizer, prompts, seed=5, max_tokens=30, batch_size=4)
+    again = generate_tunes(model, tokenizer, prompts, seed=5, max_tokens=30, batch_size=1)
     other = generate_tunes(model, tokenizer, prompts, seed=6, max_tokens=30)
     assert [t.body for t in first] == [t.body for t in again]
     assert [t.body for t in first] != [t.body for t in other]
@@ -255,10 +255,13 @@ def test_cli_generate_writes_files(dataset, tokenizer, cache_dir, tmp_path, monk
     ("--key", "G#dor", "unknown key"),
     ("--meter", "5/7", "meter must be"),
     ("--meter", "13/8", "unknown meter"),
+    ("--temperature", "-1", "--temperature: expected a finite number >= 0"),
+    ("--top-p", "1.5", "--top-p: expected a number in (0, 1]"),
 ])
 def test_cli_generate_bad_options(option, value, message, cache_dir, tmp_path, capsys):
     argv = ["music", "generate", "--checkpoint", str(tmp_path / "none.safetensors"), "--key", "G", "--meter", "6/8",
-            "--out", str(tmp_path / "out"), "--device", "cpu", "--cache-dir", str(cache_dir)]
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--cache-dir", str(cache_dir),
+            "--temperature", "1.0", "--top-p", "0.95"]
     argv[argv.index(option) + 1] = value
     assert _run_cli(argv) == 2
     assert message in capsys.readouterr().err

@@ -1,13 +1,17 @@
 """ROSA engine: the oracle, the Python automaton and the C++ CPU path agree (spec/ROSA.md §1-2, §6)."""
 
 import random
+import sys
 import time
 
 import pytest
 import torch
 
+import heron.ops.rosa  # noqa: F401  (the module; `heron.ops.rosa` the attribute is the function)
+
 from heron.ops.rosa import (
     SYMBOL_LIMIT,
+    native_cpu,
     pack_bits,
     rosa,
     rosa_automaton,
@@ -18,6 +22,7 @@ from heron.ops.rosa import (
     unpack_bits,
 )
 
+rosa_module = sys.modules["heron.ops.rosa"]
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -70,6 +75,30 @@ def qkv_streams(draw):
     return streams
 
 
+def engine_outputs(q: list[int], k: list[int], v: list[int]) -> dict[str, list[int]]:
+    """The C++ engine's outputs through each of its paths: the chain-walking pass with the default
+    budget, with a budget so small that streams fall back to the two-phase algorithm midway, and
+    the two-phase algorithm alone; each with the matcher (q, k separate buffers) and, when q == k,
+    in token mode (one buffer)."""
+    ext = native_cpu()
+    key = long_tensor(k).reshape(1, -1, 1)
+    value = long_tensor(v).reshape(1, -1, 1)
+    query = long_tensor(q).reshape(1, -1, 1)
+    sigma = rosa_module._dense_sigma(key, ext.dense_max_sigma)
+    results = {}
+    for budget_name, budget in (("default", None), ("tiny", 1), ("two-phase", 0)):
+        extra = () if budget is None else (budget,)
+        results[f"qkv/{budget_name}"] = ext.forward(query, key, value, sigma, *extra).reshape(-1).tolist()
+        if q == k:
+            results[f"token/{budget_name}"] = ext.forward(key, key, value, sigma, *extra).reshape(-1).tolist()
+    return results
+
+
+def assert_all_paths(q, k, v, expected):
+    for path, output in engine_outputs(q, k, v).items():
+        assert output == expected, path
+
+
 def test_spec_example_every_backend():
     x = long_tensor([0, 1, 0, 1, 1, 0, 1])
     expected = [-1, -1, 1, 0, 1, 1, 1]
@@ -84,6 +113,7 @@ def test_token_rosa_matches_oracle(x):
     expected = rosa_oracle(x)
     assert rosa_automaton(x) == expected
     assert rosa(long_tensor(x), backend="cpu").tolist() == expected
+    assert_all_paths(x, x, x, expected)
 
 
 @PROPERTY_SETTINGS
@@ -93,6 +123,7 @@ def test_qkv_rosa_matches_oracle(streams):
     expected = rosa_qkv_oracle(q, k, v)
     assert rosa_qkv_automaton(q, k, v) == expected
     assert rosa_qkv(long_tensor(q), long_tensor(k), long_tensor(v), backend="cpu").tolist() == expected
+    assert_all_paths(q, k, v, expected)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -109,6 +140,8 @@ def test_large_symbols_use_the_hashed_path(palette, key_picks, query_picks):
     v = list(reversed(k))
     expected = rosa_qkv_oracle(q, k, v)
     assert rosa_qkv(long_tensor(q), long_tensor(k), long_tensor(v), backend="cpu").tolist() == expected
+    assert_all_paths(q, k, v, expected)
+    assert_all_paths(k, k, v, rosa_qkv_oracle(k, k, v))
 
 
 def random_stream(rng: random.Random, length: int, alphabet: int, kind: str) -> list[int]:
@@ -136,6 +169,14 @@ def test_batched_streams_match_automaton_and_oracle(alphabet):
     values = [random_stream(rng, length, alphabet, "random") for _ in range(batch)]
     token_out = rosa(long_tensor(rows), backend="cpu").tolist()
     qkv_out = rosa_qkv(long_tensor(queries), long_tensor(rows), long_tensor(values), backend="cpu").tolist()
+    ext = native_cpu()
+    keys = long_tensor(rows).unsqueeze(-1)
+    sigma = rosa_module._dense_sigma(keys, ext.dense_max_sigma)
+    for budget in (0, 1):  # the two-phase algorithm from the start, and after a fallback midway
+        assert ext.forward(keys, keys, keys, sigma, budget).squeeze(-1).tolist() == token_out
+        other = ext.forward(long_tensor(queries).unsqueeze(-1), keys, long_tensor(values).unsqueeze(-1),
+                            sigma, budget)
+        assert other.squeeze(-1).tolist() == qkv_out
     for i in range(batch):
         assert token_out[i] == rosa_automaton(rows[i])
         assert qkv_out[i] == rosa_qkv_automaton(queries[i], rows[i], values[i])

@@ -55,6 +55,21 @@ def test_cuda_chunked_launches():
     assert torch.equal(one_launch.cpu(), rosa(x.cpu(), backend="cpu"))
 
 
+@pytest.mark.parametrize("budget", [0, 1, 20])
+def test_cuda_paths_equal_cpu(budget):
+    # budget 0: the two-phase algorithm only; 1: fallback midway; 20: the default chain walk.
+    ext = native_cuda()
+    stream = torch.cuda.current_stream().cuda_stream
+    for alphabet, sigma in ((2, 2), (16, 16), (1000, 0)):
+        x = mixed_streams(2, 700, 48, alphabet, seed=alphabet)
+        q = torch.randint(0, alphabet, x.shape, generator=torch.Generator().manual_seed(4))
+        expected_token = rosa(x, backend="cpu")
+        expected_qkv = rosa_qkv(q, x, x, backend="cpu")
+        xc, qc = x.cuda(), q.cuda()
+        assert torch.equal(ext.forward(xc, xc, xc, sigma, 32, 1 << 30, stream, budget).cpu(), expected_token)
+        assert torch.equal(ext.forward(qc, xc, xc, sigma, 32, 1 << 30, stream, budget).cpu(), expected_qkv)
+
+
 def test_cuda_mixed_devices_raise():
     x = torch.zeros(4, dtype=torch.int64)
     with pytest.raises(ValueError, match="one device"):

@@ -122,6 +122,31 @@ def test_state_dict_round_trip(backend, tmp_path):
         q[:, 30:], k[:, 30:], v[:, 30:]), tail)
 
 
+def test_branching_after_the_switch_to_the_link_cut_tree():
+    # Constant and periodic streams exhaust the chain-walking budget within a few hundred steps
+    # and continue on the link-cut tree; copies, selections and restored states must follow.
+    length = 420
+    base = torch.arange(length)
+    k = torch.stack([torch.zeros(length, dtype=torch.int64), base.remainder(3), base.remainder(7),
+                     torch.randint(0, 2, (length,), generator=torch.Generator().manual_seed(8))])
+    k[2, 200] = 5  # almost periodic
+    q = k.clone()
+    q[1] = base.remainder(2)
+    v = torch.randint(0, 4, k.shape, generator=torch.Generator().manual_seed(9))
+    expected = rosa_qkv(q, k, v)
+    online = OnlineROSA(4, backend="cpu")
+    assert torch.equal(online.extend(q[:, :300], k[:, :300], v[:, :300]), expected[:, :300])
+    branch = online.copy()
+    chosen = online.select(torch.tensor([3, 0, 0]))
+    restored = OnlineROSA.from_state_dict(online.state_dict())
+    assert torch.equal(online.extend(q[:, 300:], k[:, 300:], v[:, 300:]), expected[:, 300:])
+    assert torch.equal(branch.extend(q[:, 300:], k[:, 300:], v[:, 300:]), expected[:, 300:])
+    assert torch.equal(restored.extend(q[:, 300:], k[:, 300:], v[:, 300:]), expected[:, 300:])
+    index = torch.tensor([3, 0, 0])
+    assert torch.equal(chosen.extend(q[index, 300:], k[index, 300:], v[index, 300:]),
+                       expected[index, 300:])
+
+
 def test_zero_streams_and_zero_steps():
     online = OnlineROSA(0)
     out = online.extend(torch.zeros(0, 5, dtype=torch.int64), torch.zeros(0, 5, dtype=torch.int64),

@@ -36,7 +36,6 @@ def _check_against_reference(B, T, H, N, *, seed=0, fn=None, inputs=None):
     generator = torch.Generator().manual_seed(seed + 1)
     grad_y = torch.randn(B, T, H, N, generator=generator, dtype=torch.float64)
     grad_state = torch.randn(B, H, N, N, generator=generator, dtype=torch.float64)
-    y_ref, state_ref, grads_ref = _reference_with_grads(inputs, grad_y, grad_state)
 
     # The fp32 run sees exactly the (already rounded) inputs the reference sees.
     leaves = [x.float().requires_grad_() for x in inputs]
@@ -51,8 +50,8 @@ def _check_against_reference(B, T, H, N, *, seed=0, fn=None, inputs=None):
     errors = {"y": relative_l2(y, y_ref), "state": relative_l2(final_state, state_ref)}
     for name, g, g_ref in zip(("r", "w", "k", "v", "a", "b", "state0"), grads, grads_ref):
         errors["d" + name] = relative_l2(g, g_ref)
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < TOLERANCE, errors
+    # Written so that a NaN error fails (NaN < TOLERANCE is False).
+    assert all(error < TOLERANCE for error in errors.values()), errors
     return errors
 
 
@@ -73,17 +72,33 @@ def test_chunk_length_does_not_change_the_result(chunk_length):
     _check_against_reference(2, 70, 2, 16, seed=chunk_length, fn=fn)
 
 
-def test_strong_decay_uses_the_safe_pairwise_form():
+def test_strong_decay_is_exact_and_finite():
     """Decays down to ~exp(-20) per step: the cumulative log-decay of a chunk reaches -300,
-    which would overflow a factored exp(-g); the pairwise form must be exact and finite."""
+    which would overflow a factored exp(-g): the automatic choice and the forced pairwise form
+    must both be exact and finite."""
     B, T, H, N = 2, 40, 2, 16
     r, w, k, v, a, b, state = make_inputs(B, T, H, N, seed=3)
     generator = torch.Generator().manual_seed(4)
     w = torch.rand(B, T, H, N, generator=generator, dtype=torch.float64) * 3.0
-    errors = _check_against_reference(B, T, H, N, inputs=(r, w, k, v, a, b, state))
+    # (A NaN anywhere fails the tolerance check, since NaN < tolerance is False.)
+    _check_against_reference(B, T, H, N, inputs=(r, w, k, v, a, b, state))
     forced = lambda *xs: wkv7_chunked(*xs, force_pairwise=True)  # noqa: E731
     _check_against_reference(B, T, H, N, inputs=(r, w, k, v, a, b, state), fn=forced)
-    assert all(e == e for e in errors.values())  # no NaN
+
+
+@pytest.mark.parametrize("a_lr", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("chunk_length", [16, 32])
+def test_aligned_kk_directions_stay_exact(a_lr, chunk_length):
+    """The same kk at every step with (almost) no decay: the within-chunk triangular system is
+    then as ill-conditioned as it gets (a Neumann-series inverse loses everything here)."""
+    B, T, H, N = 2, 64, 2, 16
+    r, _, k, v, _, _, state = make_inputs(B, T, H, N, seed=21)
+    generator = torch.Generator().manual_seed(22)
+    kk = torch.nn.functional.normalize(torch.randn(B, 1, H, N, generator=generator, dtype=torch.float64), dim=-1)
+    kk = kk.expand(B, T, H, N).contiguous()
+    w = torch.full((B, T, H, N), -10.0, dtype=torch.float64)
+    fn = lambda *xs: wkv7_chunked(*xs, chunk_length=chunk_length)  # noqa: E731
+    _check_against_reference(B, T, H, N, inputs=(r, w, k, v, -kk, kk * a_lr, state), fn=fn)
 
 
 def test_pairwise_and_factored_forms_agree_on_mild_decay():
@@ -276,15 +291,16 @@ if given is not None:
 def test_chunked_forward_is_five_times_faster_than_a_step_loop():
     inputs = [x.float() for x in make_inputs(4, 1024, 4, 64, seed=18)]
 
-    def best_of(fn, repeats=3):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
+    # Interleaved best-of timings: on a shared machine both paths then see the same load, and
+    # the minimum is the least disturbed run.
+    chunked, loop = [], []
     with torch.no_grad():
-        chunked = best_of(lambda: wkv7_chunked(*inputs))
-        loop = best_of(lambda: wkv7_reference(*inputs), repeats=2)
-    assert loop / chunked >= 5.0, (loop, chunked)
+        for _ in range(4):
+            chunked += [timed(lambda: wkv7_chunked(*inputs)) for _ in range(3)]
+            loop.append(timed(lambda: wkv7_reference(*inputs)))
+    assert min(loop) / min(chunked) >= 5.0, (min(loop), min(chunked))

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.gpu
 TOLERANCES = {  # (outputs and final state, every gradient)
     torch.bfloat16: (3e-3, 5e-3),
     torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-3, 2e-3),
 }
 NAMES = ("y", "state", "dr", "dw", "dk", "dv", "da", "db", "dstate0")
 
@@ -50,6 +51,14 @@ def test_cuda_matches_float64_reference(N, T, dtype):
     errors = _errors(2, T, 4, N, dtype, seed=N + T)
     output_tolerance, grad_tolerance = TOLERANCES[dtype]
     print(f"N={N} T={T} {dtype}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+    assert errors["y"] < output_tolerance and errors["state"] < output_tolerance, errors
+    assert all(errors[name] < grad_tolerance for name in NAMES[2:]), errors
+
+
+def test_cuda_float16_inputs():
+    errors = _errors(2, 300, 4, 64, torch.float16, seed=5)
+    output_tolerance, grad_tolerance = TOLERANCES[torch.float16]
+    print("N=64 T=300 torch.float16: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
     assert errors["y"] < output_tolerance and errors["state"] < output_tolerance, errors
     assert all(errors[name] < grad_tolerance for name in NAMES[2:]), errors
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from heron.train.tasks import Curriculum, Task, TaskSetup, _next_token_metrics, _fixed_batches, register_task
+from heron.train.tasks import Curriculum, Task, TaskSetup, _next_token_metrics, register_task
 
 NAME = "synthetic-copy"
 
@@ -54,7 +54,9 @@ def build(config) -> TaskSetup:
     clean = CopySource(options["half"])
 
     def evaluate(model, device, autocast):
-        return _next_token_metrics(model, _fixed_batches(clean, 32, 2, seed=7), device, autocast)
+        generator = torch.Generator().manual_seed(7)
+        batches = [clean.batch(32, generator) for _ in range(2)]
+        return _next_token_metrics(model, batches, device, autocast)
 
     def export(model, out):
         path = out / "model.pt"

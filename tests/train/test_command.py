@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from heron.cli import main
 from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tests.train import synthetic  # registers the synthetic task

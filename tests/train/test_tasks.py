@@ -1,7 +1,5 @@
 """A few steps of every registered task, through the real data modules and models."""
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -12,8 +10,6 @@ from heron.train.trainer import train
 
 TINY_LM = {"n_layer": 1, "n_embd": 32, "head_size": 16}
 QUIET = dict(progress=False, tensorboard=False, device="cpu", log_every=1)
-needs_rosa = pytest.mark.skipif(importlib.util.find_spec("heron.layers.rosa") is None,
-                                reason="heron.layers.rosa (the ROSA-QKV block) is not built yet")
 
 
 def _config(tmp_path, task, **overrides):
@@ -24,28 +20,27 @@ def test_registry_lists_the_tasks():
     assert {"counting", "reverse", "arith", "text", "abc"} <= set(task_names())
 
 
-@pytest.mark.parametrize("task, rosa", [
-    ("reverse", None), pytest.param("reverse", "qkv1", marks=needs_rosa), pytest.param("arith", "qkv1", marks=needs_rosa),
-])
+@pytest.mark.parametrize("task, rosa", [("reverse", None), ("reverse", "qkv1"), ("arith", "qkv1")])
 def test_digit_tasks_run_and_export_a_loadable_model(tmp_path, task, rosa):
     model_config = {"rosa": rosa} if task == "reverse" else {"rosa": rosa, "n_embd": 32, "dim_ffn": 64, "lora_rank_decay": 8,
                                                              "lora_rank_iclr": 8, "lora_rank_value": 8, "lora_rank_gate": 8}
     config = _config(tmp_path, task, steps=3, batch_size=8, eval_every=2, eval_samples=1, model_config=model_config,
-                     task_options={"max_digits": 4, "curriculum": [[0, 2], [2, 4]]})
+                     task_options={"max_digits": 4, "seq_len": 16, "curriculum": [[0, 2], [2, 4]]})
     result = train(config)
     assert result.finished and len(result.losses) == 3
     assert 0.0 <= result.metrics["digit_accuracy"] <= 1.0
     from heron.models.load import load
 
+    setup = get_task(task).build(config)
+    assert [setup.sources.at(step).max_digits for step in range(4)] == [2, 2, 4, 4]  # the curriculum
     # The exported file holds exactly the trained weights: same logits as the checkpoint's model.
-    trained = get_task(task).build(config).model
+    trained = setup.model
     trained.load_state_dict(load_checkpoint(result.checkpoint)["model"])
     tokens = torch.randint(0, trained.config.vocab_size, (2, 9))
     torch.testing.assert_close(load(result.model_file)(tokens), trained(tokens))
 
 
 def test_reverse_default_model_is_the_official_shape():
-    pytest.importorskip("heron.layers.rosa")
     setup = get_task("reverse").build(TrainConfig(task="reverse", task_options={"max_digits": 3}))
     assert sum(p.numel() for p in setup.model.parameters()) == 39_564  # as checkpoint 251105_reverse_L2
 
@@ -99,3 +94,23 @@ def test_abc_task(tmp_path):
     result = train(config)
     assert result.finished and result.metrics["eval_bits_per_token"] > 0
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("variant", ["emb", "1bit", "4bit"])
+def test_counting_task(tmp_path, variant):
+    config = _config(tmp_path, "counting", model=variant, steps=2, batch_size=4, eval_samples=8,
+                     task_options={"seq_len": 16})
+    result = train(config)
+    assert result.finished and set(result.metrics) == {"eval_loss", "next_token_accuracy"}
+    from heron.models.load import load
+
+    assert type(load(result.model_file)).__name__ == "CountingToy"
+
+
+def test_counting_errors(tmp_path):
+    with pytest.raises(ValueError, match="variant must be one of"):
+        train(_config(tmp_path, "counting", model="9bit", steps=1))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_layer'\]"):
+        train(_config(tmp_path, "counting", steps=1, model_config={"n_layer": 2}))
+    with pytest.raises(ValueError, match="has no model variants"):
+        train(_config(tmp_path, "reverse", model="1bit", steps=1))

@@ -155,3 +155,35 @@ def test_lm_recipe_groups():
     assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-18
     official = build_optimizer(model, TrainConfig(task="x"))
     assert len(official.param_groups) == 1 and official.defaults["weight_decay"] == 0.01
+
+
+def test_progress_without_tqdm_prints_the_logged_rows(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError, as on a bare image
+    result = train(synthetic.config(tmp_path, steps=4, log_every=2, progress=True))
+    assert result.finished
+    err = capsys.readouterr().err
+    assert "step 2/4: loss" in err and "step 4/4: loss" in err
+
+
+def test_fp64_and_bf16_dtypes(tmp_path):
+    result = train(synthetic.config(tmp_path / "fp64", steps=2, dtype="fp64"))
+    state = load_checkpoint(result.checkpoint)["model"]
+    assert all(value.dtype == torch.float64 for value in state.values())
+    bf16 = train(synthetic.config(tmp_path / "bf16", steps=2, dtype="bf16"))  # CPU autocast
+    fp32 = train(synthetic.config(tmp_path / "fp32", steps=2))
+    assert bf16.losses != fp32.losses and bf16.losses == pytest.approx(fp32.losses, rel=0.05)
+    assert all(value.dtype == torch.float32 for value in load_checkpoint(bf16.checkpoint)["model"].values())
+
+
+def test_model_state_mismatch_names_keys_and_shapes():
+    from heron.train.trainer import _load_model_state
+
+    model = synthetic.TinyGRU(7, width=16)
+    other = synthetic.TinyGRU(7, width=24).state_dict()
+    other["extra.weight"] = torch.zeros(1)
+    del other["head.bias"]
+    with pytest.raises(ValueError, match=r"another model configuration: missing keys \['head.bias'\]; "
+                                         r"unexpected keys \['extra.weight'\]; shape mismatches emb.weight: \(7, 24\) vs \(7, 16\)"):
+        _load_model_state(model, other, "checkpoint x")

@@ -72,6 +72,11 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def _check_symbols(name: str, tensor) -> torch.Tensor:
+    return _check_symbols_with_max(name, tensor)[0]
+
+
+def _check_symbols_with_max(name: str, tensor) -> tuple[torch.Tensor, int]:
+    """Validate an integer symbol tensor; return it as int64 and its largest symbol (-1 if empty)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer symbols, got {type(tensor).__name__}")
     if tensor.dtype not in _INTEGER_DTYPES:
@@ -83,13 +88,15 @@ def _check_symbols(name: str, tensor) -> torch.Tensor:
         raise ValueError(
             f"{name} must have shape [T], [B, T] or [B, T, S], got {tuple(tensor.shape)}"
         )
+    largest = -1
     if tensor.numel() > 0:
-        low, high = torch.aminmax(tensor)
-        if int(low) < 0:
-            raise ValueError(f"{name} must hold non-negative symbols, found {int(low)}")
-        if int(high) >= SYMBOL_LIMIT:
-            raise ValueError(f"{name} must hold symbols below 2**31, found {int(high)}")
-    return tensor.to(torch.int64)
+        low, high = (int(value) for value in torch.aminmax(tensor))
+        if low < 0:
+            raise ValueError(f"{name} must hold non-negative symbols, found {low}")
+        if high >= SYMBOL_LIMIT:
+            raise ValueError(f"{name} must hold symbols below 2**31, found {high}")
+        largest = high
+    return tensor.to(torch.int64), largest
 
 
 def _as_streams(tensor: torch.Tensor) -> torch.Tensor:
@@ -110,15 +117,15 @@ def _python_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return out.permute(0, 2, 1).contiguous()
 
 
-def _dense_sigma(k: torch.Tensor, limit: int) -> int:
+def _dense_sigma(k: torch.Tensor, limit: int, largest_key: int | None = None) -> int:
     """Alphabet size for dense transitions (largest key symbol + 1) or 0 for hashed ones."""
     if k.numel() == 0:
         return 1
-    sigma = int(k.max()) + 1
+    sigma = (int(k.max()) if largest_key is None else largest_key) + 1
     return sigma if sigma <= limit else 0
 
 
-def _cpu_forward(q, k, v, strict: bool) -> torch.Tensor:
+def _cpu_forward(q, k, v, strict: bool, largest_key: int | None = None) -> torch.Tensor:
     try:
         ext = native_cpu()
     except ExtensionUnavailable as exc:
@@ -127,24 +134,24 @@ def _cpu_forward(q, k, v, strict: bool) -> torch.Tensor:
         _warn_once("cpu", f"{exc}; ROSA falls back to the pure-Python automaton")
         return _python_forward(q, k, v)
     q, k, v = (t.cpu().contiguous() for t in (q, k, v))
-    return ext.forward(q, k, v, _dense_sigma(k, ext.dense_max_sigma))
+    return ext.forward(q, k, v, _dense_sigma(k, ext.dense_max_sigma, largest_key))
 
 
-def _cuda_forward(q, k, v, strict: bool) -> torch.Tensor:
+def _cuda_forward(q, k, v, strict: bool, largest_key: int | None = None) -> torch.Tensor:
     try:
         ext = native_cuda()
     except ExtensionUnavailable as exc:
         if strict:
             raise
         _warn_once("cuda", f"{exc}; ROSA runs on the CPU for these CUDA tensors")
-        return _cpu_forward(q, k, v, strict=False).to(q.device)
+        return _cpu_forward(q, k, v, strict=False, largest_key=largest_key).to(q.device)
     q, k, v = (t.contiguous() for t in (q, k, v))
     with torch.cuda.device(q.device):
         free_bytes, _ = torch.cuda.mem_get_info()
         # Streams run in chunks whose scratch fits in half the free memory (at most 8 GiB).
         workspace_limit = max(1, min(free_bytes // 2, 8 << 30))
         return ext.forward(
-            q, k, v, _dense_sigma(k, ext.dense_max_sigma), CUDA_THREADS_PER_BLOCK,
+            q, k, v, _dense_sigma(k, ext.dense_max_sigma, largest_key), CUDA_THREADS_PER_BLOCK,
             workspace_limit, torch.cuda.current_stream().cuda_stream,
         )
 
@@ -160,8 +167,8 @@ def rosa_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     # Token ROSA passes one tensor three times: validate (one pass over the data) once.
     same_k, same_v = k is q, v is q
-    q = _check_symbols("q", q)
-    k = q if same_k else _check_symbols("k", k)
+    q, largest_query = _check_symbols_with_max("q", q)
+    k, largest_key = (q, largest_query) if same_k else _check_symbols_with_max("k", k)
     v = q if same_v else _check_symbols("v", v)
     if not (q.shape == k.shape == v.shape):
         raise ValueError(
@@ -169,9 +176,9 @@ def rosa_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str 
         )
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.dim() == 3 or q.dim() == 2:
-        if q.shape[1] >= 2**29:
-            raise ValueError(f"q: T must be below 2**29, got {q.shape[1]}")
+    length = q.shape[0] if q.dim() == 1 else q.shape[1]
+    if length >= 2**29:
+        raise ValueError(f"q: T must be below 2**29 (32-bit automaton states), got {length}")
     device = q.device
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"backend='cuda' needs CUDA tensors; q is on {device}")
@@ -179,13 +186,13 @@ def rosa_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str 
     if backend == "python":
         out = _python_forward(*streams)
     elif backend == "cpu":
-        out = _cpu_forward(*streams, strict=True)
+        out = _cpu_forward(*streams, strict=True, largest_key=largest_key)
     elif backend == "cuda":
-        out = _cuda_forward(*streams, strict=True)
+        out = _cuda_forward(*streams, strict=True, largest_key=largest_key)
     elif device.type == "cuda":
-        out = _cuda_forward(*streams, strict=False)
+        out = _cuda_forward(*streams, strict=False, largest_key=largest_key)
     else:
-        out = _cpu_forward(*streams, strict=False)
+        out = _cpu_forward(*streams, strict=False, largest_key=largest_key)
     return out.reshape(q.shape).to(device)
 
 

@@ -13,10 +13,12 @@ gradients through the table by ordinary autograd, and the thresholded inputs get
     ``dL/dx = (phi(bit=1) - phi(bit=0)) / (2 * max(|x|, tau))`` with ``phi = sum_t g[t] . out_t``.
     Computed exactly (same numbers as :func:`naive_flip_grad_channel` / :func:`naive_flip_grad_qkv`
     up to float summation order) by the C++ (OpenMP) or CUDA kernels, which re-run only the
-    suffix a flip changes. Cost per stream O(bits * T^2); the official choice for short contexts.
+    suffix a flip changes: O(bits * T^2) re-run positions per stream (each a few bitset word
+    operations on the CPU); the official choice for short contexts.
 ``"window"``
     The same finite difference, but each flip re-runs only the ``window`` positions starting at
-    the flipped one (effects further away are dropped). O(bits * T * window) per stream on the CPU:
+    the flipped one (effects further away are dropped). O(bits * T * window) re-run positions per
+    stream on the CPU:
     the cheap estimator for long contexts. ``window >= T`` equals ``"flip"``.
 ``"value"``
     Copy-through: only the value path of the flip (an output that *retrieved* position ``t``
@@ -221,6 +223,10 @@ def flip_deltas(q, k, v, val, bits: int, window: int, *, token: bool, want=(True
     CUDA kernel when available, else :func:`flip_deltas_reference` (with one warning).
     """
     device = val.device
+    if val.dtype not in (torch.float32, torch.float64):
+        # bf16/fp16 upstream gradients (autocast): sum the deltas in fp32, hand back the input dtype
+        deltas = flip_deltas(q, k, v, val.float(), bits, window, token=token, want=want)
+        return tuple(d.to(val.dtype) if d is not None else None for d in deltas)
     S, T = val.shape[0], val.shape[1]
     if S == 0 or T == 0:
         zeros = val.new_zeros(S, T, bits)

@@ -1,9 +1,12 @@
 """Incremental (RNN-mode) QKV ROSA: one online automaton per stream (spec/ROSA.md §5).
 
 ``OnlineROSA`` keeps, for each of ``num_streams`` streams, the suffix automaton of the keys pushed
-so far and the matcher of the queries, so one step costs amortized O(log T) per stream (the C++
-automaton holds its suffix-link tree in a link-cut tree; see ``csrc/rosa_cpu.cpp``). Its outputs
-equal :func:`heron.ops.rosa.rosa_qkv` on the concatenated history exactly.
+so far and the matcher of the queries, so one step costs amortized O(log T) per stream: the C++
+automaton starts with the official last-end update along the suffix-link chain (fastest on
+random-like streams) under a budget of chain steps, and a stream that exceeds it (constant or
+periodic keys) switches for good to a link-cut tree over its suffix links (see
+``csrc/rosa_cpu.cpp``). Its outputs equal :func:`heron.ops.rosa.rosa_qkv` on the concatenated
+history exactly.
 
 The automata live on the CPU whatever the device of the inputs; outputs come back on the inputs'
 device. Serialization stores the pushed ``q``, ``k``, ``v`` histories (``[S, T]`` int64 each);

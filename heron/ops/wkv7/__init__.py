@@ -176,7 +176,8 @@ def chunked_op(
     state: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     y, final_state = wkv7_chunked(r, w, k, v, a, b, state)
-    return y, final_state
+    # match the strides the fake below promises (compiled graphs view the outputs accordingly)
+    return torch.empty_like(r).copy_(y), torch.empty_like(state).copy_(final_state)
 
 
 @chunked_op.register_fake
@@ -200,7 +201,9 @@ def chunked_backward_op(
     # hand-written backward. (Custom-op bodies run below the autograd dispatch key, so plain
     # torch.autograd.grad cannot be used here; torch.func.vjp carries its own autograd level.)
     _, pullback = torch.func.vjp(wkv7_chunked, r, w, k, v, a, b, state)
-    return tuple(pullback((grad_y, grad_final_state)))
+    grads = pullback((grad_y, grad_final_state))
+    # match the strides the fake below promises (compiled graphs view the outputs accordingly)
+    return tuple(torch.empty_like(x).copy_(g) for x, g in zip((r, w, k, v, a, b, state), grads))
 
 
 @chunked_backward_op.register_fake

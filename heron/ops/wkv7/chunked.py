@@ -11,16 +11,23 @@ with ``d_t = exp(-exp(w_t))``. Inside a chunk of ``L`` steps starting from ``S_0
     h_t = S_0 (a_t * e^{g_{t-1}}) + sum_{s<t} h_s <a_t, b_s e^{g_{t-1}-g_s}> + v_s <a_t, k_s e^{g_{t-1}-g_s}>
 
 which is a unit lower-triangular linear system for the ``h`` of the whole chunk (a WY-style
-representation), after which the outputs, the chunk's state transition ``S_L = S_0 T + A``
-and the within-chunk outputs are plain matrix products. Only the ``[N, N]`` state is carried
-sequentially from chunk to chunk; everything else is batched over all chunks at once.
+representation, solved by substitution), after which the outputs and the state at the chunk's
+end are plain matrix products:
+
+    y = (r e^{g}) S_0^T + M_rb h + M_rk v,      S_L = S_0 diag(e^{g_L}) + (v^T k + h^T b) e^{g_L - g}.
+
+Everything that does not depend on ``S_0`` is formed for all chunks at once; only the
+``[N, N]`` state is carried sequentially from chunk to chunk (a few small batched products per
+chunk).
 
 Numerical safety: every decay factor that appears is ``exp`` of a *difference* of cumulative
 log-decays taken in the causal direction, so it lies in ``[0, 1]`` and nothing is ever divided
-by a small cumulative decay. When the cumulative log-decay inside every chunk stays above
-``-FACTORED_LOG_DECAY_LIMIT`` the differences are factored as ``e^{g_t} * e^{-g_s}`` (products
-of moderate numbers, fast matrix products); otherwise the exact pairwise form
-``exp(g_t - g_s)`` is used, which cannot overflow whatever the decay.
+by a small cumulative decay. The triangular system is solved by substitution, which stays
+exact when consecutive ``kk`` directions are aligned (series-type inverses do not). When the
+cumulative log-decay inside every chunk stays above ``-FACTORED_LOG_DECAY_LIMIT``, the
+differences are factored as ``e^{g_t} * e^{-g_s}`` (products of moderate numbers, fast matrix
+products); otherwise the exact pairwise form ``exp(g_t - g_s)`` is used, which cannot overflow
+whatever the decay.
 """
 
 from __future__ import annotations
@@ -76,14 +83,16 @@ def wkv7_chunked(
     L = chunk_length
     num_chunks = (T + L - 1) // L
     padding = num_chunks * L - T
+    C, BH = num_chunks, B * H
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
-        # [B, T, H, N] -> [B, H, num_chunks, L, N]; padded steps have k = v = a = b = r = 0 and
-        # log-decay 0, so they leave the state untouched.
-        x = x.to(compute).transpose(1, 2)
+        # [B, T, H, N] -> chunk-major [C, B*H, L, N], so the sequential pass over chunks reads
+        # contiguous blocks; padded steps have k = v = a = b = r = 0 and log-decay 0, so they
+        # leave the state untouched.
+        x = x.to(compute)
         if padding:
-            x = torch.nn.functional.pad(x, (0, 0, 0, padding))
-        return x.reshape(B, H, num_chunks, L, N)
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, padding))
+        return x.reshape(B, C, L, H, N).permute(1, 0, 3, 2, 4).reshape(C, BH, L, N)
 
     r_, k_, v_, a_, b_ = (prepare(x) for x in (r, k, v, a, b))
     log_decay = prepare((-torch.exp(w.to(compute))).clamp(min=LOG_DECAY_FLOOR[compute]))
@@ -104,46 +113,63 @@ def wkv7_chunked(
         m_rk = _pairwise_coupling(r_, g, k_, g, inclusive)  # y_t <- v_s
     else:
         inverse_decay = torch.exp(-g)
-        b_undecayed = (b_ * inverse_decay).transpose(-1, -2)
-        k_undecayed = (k_ * inverse_decay).transpose(-1, -2)
+        # Contiguous [N, L] operands: batched matmuls with a transposed operand are several
+        # times slower on CPU.
+        b_undecayed = (b_ * inverse_decay).transpose(-1, -2).contiguous()
+        k_undecayed = (k_ * inverse_decay).transpose(-1, -2).contiguous()
         m_ab = (a_decayed @ b_undecayed).masked_fill(~strict, 0.0)
         m_ak = (a_decayed @ k_undecayed).masked_fill(~strict, 0.0)
         m_rb = (r_decayed @ b_undecayed).masked_fill(~inclusive, 0.0)
         m_rk = (r_decayed @ k_undecayed).masked_fill(~inclusive, 0.0)
 
-    to_end = (g_last - g).clamp(max=0.0).exp()
+    if pairwise:
+        to_end = (g_last - g).clamp(max=0.0).exp()
+    else:
+        to_end = inverse_decay * g_last.exp()
     b_to_end = b_ * to_end
     k_to_end = k_ * to_end
 
     # Solve (I - M_ab) [U | Hv] = [a_decayed | M_ak V]: h_t = S_0 u_t + hv_t.
+    # (I - M_ab)^{-1} by a triangular solve against the identity (substitution: exact even for
+    # aligned kk directions, unlike a Neumann-type product); solving for the L x L inverse and
+    # multiplying afterwards is much faster on CPU than solving for the 2N right-hand sides.
     eye = torch.eye(L, dtype=compute, device=device)
     system = eye - m_ab
-    rhs = torch.cat([a_decayed, m_ak @ v_], dim=-1)
-    solution = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    u, hv = solution[..., :N], solution[..., N:]
+    inverse = torch.linalg.solve_triangular(
+        system, eye.expand_as(system), upper=False, unitriangular=True
+    )
+    u = inverse @ a_decayed
+    hv = (inverse @ m_ak) @ v_  # L x L products first: cheaper than inverse @ (M_ak V)
+    y_free = m_rk @ v_  # the S_0-free part of y
 
-    # Carry the state from chunk to chunk (batched over B*H, chunk-major for contiguous reads):
-    #   h = U S_0^T + Hv,  S_L = S_0 diag(e^{g_L}) + V^T K_to_end + h^T B_to_end.
-    # The state-free products are formed for all chunks at once beforehand.
-    def chunk_major(x):
-        return x.permute(2, 0, 1, 3, 4).reshape(num_chunks, B * H, *x.shape[-2:])
+    # Carry the state from chunk to chunk, batched over B*H:
+    #   h = U S_0^T + Hv,  y = R_decayed S_0^T + M_rb h + M_rk V,
+    #   S_L = S_0 diag(e^{g_L}) + V^T K_to_end + h^T B_to_end.
+    # The S_0-free parts of h and y are formed for all chunks at once beforehand.
+    decay_end = g_last.exp()  # [C, BH, 1, N_k]
+    # Per chunk: [h; y_S] = [Hv; M_rk V] + [U; R_decayed] S_0^T (one product), then
+    # S_L = S_0 diag(e^{g_L}) + V^T K_to_end + h^T B_to_end (accumulated in place into the
+    # freshly decayed state). unbind once: indexing chunk c inside the loop would make
+    # autograd scatter every chunk's gradient into a full-size zero tensor (quadratic in C).
+    reads = torch.cat([u, r_decayed], dim=-2).unbind(0)  # [BH, 2L, N_k] each
+    free = torch.cat([hv, y_free], dim=-2).unbind(0)  # [BH, 2L, N_v] each
+    values_transposed = v_.transpose(-1, -2).unbind(0)
+    keys_to_end, removals_to_end = k_to_end.unbind(0), b_to_end.unbind(0)
+    couplings = m_rb.unbind(0)
+    decays = decay_end.unbind(0)
 
-    u_c, hv_c, b_to_end_c = chunk_major(u), chunk_major(hv), chunk_major(b_to_end)
-    carried_c = chunk_major(v_.transpose(-1, -2) @ k_to_end)  # [C, BH, N_v, N_k]
-    decay_end_c = chunk_major(g_last.exp())  # [C, BH, 1, N_k]
-
-    chunk_states, removals = [], []
-    current = state.reshape(B * H, N, N)
-    for c in range(num_chunks):
-        chunk_states.append(current)
-        h = torch.baddbmm(hv_c[c], u_c[c], current.transpose(-1, -2))  # [BH, L, N_v]
-        removals.append(h)
-        current = torch.baddbmm(torch.addcmul(carried_c[c], current, decay_end_c[c]), h.transpose(-1, -2), b_to_end_c[c])
-    start_states = torch.stack(chunk_states, dim=1).reshape(B, H, num_chunks, N, N)
-    h_all = torch.stack(removals, dim=1).reshape(B, H, num_chunks, L, N)
+    outputs = []
+    current = state.reshape(BH, N, N)
+    for read, free_c, value_t, key_to_end, removal_to_end, coupling, decay in zip(
+        reads, free, values_transposed, keys_to_end, removals_to_end, couplings, decays
+    ):
+        h_and_y = torch.baddbmm(free_c, read, current.transpose(-1, -2))
+        h = h_and_y[:, :L]
+        outputs.append(torch.baddbmm(h_and_y[:, L:], coupling, h))
+        decayed = current * decay
+        current = decayed.baddbmm_(value_t, key_to_end).baddbmm_(h.transpose(-1, -2), removal_to_end)
     current = current.reshape(B, H, N, N)
 
-    # Y = R_decayed S_0^T + M_rb H + M_rk V
-    y = r_decayed @ start_states.transpose(-1, -2) + m_rb @ h_all + m_rk @ v_  # [B, H, C, L, N_v]
-    y = y.reshape(B, H, num_chunks * L, N)[:, :, :T].transpose(1, 2)
+    y = torch.stack(outputs).reshape(C, B, H, L, N).permute(1, 0, 3, 2, 4).reshape(B, C * L, H, N)
+    y = y[:, :T]
     return y.to(r.dtype), current

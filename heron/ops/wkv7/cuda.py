@@ -15,7 +15,7 @@ _SOURCES = ("wkv7/csrc/wkv7_binding.cpp", "wkv7/csrc/wkv7_kernels.cu")
 
 
 def segment_length(head_size: int) -> int:
-    """Steps between the states the forward saves; must match ``Segment<N>`` in the kernels."""
+    """Steps between the states the forward saves; must match ``Config<N>::kSegment`` in the kernels."""
     return 8 if head_size >= 128 else 16
 
 

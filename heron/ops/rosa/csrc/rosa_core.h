@@ -4,7 +4,13 @@
 // k ending at some j < i, the largest such j, output v[j + 1]; -1 when q[i] never occurred in
 // k[0..i-1].
 //
-// Algorithm (O(T log T) in the worst case, no step walks a suffix-link chain to update values):
+// Fast path: the official single pass (last end position per state, assigned along the suffix-link
+// chain at each append) with a budget on the chain steps (rosa_stream_chain_walk); it is the
+// fastest choice on random-like streams. A stream whose chains exceed the budget (constant,
+// periodic, almost periodic) is rerun by the two-phase algorithm below, so the worst case stays
+// O(T log T + budget * T).
+//
+// Two-phase algorithm (O(T log T) in the worst case, no step walks a suffix-link chain):
 //   Phase 1: build the suffix automaton (SAM) of k online and run the matcher of q against the
 //     automaton of k[0..i-1] before appending k[i]; record the matched state w_i (0 = no match).
 //     When an insertion splits the state the matcher sits in, the matcher moves to the clone if
@@ -13,8 +19,12 @@
 //     time i (later clones and insertions only add positions >= their own time), so the answer is
 //     max{p in endpos_final(w_i) : p <= i - 1}. Lay out the final suffix-link tree so that every
 //     subtree covers a contiguous range of "rank" slots, one slot per position (counting sort by
-//     length gives a top-down order without a stack), then sweep i upwards, inserting position
-//     i - 1 into a max segment tree over ranks and querying the range of w_i.
+//     length gives a top-down order without a stack). Then sweep i upwards: each rank holds its
+//     position, so a short range is answered by one scan (ignoring positions >= i); longer ranges
+//     use a max segment tree over blocks of ranks into which position i - 1 is inserted before
+//     answering i.
+// In token mode (q and k the same stream) neither pass needs the matcher: the suffix link of the
+// state created for position i is the state of the longest earlier-occurring suffix.
 //
 // Memory: the CPU gives each worker a private buffer; the GPU interleaves the streams of a launch
 // so that element e of neighbouring threads are neighbours (time-indexed arrays coalesce) while
@@ -37,26 +47,44 @@ namespace heron_rosa {
 // an open-addressing hash table of edges.
 constexpr int64_t kDenseMaxSigma = 16;
 
-// Query ranges up to this many ranks are answered by scanning the segment tree's leaves.
+// Ranks per block of the sweep's segment tree; ranges this short are answered by one scan.
 constexpr int32_t kLeafScan = 8;
+
+// Suffix-link steps per token that the chain-walking pass may spend (with a head start of
+// kChainSlackTokens tokens' worth) before a stream falls back to the two-phase algorithm. Random
+// 1-bit streams need about 5 (T = 128) to 14 (T = 65536) steps per token, 4-bit about 2, token
+// streams almost none; constant and periodic streams exceed it within the first hundred or so
+// tokens, so little work is wasted on them.
+constexpr int64_t kDefaultChainBudgetPerToken = 20;
+constexpr int64_t kChainSlackTokens = 16;
 
 // Bit set in a state's subtree-size field when the state owns a position (is not a clone).
 constexpr int32_t kOwnsPosition = 1 << 30;
 
-// A per-stream array of int32: element e at base[e * stride].
+// kStreams: the number of interleaved streams when known at compile time (1 on the CPU, which
+// lets the compiler drop the index multiplications), 0 when it is a runtime value (the GPU's
+// launch width). Likewise kWidth for record widths.
+
+// A per-stream array of int32: element e at base[e * streams].
+template <int64_t kStreams>
 struct Strided {
   int32_t* base;
-  int64_t stride;
-  ROSA_HD int32_t& operator[](int64_t element) const { return base[element * stride]; }
+  int64_t runtime_streams;
+  ROSA_HD int32_t& operator[](int64_t element) const {
+    return base[element * (kStreams > 0 ? kStreams : runtime_streams)];
+  }
 };
 
 // A per-stream array of records of `width` int32 fields, each record contiguous in memory (one
-// cache line / sector for one thread): field f of item e at base[e * item_stride + f].
+// cache line / sector for one thread): field f of item e at base[e * width * streams + f].
+template <int64_t kStreams, int64_t kWidth>
 struct Records {
   int32_t* base;
-  int64_t item_stride;
+  int64_t runtime_streams;
+  int64_t runtime_width;
   ROSA_HD int32_t& operator()(int64_t item, int64_t field) const {
-    return base[item * item_stride + field];
+    return base[item * (kWidth > 0 ? kWidth : runtime_width) *
+                    (kStreams > 0 ? kStreams : runtime_streams) + field];
   }
 };
 
@@ -65,6 +93,7 @@ struct Records {
 constexpr int kLen = 0, kLink = 1, kNext = 2;
 constexpr int kSize = 2;   // phase 2: subtree size, then child-range cursor, then range end
 constexpr int kStart = 3;  // phase 2: first rank slot of the subtree
+// The chain-walking pass keeps each state's last end position in the record's last field.
 // Edge record fields (hashed transitions).
 constexpr int kEdgeState = 0, kEdgeSymbol = 1, kEdgeTarget = 2, kEdgeNext = 3;
 
@@ -76,7 +105,8 @@ ROSA_HD int64_t hash_capacity(int64_t length) {
   while (capacity < 2 * edge_capacity(length)) capacity *= 2;
   return capacity;
 }
-ROSA_HD int64_t state_width(int64_t sigma) { return 2 + (sigma > 2 ? sigma : 2); }
+// Fields: length, link, transitions (at least 2: phase 2 reuses them), last end position.
+ROSA_HD int64_t state_width(int64_t sigma) { return 3 + (sigma > 2 ? sigma : 2); }
 
 // Offsets of every per-stream region, in int32 units per stream (the launch multiplies them by
 // its stream count when it interleaves streams).
@@ -87,7 +117,8 @@ struct Layout {
   int64_t match_state;     // length: matched state w_i (0 = no match)
   int64_t length_count;    // length + 1: counting sort of the states by length
   int64_t order;           // state_capacity: states by increasing length
-  int64_t segment_tree;    // 2 * length + 2 + kLeafScan
+  int64_t rank_position;   // length + kLeafScan: the position of each rank (padded for scans)
+  int64_t segment_tree;    // 2 * ceil(length / kLeafScan) + 2: block maxima
   int64_t edges;           // hashed only: edge_capacity records of 4
   int64_t hash_slot;       // hashed only: hash_capacity
   int64_t total;
@@ -104,7 +135,8 @@ ROSA_HD Layout make_layout(int64_t length, int64_t sigma) {
   layout.match_state = offset; offset += length;
   layout.length_count = offset; offset += length + 1;
   layout.order = offset; offset += states;
-  layout.segment_tree = offset; offset += 2 * length + 2 + kLeafScan;
+  layout.rank_position = offset; offset += length + kLeafScan;
+  layout.segment_tree = offset; offset += 2 * ((length + kLeafScan - 1) / kLeafScan) + 2;
   if (sigma > 0) {
     layout.edges = layout.hash_slot = -1;
   } else {
@@ -117,25 +149,30 @@ ROSA_HD Layout make_layout(int64_t length, int64_t sigma) {
 
 // Where one stream's scratch lives: `workspace` holds `streams` interleaved streams (the CPU uses
 // 1) and this stream is number `lane` among them.
+template <int64_t kStreams>
 struct Scratch {
   int32_t* workspace;
-  int64_t streams;
+  int64_t runtime_streams;
   int64_t lane;
-  ROSA_HD Strided array(int64_t offset) const {
-    return Strided{workspace + offset * streams + lane, streams};
+  ROSA_HD int64_t streams() const { return kStreams > 0 ? kStreams : runtime_streams; }
+  ROSA_HD Strided<kStreams> array(int64_t offset) const {
+    return Strided<kStreams>{workspace + offset * streams() + lane, runtime_streams};
   }
-  ROSA_HD Records records(int64_t offset, int64_t width) const {
-    return Records{workspace + offset * streams + lane * width, width * streams};
+  template <int64_t kWidth>
+  ROSA_HD Records<kStreams, kWidth> records(int64_t offset, int64_t width) const {
+    return Records<kStreams, kWidth>{workspace + offset * streams() + lane * width,
+                                     runtime_streams, width};
   }
 };
 
 // Dense transitions in the state records. kSigma > 0 fixes the alphabet at compile time.
-template <int kSigma>
+template <int kSigma, typename StateRecords>
 struct DenseTransitions {
-  Records states;
+  StateRecords states;
   int32_t runtime_sigma;
 
   ROSA_HD int32_t sigma() const { return kSigma > 0 ? kSigma : runtime_sigma; }
+  ROSA_HD void reset() const {}  // states clear their own slots when created
   ROSA_HD void clear_state(int32_t state) const {
     for (int32_t symbol = 0; symbol < sigma(); ++symbol) states(state, kNext + symbol) = -1;
   }
@@ -155,10 +192,11 @@ struct DenseTransitions {
 // Transitions as edges in per-state linked lists (so a clone can copy its source's edges) plus an
 // open-addressing hash from (state, symbol) to the edge. A SAM has < 3T edges, so the copies of
 // all clones together are O(T).
+template <typename StateRecords, typename EdgeRecords, typename Array>
 struct HashedTransitions {
-  Records states;  // field kNext holds the state's first edge
-  Records edges;
-  Strided hash_slot;
+  StateRecords states;  // field kNext holds the state's first edge
+  EdgeRecords edges;
+  Array hash_slot;
   int64_t hash_mask;
   int32_t* edge_count;
 
@@ -169,7 +207,7 @@ struct HashedTransitions {
     h ^= h >> 13;
     return h;
   }
-  ROSA_HD void clear_table() const {
+  ROSA_HD void reset() const {
     for (int64_t slot = 0; slot <= hash_mask; ++slot) hash_slot[slot] = -1;
     *edge_count = 0;
   }
@@ -207,14 +245,17 @@ struct HashedTransitions {
 };
 
 // One stream: q/k/v/out element at time t is at pointer[t * time_stride].
-template <typename Transitions>
+// kToken: q and k are the same stream (token ROSA). Then the matched state needs no matcher: the
+// suffix link of the state created for position i is the longest suffix of k[0..i] that also
+// ends earlier (root: none), the state the matcher would reach.
+template <bool kToken, typename Transitions, typename ScratchType>
 ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, int64_t* out,
                          int64_t time_stride, int32_t length, const Layout& layout,
-                         const Scratch& scratch, const Transitions& transitions) {
-  const Records states = transitions.states;
-  const Strided position_state = scratch.array(layout.position_state);
-  const Strided match_state = scratch.array(layout.match_state);
-  const Strided length_count = scratch.array(layout.length_count);
+                         const ScratchType& scratch, const Transitions& transitions) {
+  const auto states = transitions.states;
+  const auto position_state = scratch.array(layout.position_state);
+  const auto match_state = scratch.array(layout.match_state);
+  const auto length_count = scratch.array(layout.length_count);
 
   // ---- Phase 1: automaton of k, matcher of q. States are counted by length as they are made
   // (a state's length never changes) for the counting sort of phase 2.
@@ -225,6 +266,7 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
   length_count[0] = 1;
   int32_t num_states = 1, last = 0, matched = 0, matched_len = 0;
   for (int32_t i = 0; i < length; ++i) {
+    if (!kToken) {
     const int32_t query = (int32_t)q[(int64_t)i * time_stride];
     int32_t next = transitions.get(matched, query);
     while (matched != 0 && next < 0) {
@@ -241,6 +283,7 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
       matched_len = 0;
     }
     match_state[i] = matched;
+    }
 
     const int32_t key = (int32_t)k[(int64_t)i * time_stride];
     const int32_t cur = num_states++;
@@ -275,15 +318,16 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
         }
         states(target, kLink) = clone;
         states(cur, kLink) = clone;
-        if (matched == target && matched_len <= p_len + 1) matched = clone;
+        if (!kToken && matched == target && matched_len <= p_len + 1) matched = clone;
       }
     }
     last = cur;
+    if (kToken) match_state[i] = states(cur, kLink);
   }
 
   // ---- Phase 2: contiguous rank ranges for the subtrees of the final suffix-link tree.
-  const Strided order = scratch.array(layout.order);
-  const Strided tree = scratch.array(layout.segment_tree);
+  const auto order = scratch.array(layout.order);
+  const auto tree = scratch.array(layout.segment_tree);
   int32_t running = 0;
   for (int32_t len = 0; len <= length; ++len) {
     const int32_t count = length_count[len];
@@ -307,8 +351,10 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
   }
   // Parents before children: a state's range starts at its parent's cursor; its own slot (if
   // any) comes first, then its children's ranges. kSize ends as the exclusive end of the range.
-  // position_state is no longer needed: it becomes the rank of each position.
-  const Strided position_rank = position_state;
+  // position_state is no longer needed: it becomes the rank of each position, and
+  // rank_position (the inverse permutation) holds the position of each rank.
+  const auto position_rank = position_state;
+  const auto rank_position = scratch.array(layout.rank_position);
   states(0, kStart) = 0;
   states(0, kSize) = 0;
   for (int32_t index = 1; index < num_states; ++index) {
@@ -321,74 +367,219 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
     states(state, kStart) = start;
     const bool owns_position = (packed & kOwnsPosition) != 0;
     states(state, kSize) = start + (owns_position ? 1 : 0);
-    if (owns_position) position_rank[states(state, kLen) - 1] = start;
+    if (owns_position) {
+      const int32_t position = states(state, kLen) - 1;
+      position_rank[position] = start;
+      rank_position[start] = position;
+    }
   }
+  for (int32_t pad = 0; pad < kLeafScan; ++pad) rank_position[length + pad] = length;  // never < i
   // The rank range of every query, gathered in a pass of independent loads (match_state becomes
   // the range start, `order` the range end; both unused from here on).
-  const Strided query_lo = match_state, query_hi = order;
+  const auto query_lo = match_state;
+  const auto query_hi = order;
   for (int32_t i = 0; i < length; ++i) {
     const int32_t state = match_state[i];
-    query_lo[i] = states(state, kStart) + length;
-    query_hi[i] = state == 0 ? 0 : states(state, kSize) + length;  // empty range: no match
+    query_lo[i] = states(state, kStart);
+    query_hi[i] = state == 0 ? states(state, kStart) : states(state, kSize);  // root: no match
   }
 
-  // ---- Sweep: max segment tree over ranks; position i - 1 is inserted before answering i.
-  for (int32_t node = 0; node < 2 * length + 2 + kLeafScan; ++node) tree[node] = -1;
+  // ---- Sweep. The answer at i is the largest position < i among the ranks of the range. Ranks
+  // hold their positions statically (rank_position), so a scan of a few ranks needs no updates;
+  // longer ranges use a max segment tree over blocks of kLeafScan ranks into which position i - 1
+  // is inserted before answering i, plus masked scans of the two partial end blocks.
+  const int32_t blocks = (length + kLeafScan - 1) / kLeafScan;
+  for (int32_t node = 0; node < 2 * blocks; ++node) tree[node] = -1;
   for (int32_t i = 0; i < length; ++i) {
     if (i > 0) {
       // i - 1 exceeds every stored value, so the new maximum of each ancestor is i - 1.
-      for (int32_t node = position_rank[i - 1] + length; node >= 1; node >>= 1) tree[node] = i - 1;
+      for (int32_t node = position_rank[i - 1] / kLeafScan + blocks; node >= 1; node >>= 1)
+        tree[node] = i - 1;
     }
-    int32_t lo = query_lo[i], hi = query_hi[i], best = -1;
-    if (hi - lo <= kLeafScan) {
-      // Small subtrees (the common case on random streams): a fixed-width scan of the leaves,
-      // without the data-dependent loop. The tree is padded so the reads stay inside it.
+    const int32_t lo = query_lo[i], hi = query_hi[i];
+    int32_t best = -1;
+    // Fixed-width scans keep the common short ranges free of data-dependent loops.
+    const int32_t first_end = hi - lo <= kLeafScan ? hi : (lo / kLeafScan + 1) * kLeafScan;
+    for (int32_t offset = 0; offset < kLeafScan; ++offset) {
+      const int32_t position = rank_position[lo + offset];
+      best = (lo + offset < first_end && position < i && position > best) ? position : best;
+    }
+    if (first_end < hi) {
+      const int32_t last_block = (hi - 1) / kLeafScan;
+      const int32_t last_start = last_block * kLeafScan > first_end ? last_block * kLeafScan : first_end;
       for (int32_t offset = 0; offset < kLeafScan; ++offset) {
-        const int32_t value = tree[lo + offset];
-        best = (lo + offset < hi && value > best) ? value : best;
+        const int32_t position = rank_position[last_start + offset];
+        best = (last_start + offset < hi && position < i && position > best) ? position : best;
       }
-      hi = lo;
-    }
-    while (lo < hi) {
-      // Branch-free bottom-up step (an odd lo / odd hi takes its node); both loads stay inside
-      // the tree, and max tolerates the node read twice when lo + 1 == hi.
-      const int32_t left = tree[lo], right = tree[hi - 1];
-      const int32_t take_left = (lo & 1) ? left : -1, take_right = (hi & 1) ? right : -1;
-      best = take_left > best ? take_left : best;
-      best = take_right > best ? take_right : best;
-      lo = (lo + 1) >> 1;
-      hi >>= 1;
+      // Whole blocks strictly between the two end blocks.
+      int32_t node_lo = first_end / kLeafScan + blocks, node_hi = last_start / kLeafScan + blocks;
+      while (node_lo < node_hi) {
+        // Branch-free bottom-up step (an odd lo / odd hi takes its node); max tolerates a node
+        // read twice.
+        const int32_t left = tree[node_lo], right = tree[node_hi - 1];
+        const int32_t take_left = (node_lo & 1) ? left : -1, take_right = (node_hi & 1) ? right : -1;
+        best = take_left > best ? take_left : best;
+        best = take_right > best ? take_right : best;
+        node_lo = (node_lo + 1) >> 1;
+        node_hi >>= 1;
+      }
     }
     // A matched state has an end position <= i - 1, so best >= 0 exactly when there is a match.
     out[(int64_t)i * time_stride] = best < 0 ? -1 : v[(int64_t)(best + 1) * time_stride];
   }
 }
 
+// The official algorithm (last end position per state, assigned along the whole suffix-link
+// chain at every append) with a budget on the chain steps. On random streams the chains are
+// short (about 10 states per token for 1 bit, 2 for 4 bits, ~0 for tokens) and this single pass
+// beats the two-phase algorithm; constant and periodic streams make the chains O(T) long, so
+// when the budget runs out the caller reruns the stream with rosa_stream (its outputs so far
+// are simply overwritten). The budget is a token bucket: chain steps up to position i may not
+// exceed chain_budget_per_token * (i + 1 + kChainSlackTokens). Returns whether it finished.
+template <bool kToken, typename Transitions>
+ROSA_HD bool rosa_stream_chain_walk(const int64_t* q, const int64_t* k, const int64_t* v,
+                                    int64_t* out, int64_t time_stride, int32_t length,
+                                    int64_t chain_budget_per_token, int64_t last_end_field,
+                                    const Transitions& transitions) {
+  int64_t allowance = chain_budget_per_token * kChainSlackTokens;
+  const auto states = transitions.states;
+  states(0, kLen) = 0;
+  states(0, kLink) = -1;
+  states(0, last_end_field) = -1;
+  transitions.clear_state(0);
+  int32_t num_states = 1, last = 0, matched = 0, matched_len = 0;
+  for (int32_t i = 0; i < length; ++i) {
+    if (!kToken) {
+      const int32_t query = (int32_t)q[(int64_t)i * time_stride];
+      int32_t next = transitions.get(matched, query);
+      while (matched != 0 && next < 0) {
+        matched = states(matched, kLink);
+        const int32_t link_len = states(matched, kLen);
+        matched_len = matched_len < link_len ? matched_len : link_len;
+        next = transitions.get(matched, query);
+      }
+      if (next >= 0) {
+        matched = next;
+        matched_len += 1;
+      } else {
+        matched = 0;
+        matched_len = 0;
+      }
+      out[(int64_t)i * time_stride] =
+          matched == 0 ? -1 : v[(int64_t)(states(matched, last_end_field) + 1) * time_stride];
+    }
+
+    const int32_t key = (int32_t)k[(int64_t)i * time_stride];
+    const int32_t cur = num_states++;
+    states(cur, kLen) = i + 1;
+    states(cur, last_end_field) = i;
+    transitions.clear_state(cur);
+    int32_t p = last;
+    int32_t target = -1;
+    while (p != -1) {
+      target = transitions.get(p, key);
+      if (target >= 0) break;
+      transitions.set(p, key, cur);
+      p = states(p, kLink);
+    }
+    if (p == -1) {
+      states(cur, kLink) = 0;
+    } else {
+      const int32_t p_len = states(p, kLen);
+      if (p_len + 1 == states(target, kLen)) {
+        states(cur, kLink) = target;
+      } else {
+        const int32_t clone = num_states++;
+        states(clone, kLen) = p_len + 1;
+        states(clone, kLink) = states(target, kLink);
+        states(clone, last_end_field) = states(target, last_end_field);
+        transitions.clear_state(clone);
+        transitions.copy_state(target, clone);
+        while (p != -1 && transitions.get(p, key) == target) {
+          transitions.set(p, key, clone);
+          p = states(p, kLink);
+        }
+        states(target, kLink) = clone;
+        states(cur, kLink) = clone;
+        if (!kToken && matched == target && matched_len <= p_len + 1) matched = clone;
+      }
+    }
+    last = cur;
+    const int32_t suffix = states(cur, kLink);
+    allowance += chain_budget_per_token;
+    if (kToken) {
+      // Read before this position's own update below: the last end strictly before i.
+      out[(int64_t)i * time_stride] =
+          suffix == 0 ? -1 : v[(int64_t)(states(suffix, last_end_field) + 1) * time_stride];
+    }
+    for (int32_t state = suffix; state > 0; state = states(state, kLink)) {
+      states(state, last_end_field) = i;
+      if (--allowance < 0) return false;
+    }
+  }
+  return true;
+}
+
+template <typename Transitions, typename ScratchType>
+ROSA_HD void run_with_transitions(const int64_t* q, const int64_t* k, const int64_t* v,
+                                  int64_t* out, int64_t time_stride, int32_t length,
+                                  const Layout& layout, const ScratchType& scratch, bool token,
+                                  int64_t chain_budget_per_token,
+                                  const Transitions& transitions) {
+  const int64_t last_end_field = layout.state_width - 1;
+  transitions.reset();
+  if (chain_budget_per_token > 0) {
+    const bool finished =
+        token ? rosa_stream_chain_walk<true>(q, k, v, out, time_stride, length,
+                                             chain_budget_per_token, last_end_field, transitions)
+              : rosa_stream_chain_walk<false>(q, k, v, out, time_stride, length,
+                                              chain_budget_per_token, last_end_field, transitions);
+    if (finished) return;
+    transitions.reset();
+  }
+  if (token)
+    rosa_stream<true>(q, k, v, out, time_stride, length, layout, scratch, transitions);
+  else
+    rosa_stream<false>(q, k, v, out, time_stride, length, layout, scratch, transitions);
+}
+
 // Runs stream `stream` of an input laid out as [B, T, S] (S = 1 for [T] / [B, T]) with the
-// scratch `scratch` (sized by make_layout(length, sigma)).
+// scratch `scratch` (sized by make_layout(length, sigma)). token: q and k are the same stream.
+// chain_budget_per_token: suffix-link steps per token the chain-walking pass may spend before the
+// stream is rerun by the two-phase algorithm (0: two-phase only). Either way the work is
+// O(T log T + budget * T).
+template <int64_t kStreams>
 ROSA_HD void rosa_run_stream(const int64_t* q, const int64_t* k, const int64_t* v, int64_t* out,
                              int64_t stream, int64_t length, int64_t channels, int64_t sigma,
-                             const Scratch& scratch, int32_t* edge_count) {
+                             bool token, int64_t chain_budget_per_token,
+                             const Scratch<kStreams>& scratch, int32_t* edge_count) {
   const int64_t batch = stream / channels, channel = stream % channels;
   const int64_t base = batch * length * channels + channel;
   const Layout layout = make_layout(length, sigma);
-  const Records states = scratch.records(layout.states, layout.state_width);
   q += base;
   k += base;
   v += base;
   out += base;
   if (sigma == 2) {
-    rosa_stream(q, k, v, out, channels, (int32_t)length, layout, scratch,
-                DenseTransitions<2>{states, 2});
+    const auto states = scratch.template records<5>(layout.states, layout.state_width);
+    run_with_transitions(q, k, v, out, channels, (int32_t)length, layout, scratch, token,
+                         chain_budget_per_token, DenseTransitions<2, decltype(states)>{states, 2});
+  } else if (sigma == 16) {  // 4-bit streams: compile-time record width and transition loops
+    const auto states = scratch.template records<19>(layout.states, layout.state_width);
+    run_with_transitions(q, k, v, out, channels, (int32_t)length, layout, scratch, token,
+                         chain_budget_per_token, DenseTransitions<16, decltype(states)>{states, 16});
   } else if (sigma > 0) {
-    rosa_stream(q, k, v, out, channels, (int32_t)length, layout, scratch,
-                DenseTransitions<0>{states, (int32_t)sigma});
+    const auto states = scratch.template records<0>(layout.states, layout.state_width);
+    run_with_transitions(q, k, v, out, channels, (int32_t)length, layout, scratch, token,
+                         chain_budget_per_token, DenseTransitions<0, decltype(states)>{states, (int32_t)sigma});
   } else {
-    const HashedTransitions transitions{states, scratch.records(layout.edges, 4),
-                                        scratch.array(layout.hash_slot),
-                                        hash_capacity(length) - 1, edge_count};
-    transitions.clear_table();
-    rosa_stream(q, k, v, out, channels, (int32_t)length, layout, scratch, transitions);
+    const auto states = scratch.template records<5>(layout.states, layout.state_width);
+    const auto edges = scratch.template records<4>(layout.edges, 4);
+    const auto slots = scratch.array(layout.hash_slot);
+    const HashedTransitions<decltype(states), decltype(edges), decltype(slots)> transitions{
+        states, edges, slots, hash_capacity(length) - 1, edge_count};
+    run_with_transitions(q, k, v, out, channels, (int32_t)length, layout, scratch, token,
+                         chain_budget_per_token, transitions);
   }
 }
 

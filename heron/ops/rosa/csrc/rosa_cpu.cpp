@@ -23,12 +23,15 @@ void check_streams(const torch::Tensor& tensor, const char* name) {
 
 // q, k, v: contiguous int64 [B, T, S], symbols already validated (0 <= s < 2**31).
 // sigma > 0: every key symbol is below sigma (dense transitions); sigma == 0: hashed transitions.
-torch::Tensor rosa_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, int64_t sigma) {
+// chain_budget_per_token: see rosa_run_stream (0 = two-phase algorithm only).
+torch::Tensor rosa_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, int64_t sigma,
+                           int64_t chain_budget_per_token) {
   check_streams(q, "q");
   check_streams(k, "k");
   check_streams(v, "v");
   TORCH_CHECK(q.sizes() == k.sizes() && q.sizes() == v.sizes(), "q, k and v must have one shape");
   TORCH_CHECK(sigma >= 0 && sigma <= heron_rosa::kDenseMaxSigma, "sigma out of range");
+  TORCH_CHECK(chain_budget_per_token >= 0, "chain_budget_per_token must be >= 0");
   const int64_t batch = q.size(0), length = q.size(1), channels = q.size(2);
   TORCH_CHECK(length < (int64_t(1) << 29), "T is too long for 32-bit state indices");
   auto out = torch::empty_like(q);
@@ -39,16 +42,18 @@ torch::Tensor rosa_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, in
   const int64_t* v_ptr = v.data_ptr<int64_t>();
   int64_t* out_ptr = out.data_ptr<int64_t>();
   const int64_t workspace_size = heron_rosa::make_layout(length, sigma).total;
+  // Token ROSA passes one tensor as q and k: the automaton then needs no separate matcher.
+  const bool token = q_ptr == k_ptr;
   {
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, num_streams, 1, [&](int64_t begin, int64_t end) {
       // One workspace per worker, reused for each stream it runs: O(T) memory per stream in flight.
       std::vector<int32_t> workspace(workspace_size);
-      const heron_rosa::Scratch scratch{workspace.data(), 1, 0};
+      const heron_rosa::Scratch<1> scratch{workspace.data(), 1, 0};
       int32_t edge_count = 0;
       for (int64_t stream = begin; stream < end; ++stream)
         heron_rosa::rosa_run_stream(q_ptr, k_ptr, v_ptr, out_ptr, stream, length, channels, sigma,
-                                    scratch, &edge_count);
+                                    token, chain_budget_per_token, scratch, &edge_count);
     });
   }
   return out;
@@ -59,9 +64,12 @@ torch::Tensor rosa_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, in
 //
 // The official automaton stores, per state, the last end position of its strings and updates it
 // on the whole suffix-link chain at every append, which is quadratic on constant or periodic
-// streams. Here the suffix-link tree is held in a link-cut tree whose preferred paths carry a
-// lazy "assign" tag: the update "every ancestor of the new state ends at position p" is one
-// access plus one tag, and a clone is a cut plus links. Each operation is amortized O(log T).
+// streams. A stream starts that way (the fastest on random-like streams) under a budget of chain
+// steps (the token bucket of rosa_core.h). When the budget runs out, the stream switches for good
+// to a link-cut tree over its suffix links whose preferred paths carry a lazy "assign" tag: the
+// update "every ancestor of the new state ends at position p" becomes one access plus one tag, and
+// a clone a cut plus links, each amortized O(log T). The switch is exact and O(T): every state
+// becomes a one-node preferred path hanging from its suffix link, carrying its last end position.
 class OnlineStream {
  public:
   OnlineStream() { new_state(0, -1); }
@@ -87,7 +95,7 @@ class OnlineStream {
     if (matched_ != 0) {
       // Splaying pushes every pending tag of the node's preferred path down to it, which is all
       // that determines its value; no need to change the preferred paths with an access.
-      splay(matched_);
+      if (link_cut_) splay(matched_);
       result = values_[static_cast<size_t>(node_value_[matched_]) + 1];
     }
     keys_.push_back(static_cast<int32_t>(key));
@@ -188,20 +196,41 @@ class OnlineStream {
         set(p, symbol, clone);
         p = link_[p];
       }
-      // In the link-cut tree the clone takes the target's place under its old parent; its value
-      // is overwritten by the path assignment below (it is an ancestor of cur).
-      tree_link(clone, link_[target]);
-      tree_cut(target);
-      tree_link(target, clone);
+      // In the link-cut tree the clone takes the target's place under its old parent. Its value
+      // is set by the update below either way (it is an ancestor of cur).
+      if (link_cut_) {
+        tree_link(clone, link_[target]);
+        tree_cut(target);
+        tree_link(target, clone);
+      }
       link_[target] = clone;
       link_[cur] = clone;
       if (matched_ == target && matched_len_ <= len_[clone]) matched_ = clone;
     }
-    tree_link(cur, link_[cur]);
     last_ = cur;
     // Every suffix of the keys now ends at `position`: assign it on the path cur -> root.
+    if (!link_cut_) {
+      node_value_[cur] = position;
+      allowance_ += heron_rosa::kDefaultChainBudgetPerToken;
+      int32_t state = link_[cur];
+      for (; state > 0 && allowance_ >= 0; state = link_[state], --allowance_)
+        node_value_[state] = position;
+      if (state <= 0) return;
+      switch_to_link_cut();  // the states already assigned get the same value again below
+    } else {
+      tree_link(cur, link_[cur]);
+    }
     access(cur);
     apply_tag(cur, position);
+  }
+
+  void switch_to_link_cut() {
+    link_cut_ = true;
+    for (size_t state = 0; state < len_.size(); ++state) {
+      tree_parent_[state] = link_[state];
+      child_left_[state] = child_right_[state] = -1;
+      node_tag_[state] = kNoTag;
+    }
   }
 
   // ---- link-cut tree over the suffix links (rooted at state 0, no re-rooting needed)
@@ -288,6 +317,8 @@ class OnlineStream {
   std::vector<int32_t> splay_stack_;
   std::vector<int32_t> queries_, keys_, values_;
   int32_t last_ = 0, matched_ = 0, matched_len_ = 0;
+  bool link_cut_ = false;
+  int64_t allowance_ = heron_rosa::kDefaultChainBudgetPerToken * heron_rosa::kChainSlackTokens;
 };
 
 class OnlineBank {
@@ -376,7 +407,8 @@ class OnlineBank {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rosa_forward, "Exact QKV ROSA on [B, T, S] int64 CPU tensors",
-        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("sigma"));
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("sigma"),
+        pybind11::arg("chain_budget_per_token") = heron_rosa::kDefaultChainBudgetPerToken);
   m.attr("dense_max_sigma") = heron_rosa::kDenseMaxSigma;
   pybind11::class_<OnlineBank>(m, "OnlineBank")
       .def(pybind11::init<int64_t>())

@@ -12,13 +12,15 @@ namespace {
 __global__ void rosa_forward_kernel(const int64_t* __restrict__ q, const int64_t* __restrict__ k,
                                     const int64_t* __restrict__ v, int64_t* __restrict__ out,
                                     int64_t first_stream, int64_t streams_in_chunk, int64_t length,
-                                    int64_t channels, int64_t sigma, int32_t* workspace) {
+                                    int64_t channels, int64_t sigma, int64_t chain_budget_per_token,
+                                    int32_t* workspace) {
   const int64_t local = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (local >= streams_in_chunk) return;
   int32_t edge_count = 0;
-  const heron_rosa::Scratch scratch{workspace, streams_in_chunk, local};
-  heron_rosa::rosa_run_stream(q, k, v, out, first_stream + local, length, channels, sigma, scratch,
-                              &edge_count);
+  const heron_rosa::Scratch<0> scratch{workspace, streams_in_chunk, local};
+  // Token ROSA passes one buffer as q and k: the automaton then needs no separate matcher.
+  heron_rosa::rosa_run_stream(q, k, v, out, first_stream + local, length, channels, sigma, q == k,
+                              chain_budget_per_token, scratch, &edge_count);
 }
 
 }  // namespace
@@ -26,9 +28,11 @@ __global__ void rosa_forward_kernel(const int64_t* __restrict__ q, const int64_t
 // q, k, v, out: device pointers to contiguous int64 [batch, length, channels]; streams are the
 // (batch, channel) pairs. workspace: int32 of at least chunk_streams * make_layout(length,
 // sigma).total elements. Streams run in chunks of chunk_streams, all on `stream`.
+// chain_budget_per_token: see heron_rosa::rosa_run_stream (0 = two-phase algorithm only).
 cudaError_t heron_rosa_forward_cuda(const int64_t* q, const int64_t* k, const int64_t* v,
                                     int64_t* out, int64_t batch, int64_t length, int64_t channels,
-                                    int64_t sigma, int32_t* workspace, int64_t chunk_streams,
+                                    int64_t sigma, int64_t chain_budget_per_token,
+                                    int32_t* workspace, int64_t chunk_streams,
                                     int threads_per_block, cudaStream_t stream) {
   const int64_t num_streams = batch * channels;
   if (num_streams == 0 || length == 0) return cudaSuccess;
@@ -38,7 +42,7 @@ cudaError_t heron_rosa_forward_cuda(const int64_t* q, const int64_t* k, const in
     const int64_t count = num_streams - first < chunk_streams ? num_streams - first : chunk_streams;
     const int64_t blocks = (count + threads_per_block - 1) / threads_per_block;
     rosa_forward_kernel<<<static_cast<unsigned int>(blocks), threads_per_block, 0, stream>>>(
-        q, k, v, out, first, count, length, channels, sigma, workspace);
+        q, k, v, out, first, count, length, channels, sigma, chain_budget_per_token, workspace);
     const cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess) return status;
   }

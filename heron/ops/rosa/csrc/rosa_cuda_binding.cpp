@@ -12,7 +12,8 @@
 
 cudaError_t heron_rosa_forward_cuda(const int64_t* q, const int64_t* k, const int64_t* v,
                                     int64_t* out, int64_t batch, int64_t length, int64_t channels,
-                                    int64_t sigma, int32_t* workspace, int64_t chunk_streams,
+                                    int64_t sigma, int64_t chain_budget_per_token,
+                                    int32_t* workspace, int64_t chunk_streams,
                                     int threads_per_block, cudaStream_t stream);
 
 namespace {
@@ -33,11 +34,12 @@ void check_streams(const torch::Tensor& tensor, const torch::Tensor& like, const
 // the caller has made current.
 torch::Tensor rosa_forward_cuda(torch::Tensor q, torch::Tensor k, torch::Tensor v, int64_t sigma,
                                 int64_t threads_per_block, int64_t workspace_limit_bytes,
-                                int64_t cuda_stream) {
+                                int64_t cuda_stream, int64_t chain_budget_per_token) {
   check_streams(q, q, "q");
   check_streams(k, q, "k");
   check_streams(v, q, "v");
   TORCH_CHECK(sigma >= 0 && sigma <= heron_rosa::kDenseMaxSigma, "sigma out of range");
+  TORCH_CHECK(chain_budget_per_token >= 0, "chain_budget_per_token must be >= 0");
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= 1024, "threads_per_block out of range");
   const int64_t batch = q.size(0), length = q.size(1), channels = q.size(2);
   TORCH_CHECK(length < (int64_t(1) << 29), "T is too long for 32-bit state indices");
@@ -52,7 +54,7 @@ torch::Tensor rosa_forward_cuda(torch::Tensor q, torch::Tensor k, torch::Tensor 
                                 torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
   const cudaError_t status = heron_rosa_forward_cuda(
       q.data_ptr<int64_t>(), k.data_ptr<int64_t>(), v.data_ptr<int64_t>(), out.data_ptr<int64_t>(),
-      batch, length, channels, sigma, workspace.data_ptr<int32_t>(), chunk,
+      batch, length, channels, sigma, chain_budget_per_token, workspace.data_ptr<int32_t>(), chunk,
       static_cast<int>(threads_per_block), reinterpret_cast<cudaStream_t>(cuda_stream));
   TORCH_CHECK(status == cudaSuccess, "ROSA CUDA launch failed: ", cudaGetErrorString(status));
   return out;
@@ -64,6 +66,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rosa_forward_cuda, "Exact QKV ROSA on [B, T, S] int64 CUDA tensors",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("sigma"),
         pybind11::arg("threads_per_block"), pybind11::arg("workspace_limit_bytes"),
-        pybind11::arg("cuda_stream"));
+        pybind11::arg("cuda_stream"),
+        pybind11::arg("chain_budget_per_token") = heron_rosa::kDefaultChainBudgetPerToken);
   m.attr("dense_max_sigma") = heron_rosa::kDenseMaxSigma;
 }

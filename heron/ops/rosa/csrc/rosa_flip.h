@@ -1,14 +1,12 @@
-// Suffix automaton for the ROSA bit-flip gradient estimator, shared by the CPU and CUDA code.
+// Suffix automaton for the ROSA bit-flip gradient estimator (CUDA kernels, CPU retrieval).
 //
 // One automaton holds the keys k[0..i-1] of one stream plus the query matcher state, exactly
 // as spec/ROSA.md §2 defines QKV ROSA: step i first matches q[i] (the match may end at any
 // key position j < i), then appends k[i]. A step returns the *retrieval index* j + 1 of the
 // most recent occurrence of the longest matched suffix (the output is v[j + 1]), or -1.
 //
-// The storage is caller-provided (plain arrays, so the same code runs in a CUDA thread on a
-// global-memory scratch slice). On the CPU an optional undo log records every overwrite of a
-// state that existed when the log was opened, so that re-running the suffix of a flipped
-// stream costs only the suffix: roll back, flip the next bit, run again.
+// The storage is caller-provided (plain strided arrays, so the same code runs in a CUDA thread
+// on an interleaved global-memory scratch buffer).
 //
 // No torch headers here: rosa_flip_cuda.cu includes this file and is compiled standalone.
 #pragma once
@@ -23,17 +21,6 @@
 
 namespace heron_rosa_flip {
 
-// Undo entry: the address that was overwritten and its previous value.
-struct UndoEntry {
-  int32_t* address;
-  int32_t old_value;
-};
-
-struct UndoLog {
-  UndoEntry* entries;  // capacity is checked by the caller's sizing (see undo_capacity)
-  int64_t size;
-};
-
 struct Automaton {
   // Arrays sized for `max_states` states; `alphabet` transitions per state (-1 = none).
   int32_t* next;
@@ -44,34 +31,16 @@ struct Automaton {
   // Element e of every array lives at base[e * stride]: 1 on the CPU; on the GPU the automata of
   // neighbouring threads are interleaved so that equal accesses of a warp coalesce.
   int64_t stride;
-  // Scalars (saved/restored whole by Snapshot).
+  // Scalars.
   int32_t num_states;
   int32_t last;
   int32_t match_state;
   int32_t match_length;
   int32_t position;  // number of keys appended so far
-  // Undo logging: writes to states below `logged_below` are recorded when `log` is set.
-  UndoLog* log;
-  int32_t logged_below;
-  // When false, last_end writes are not logged: the caller restores last_end[0, logged_below)
-  // from its own copy (one copy per snapshot is cheaper than logging every suffix-link walk).
-  bool log_last_end;
-};
-
-struct Snapshot {
-  int32_t num_states, last, match_state, match_length, position;
-  int64_t log_size;
 };
 
 // The automaton holds 2T states at most for T keys, plus the root.
 ROSA_FLIP_HD int64_t automaton_states(int64_t length) { return 2 * length + 2; }
-
-// Every step overwrites at most: transitions along the suffix-link walk (each walk step
-// either adds a transition or redirects one), one link, and the last-end chain. All of these
-// are bounded by the number of states per step, so (3 * states + 4) per step is a safe bound.
-ROSA_FLIP_HD int64_t undo_capacity(int64_t steps, int64_t length) {
-  return steps * (3 * automaton_states(length) + 4);
-}
 
 // Element accessors (every array is strided, see Automaton::stride).
 ROSA_FLIP_HD int32_t& next_of(Automaton& a, int32_t state, int32_t symbol) {
@@ -83,16 +52,6 @@ ROSA_FLIP_HD int32_t& length_of(Automaton& a, int32_t state) {
 }
 ROSA_FLIP_HD int32_t& last_end_of(Automaton& a, int32_t state) {
   return a.last_end[(int64_t)state * a.stride];
-}
-
-ROSA_FLIP_HD void write(Automaton& a, int32_t& slot, int32_t state, int32_t value) {
-  if (a.log != nullptr && state < a.logged_below) {
-    UndoLog& log = *a.log;
-    log.entries[log.size].address = &slot;
-    log.entries[log.size].old_value = slot;
-    ++log.size;
-  }
-  slot = value;
 }
 
 // New state; its transitions are copied from `copy_from` (a clone) or empty (copy_from < 0).
@@ -109,38 +68,11 @@ ROSA_FLIP_HD int32_t new_state(Automaton& a, int32_t len, int32_t link, int32_t 
 
 ROSA_FLIP_HD void reset(Automaton& a) {
   a.num_states = 0;
-  a.log = nullptr;
-  a.logged_below = 0;
-  a.log_last_end = true;
   new_state(a, 0, -1, -1, -1);
   a.last = 0;
   a.match_state = 0;
   a.match_length = 0;
   a.position = 0;
-}
-
-ROSA_FLIP_HD Snapshot mark(Automaton& a, UndoLog* log) {
-  Snapshot s{a.num_states, a.last, a.match_state, a.match_length, a.position,
-             log != nullptr ? log->size : 0};
-  a.log = log;
-  a.logged_below = a.num_states;
-  return s;
-}
-
-ROSA_FLIP_HD void rollback(Automaton& a, const Snapshot& s) {
-  if (a.log != nullptr) {
-    UndoLog& log = *a.log;
-    while (log.size > s.log_size) {
-      --log.size;
-      *log.entries[log.size].address = log.entries[log.size].old_value;
-    }
-  }
-  a.num_states = s.num_states;
-  a.last = s.last;
-  a.match_state = s.match_state;
-  a.match_length = s.match_length;
-  a.position = s.position;
-  a.log = nullptr;
 }
 
 // Append key symbol `key` at position a.position (suffix automaton extension). The matcher is
@@ -150,7 +82,7 @@ ROSA_FLIP_HD void extend(Automaton& a, int32_t key) {
   const int32_t cur = new_state(a, length_of(a, a.last) + 1, -1, position, -1);
   int32_t p = a.last;
   while (p != -1 && next_of(a, p, key) < 0) {
-    write(a, next_of(a, p, key), p, cur);
+    next_of(a, p, key) = cur;
     p = link_of(a, p);
   }
   if (p == -1) {
@@ -163,22 +95,17 @@ ROSA_FLIP_HD void extend(Automaton& a, int32_t key) {
       const int32_t clone =
           new_state(a, length_of(a, p) + 1, link_of(a, q), last_end_of(a, q), q);
       while (p != -1 && next_of(a, p, key) == q) {
-        write(a, next_of(a, p, key), p, clone);
+        next_of(a, p, key) = clone;
         p = link_of(a, p);
       }
-      write(a, link_of(a, q), q, clone);
+      link_of(a, q) = clone;
       link_of(a, cur) = clone;
       if (a.match_state == q && a.match_length <= length_of(a, clone)) a.match_state = clone;
     }
   }
   a.last = cur;
   // Every suffix of the keys now ends at `position` (the states on the suffix-link chain).
-  if (a.log_last_end) {
-    for (int32_t s = link_of(a, cur); s > 0; s = link_of(a, s))
-      write(a, last_end_of(a, s), s, position);
-  } else {
-    for (int32_t s = link_of(a, cur); s > 0; s = link_of(a, s)) last_end_of(a, s) = position;
-  }
+  for (int32_t s = link_of(a, cur); s > 0; s = link_of(a, s)) last_end_of(a, s) = position;
 }
 
 // One QKV ROSA step: match `query` against keys [0, position), then append `key`.

@@ -3,10 +3,8 @@
 // Inputs are symbol streams [S, T] (int64) and a value table val[S, T, 2^bits + 1]: val[s][i][y+1]
 // is the contribution of output symbol y (y = -1: no match) at position i to
 // phi = sum_i g[i] . out_i. For every flip (position t, bit m) the kernel returns
-// phi(flipped stream) - phi(original stream). Each stream's automaton is advanced once over the
-// original symbols; before position t is appended, each flip of a bit at t is run on top of it
-// for `window` positions with an undo log, then rolled back, so a flip costs only the suffix it
-// changes (the naive definition re-runs the whole stream).
+// phi(flipped stream) - phi(original stream), re-running only positions t .. t + window - 1 from
+// the base run's state at t - 1 (the naive definition re-runs the whole stream per flip).
 #include <torch/extension.h>
 
 #include <omp.h>
@@ -18,121 +16,213 @@
 
 namespace {
 
-using heron_rosa_flip::Automaton;
-using heron_rosa_flip::Snapshot;
-using heron_rosa_flip::UndoEntry;
-using heron_rosa_flip::UndoLog;
-
-struct Workspace {
+// Suffix automaton of one stream for `retrieval` (private storage, stride 1).
+struct AutomatonStorage {
   std::vector<int32_t> next, link, length, last_end;
-  std::vector<UndoEntry> undo;
-  std::vector<int32_t> q, k, v, retrieved;
-  std::vector<int32_t> last_end_saved;  // last_end of the snapshot all flips at t start from
-  std::vector<double> base_value;
-  Automaton automaton;
-  UndoLog log;
+  heron_rosa_flip::Automaton automaton;
 
-  Workspace(int64_t T, int32_t alphabet, int64_t window) {
+  AutomatonStorage(int64_t T, int32_t alphabet) {
     const int64_t states = heron_rosa_flip::automaton_states(T);
     next.assign(states * alphabet, -1);
     link.assign(states, -1);
     length.assign(states, 0);
     last_end.assign(states, -1);
-    last_end_saved.assign(states, -1);
-    undo.resize(heron_rosa_flip::undo_capacity(std::min<int64_t>(window, T) + 1, T));
-    q.resize(T);
-    k.resize(T);
-    v.resize(T);
-    retrieved.resize(T);
-    base_value.resize(T);
     automaton.next = next.data();
     automaton.link = link.data();
     automaton.length = length.data();
     automaton.last_end = last_end.data();
     automaton.alphabet = alphabet;
     automaton.stride = 1;
-    log.entries = undo.data();
-    log.size = 0;
   }
 };
 
-// Base run: retrieval index of every position and the base value of every position.
-template <typename scalar_t>
-void base_run(Workspace& w, int64_t T, const scalar_t* val, int64_t table) {
-  heron_rosa_flip::reset(w.automaton);
-  for (int64_t i = 0; i < T; ++i) {
-    const int32_t r = heron_rosa_flip::step(w.automaton, w.q[i], w.k[i]);
-    w.retrieved[i] = r;
-    const int32_t y = r < 0 ? -1 : w.v[r];
-    w.base_value[i] = static_cast<double>(val[i * table + y + 1]);
+// ---------------------------------------------------------------------------------------------
+// Match-set formulation (the CPU flip kernel).
+//
+// For position i let S_L(i) be the set of key end positions j < i with
+// k[j-L+1 .. j] == q[i-L+1 .. i]. Then S_1(i) = {j < i : k[j] = q[i]} and
+// S_L(i) = (S_{L-1}(i-1) shifted by one) & {j : k[j] = q[i]}, so the list S_1(i) .. S_l(i) (l the
+// longest non-empty one) follows from the list of i-1 with l + 1 bitset operations, and the ROSA
+// output is v[max(S_l(i)) + 1] (spec §2). With T-bit bitsets this is branch-light word
+// arithmetic, cheaper per position than a suffix-automaton step that must be undone afterwards,
+// and a flip at t only needs the base list of t-1 to re-run positions t, t+1, ... A query flip
+// stops early: once neither run has a match reaching back to t, both lists agree from there on.
+
+struct MatchSets {
+  int64_t T = 0, W = 0;
+  int32_t alphabet = 0;
+  std::vector<uint64_t> keys;       // [alphabet][W]: bit j of keys[c] = (k[j] == c)
+  std::vector<uint64_t> base;       // base lists, position i at base_offset[i], (count + 1) sets
+  std::vector<int64_t> base_offset;
+  std::vector<int32_t> base_count;  // longest match length of the base run at i
+  std::vector<uint64_t> list_a, list_b;
+  std::vector<int32_t> q, k, v, retrieved;
+  std::vector<double> base_value;
+
+  MatchSets(int64_t length, int32_t alphabet_size) {
+    T = length;
+    W = (length + 63) / 64;
+    alphabet = alphabet_size;
+    keys.assign(alphabet * W, 0);
+    base_offset.resize(length + 1);
+    base_count.resize(length);
+    list_a.resize((length + 2) * W);
+    list_b.resize((length + 2) * W);
+    q.resize(length);
+    k.resize(length);
+    v.resize(length);
+    retrieved.resize(length);
+    base_value.resize(length);
   }
-}
+
+  static uint64_t below(int64_t i, int64_t word) {  // bits j < i of word `word`
+    const int64_t first = word * 64;
+    if (i >= first + 64) return ~uint64_t(0);
+    if (i <= first) return 0;
+    return (uint64_t(1) << (i - first)) - 1;
+  }
+
+  // List of position i (query symbol `query`) from the list of i - 1; returns its length l and
+  // writes sets 1 .. l (and the empty set l + 1 when l < prev_count + 1) to `out`.
+  // kWords > 0 fixes the bitset width at compile time (T <= 64 * kWords) so the loops unroll.
+  template <int kWords>
+  int32_t advance(int64_t i, int32_t query, const uint64_t* prev, int32_t prev_count,
+                  uint64_t* out) const {
+    const int64_t W = kWords > 0 ? kWords : this->W;
+    const uint64_t* match = keys.data() + (int64_t)query * W;
+    uint64_t any = 0;
+    for (int64_t w = 0; w < W; ++w) {
+      out[w] = match[w] & below(i, w);
+      any |= out[w];
+    }
+    if (!any) return 0;
+    int32_t length = 1;
+    while (length <= prev_count) {
+      const uint64_t* from = prev + (int64_t)(length - 1) * W;
+      uint64_t* to = out + (int64_t)length * W;
+      uint64_t carry = 0;
+      any = 0;
+      for (int64_t w = 0; w < W; ++w) {
+        to[w] = ((from[w] << 1) | carry) & match[w];
+        carry = from[w] >> 63;
+        any |= to[w];
+      }
+      if (!any) break;
+      ++length;
+    }
+    return length;
+  }
+
+  // Retrieval index (largest j of the longest match, plus one) of a list, -1 when empty.
+  template <int kWords>
+  int32_t retrieval_of(const uint64_t* list, int32_t length) const {
+    const int64_t W = kWords > 0 ? kWords : this->W;
+    if (length == 0) return -1;
+    const uint64_t* last = list + (int64_t)(length - 1) * W;
+    for (int64_t w = W - 1; w >= 0; --w)
+      if (last[w]) return static_cast<int32_t>(w * 64 + 63 - __builtin_clzll(last[w]) + 1);
+    return -1;  // unreachable: a counted set is non-empty
+  }
+
+  void set_key(int64_t j, int32_t symbol, bool on) {
+    uint64_t& word = keys[(int64_t)symbol * W + j / 64];
+    const uint64_t bit = uint64_t(1) << (j % 64);
+    word = on ? (word | bit) : (word & ~bit);
+  }
+
+  template <int kWords, typename scalar_t>
+  void base_run(const scalar_t* val, int64_t table) {
+    std::fill(keys.begin(), keys.end(), 0);
+    for (int64_t j = 0; j < T; ++j) set_key(j, k[j], true);
+    base.clear();
+    const uint64_t* prev = nullptr;
+    int32_t prev_count = 0;
+    for (int64_t i = 0; i < T; ++i) {
+      const int64_t offset = static_cast<int64_t>(base.size());
+      base_offset[i] = offset;
+      base.resize(offset + (int64_t)(prev_count + 2) * W);
+      if (i > 0) prev = base.data() + base_offset[i - 1];  // resize may have moved the data
+      const int32_t count = advance<kWords>(i, q[i], prev, prev_count, base.data() + offset);
+      base.resize(offset + (int64_t)(count + 1) * W);
+      base_count[i] = count;
+      const int32_t r = retrieval_of<kWords>(base.data() + offset, count);
+      retrieved[i] = r;
+      const int32_t y = r < 0 ? -1 : v[r];
+      base_value[i] = static_cast<double>(val[i * table + y + 1]);
+      prev_count = count;
+    }
+  }
+};
 
 // Which input of the QKV op a flip changes. Token ROSA flips all three at once.
 enum FlipTarget { kToken = 0, kQuery = 1, kKey = 2 };
 
-template <typename scalar_t>
-double run_flip(Workspace& w, int64_t T, int64_t window, const scalar_t* val, int64_t table,
-                int64_t t, int32_t flipped, FlipTarget target) {
-  Automaton& a = w.automaton;
-  w.log.size = 0;
-  const Snapshot snapshot = heron_rosa_flip::mark(a, &w.log);
-  a.log_last_end = false;
+template <int kWords, typename scalar_t>
+double run_flip(MatchSets& ms, int64_t window, const scalar_t* val, int64_t table, int64_t t,
+                int32_t flipped, FlipTarget target) {
+  const int64_t T = ms.T;
+  if (target != kQuery) {  // the key at t moves to the flipped symbol's set
+    ms.set_key(t, ms.k[t], false);
+    ms.set_key(t, flipped, true);
+  }
+  const uint64_t* prev = t > 0 ? ms.base.data() + ms.base_offset[t - 1] : nullptr;
+  int32_t prev_count = t > 0 ? ms.base_count[t - 1] : 0;
+  uint64_t* out = ms.list_a.data();
+  uint64_t* spare = ms.list_b.data();
   const int64_t end = std::min<int64_t>(T, t + window);
   double delta = 0.0;
   for (int64_t i = t; i < end; ++i) {
-    int32_t qi = w.q[i], ki = w.k[i];
-    if (i == t) {
-      if (target != kKey) qi = flipped;
-      if (target != kQuery) ki = flipped;
-    }
-    const int32_t r = heron_rosa_flip::step(a, qi, ki);
+    const int32_t query = (i == t && target != kKey) ? flipped : ms.q[i];
+    const int32_t count = ms.advance<kWords>(i, query, prev, prev_count, out);
+    const int32_t r = ms.retrieval_of<kWords>(out, count);
     int32_t y = -1;
-    if (r >= 0) y = (target == kToken && r == t) ? flipped : w.v[r];
-    delta += static_cast<double>(val[i * table + y + 1]) - w.base_value[i];
+    if (r >= 0) y = (target == kToken && r == t) ? flipped : ms.v[r];
+    delta += static_cast<double>(val[i * table + y + 1]) - ms.base_value[i];
+    // Keys unchanged and no match of either run reaches back to t: identical from here on.
+    if (target == kQuery && count <= i - t && ms.base_count[i] <= i - t) break;
+    prev = out;
+    prev_count = count;
+    std::swap(out, spare);
   }
-  heron_rosa_flip::rollback(a, snapshot);
-  std::copy(w.last_end_saved.begin(), w.last_end_saved.begin() + snapshot.num_states,
-            a.last_end);
+  if (target != kQuery) {
+    ms.set_key(t, flipped, false);
+    ms.set_key(t, ms.k[t], true);
+  }
   return delta;
 }
 
-template <typename scalar_t>
-void flip_stream(Workspace& w, int64_t T, int64_t bits, int64_t window, const scalar_t* val,
-                 bool token, scalar_t* dq, scalar_t* dk, scalar_t* dv) {
+template <int kWords, typename scalar_t>
+void flip_stream(MatchSets& ms, int64_t bits, int64_t window, const scalar_t* val, bool token,
+                 scalar_t* dq, scalar_t* dk, scalar_t* dv) {
+  const int64_t T = ms.T;
   const int64_t table = (int64_t(1) << bits) + 1;
-  base_run(w, T, val, table);
+  ms.base_run<kWords>(val, table);
   if (dv != nullptr) {
     // A value flip at t changes exactly the outputs that retrieve position t.
     for (int64_t i = 0; i < T; ++i) {
-      const int32_t r = w.retrieved[i];
+      const int32_t r = ms.retrieved[i];
       if (r < 0) continue;
       for (int64_t m = 0; m < bits; ++m) {
-        const int32_t y = w.v[r] ^ (1 << m);
-        dv[r * bits + m] +=
-            static_cast<scalar_t>(static_cast<double>(val[i * table + y + 1]) - w.base_value[i]);
+        const int32_t y = ms.v[r] ^ (1 << m);
+        dv[r * bits + m] += static_cast<scalar_t>(static_cast<double>(val[i * table + y + 1]) -
+                                                  ms.base_value[i]);
       }
     }
   }
-  if (dq == nullptr && dk == nullptr) return;
-  heron_rosa_flip::reset(w.automaton);
   for (int64_t t = 0; t < T; ++t) {
-    std::copy(w.automaton.last_end, w.automaton.last_end + w.automaton.num_states,
-              w.last_end_saved.begin());
     for (int64_t m = 0; m < bits; ++m) {
       if (token) {
         dq[t * bits + m] = static_cast<scalar_t>(
-            run_flip(w, T, window, val, table, t, w.q[t] ^ (1 << m), kToken));
+            run_flip<kWords>(ms, window, val, table, t, ms.q[t] ^ (1 << m), kToken));
         continue;
       }
       if (dq != nullptr)
         dq[t * bits + m] = static_cast<scalar_t>(
-            run_flip(w, T, window, val, table, t, w.q[t] ^ (1 << m), kQuery));
+            run_flip<kWords>(ms, window, val, table, t, ms.q[t] ^ (1 << m), kQuery));
       if (dk != nullptr)
         dk[t * bits + m] = static_cast<scalar_t>(
-            run_flip(w, T, window, val, table, t, w.k[t] ^ (1 << m), kKey));
+            run_flip<kWords>(ms, window, val, table, t, ms.k[t] ^ (1 << m), kKey));
     }
-    heron_rosa_flip::step(w.automaton, w.q[t], w.k[t]);
   }
 }
 
@@ -144,7 +234,7 @@ void flip_all_streams(const int64_t* q_ptr, const int64_t* k_ptr, const int64_t*
   const int32_t alphabet = 1 << bits;
 #pragma omp parallel num_threads(threads)
   {
-    Workspace w(T, alphabet, window);
+    MatchSets w(T, alphabet);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t s = 0; s < S; ++s) {
       for (int64_t i = 0; i < T; ++i) {
@@ -153,9 +243,16 @@ void flip_all_streams(const int64_t* q_ptr, const int64_t* k_ptr, const int64_t*
         w.v[i] = static_cast<int32_t>(v_ptr[s * T + i]);
       }
       const int64_t off = s * T * bits;
-      flip_stream<scalar_t>(w, T, bits, window, val_ptr + s * T * (alphabet + 1), token,
-                            dq_ptr ? dq_ptr + off : nullptr, dk_ptr ? dk_ptr + off : nullptr,
-                            dv_ptr ? dv_ptr + off : nullptr);
+      const scalar_t* stream_val = val_ptr + s * T * (alphabet + 1);
+      scalar_t* sq = dq_ptr ? dq_ptr + off : nullptr;
+      scalar_t* sk = dk_ptr ? dk_ptr + off : nullptr;
+      scalar_t* sv = dv_ptr ? dv_ptr + off : nullptr;
+      if (w.W == 1)
+        flip_stream<1, scalar_t>(w, bits, window, stream_val, token, sq, sk, sv);
+      else if (w.W == 2)
+        flip_stream<2, scalar_t>(w, bits, window, stream_val, token, sq, sk, sv);
+      else
+        flip_stream<0, scalar_t>(w, bits, window, stream_val, token, sq, sk, sv);
     }
   }
 }
@@ -229,7 +326,7 @@ torch::Tensor retrieval(torch::Tensor q, torch::Tensor k, int64_t alphabet) {
   const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(S)));
 #pragma omp parallel num_threads(threads)
   {
-    Workspace w(T, static_cast<int32_t>(alphabet), 1);
+    AutomatonStorage w(T, static_cast<int32_t>(alphabet));
 #pragma omp for schedule(dynamic, 16)
     for (int64_t s = 0; s < S; ++s) {
       heron_rosa_flip::reset(w.automaton);

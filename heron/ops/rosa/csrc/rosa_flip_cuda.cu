@@ -1,9 +1,9 @@
 // CUDA bit-flip gradient estimator for ROSA (spec/ROSA.md §4): one thread per (stream, flip).
 //
 // Semantics are those of rosa_flip_cpu.cpp: for every flip of bit m at position t of a stream,
-// phi(flipped) - phi(original) with phi = sum_i val[i][y_i + 1]. A GPU thread has no room for an
-// undo log, so each flip task rebuilds its automaton from position 0 (O(T) steps per flip,
-// the same order as the CPU's rollback scheme) and re-runs positions t .. min(T, t + window) - 1.
+// phi(flipped) - phi(original) with phi = sum_i val[i][y_i + 1]. A GPU thread has no room for the
+// CPU's per-position match-set lists, so each flip task rebuilds a suffix automaton from
+// position 0 (O(T) steps per flip) and re-runs positions t .. min(T, t + window) - 1 flipped.
 // Tasks are numbered with the flip position fastest, so the threads of a warp work on one stream
 // and share their prefix; their automata are interleaved in the scratch buffer (stride = number
 // of workers), so identical accesses during the shared prefix coalesce.
@@ -30,7 +30,6 @@ __device__ Automaton worker_automaton(int32_t* scratch, int64_t workers, int64_t
   a.link = a.next + states * alphabet * workers;
   a.length = a.link + states * workers;
   a.last_end = a.length + states * workers;
-  a.log = nullptr;
   reset(a);
   return a;
 }

@@ -42,12 +42,10 @@ template <>
 __device__ __forceinline__ void store<__half>(__half* p, float x) { *p = __float2half(x); }
 
 // Each state row (forward) or column (backward) is split over kSplit adjacent lanes that each
-// hold kPerThread consecutive elements of it (elements part * kPerThread + e), so a block has
-// N * kSplit threads: four times the parallelism of a thread-per-row layout and no register
-// spills. Dot products finish with a butterfly over the kSplit lanes, and every lane reads its
-// slice of the staged step vectors with 16-byte shared-memory loads (the per-step shared-memory
-// instruction count, not arithmetic, bounds these kernels). The backward's staged segment
-// (9 vectors per step) stays under 48 KiB of shared memory.
+// hold kPerThread of its elements (element e*kSplit + part), so a block has N * kSplit threads:
+// four times the parallelism of a thread-per-row layout and no register spills. Dot products
+// finish with a butterfly over the kSplit lanes. The backward's staged segment (9 vectors per
+// step) stays under 48 KiB of shared memory.
 template <int N>
 struct Config {
   static constexpr int kSegment = N >= 128 ? 8 : 16;
@@ -56,7 +54,6 @@ struct Config {
   static constexpr int kThreads = N * kSplit;
   // The backward recomputes S_{t-1} from the nearest of these sub-segment starts.
   static constexpr int kSubSegment = 4;
-  static_assert(kPerThread % 4 == 0, "lanes read their slice as float4");
 };
 
 template <int Split>
@@ -71,15 +68,6 @@ __device__ __forceinline__ size_t vector_index(int batch, int t, int time, int h
   return ((static_cast<size_t>(batch) * time + t) * heads + head) * n + c;
 }
 
-// Quad q of a 16-byte aligned shared-memory slice.
-__device__ __forceinline__ float4 quad(const float* slice, int q) {
-  return reinterpret_cast<const float4*>(slice)[q];
-}
-
-__device__ __forceinline__ float lane_of(const float4& x, int c) {
-  return c == 0 ? x.x : (c == 1 ? x.y : (c == 2 ? x.z : x.w));
-}
-
 template <typename T, int N>
 __global__ void __launch_bounds__(Config<N>::kThreads) forward_kernel(
     int time, int heads, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ k,
@@ -92,30 +80,24 @@ __global__ void __launch_bounds__(Config<N>::kThreads) forward_kernel(
   const int batch = bh / heads;
   const int head = bh % heads;
   const int tid = threadIdx.x;
-  const int i = tid / S;          // state row (value index)
-  const int first = (tid % S) * E;  // this lane holds keys first .. first + E - 1
+  const int i = tid / S;     // state row (value index)
+  const int part = tid % S;  // this lane holds keys e * S + part
 
-  __shared__ __align__(16) float s_r[L][N];
-  __shared__ __align__(16) float s_d[L][N];
-  __shared__ __align__(16) float s_k[L][N];
-  __shared__ __align__(16) float s_a[L][N];
-  __shared__ __align__(16) float s_b[L][N];
-  __shared__ __align__(16) float s_v[L][N];
+  __shared__ float s_r[L][N], s_d[L][N], s_k[L][N], s_a[L][N], s_b[L][N], s_v[L][N];
 
   float state[E];
-  const size_t state_row = (static_cast<size_t>(bh) * N + i) * N + first;
+  const size_t state_row = (static_cast<size_t>(bh) * N + i) * N;
 #pragma unroll
-  for (int e = 0; e < E; ++e) state[e] = initial_state ? initial_state[state_row + e] : 0.f;
+  for (int e = 0; e < E; ++e) state[e] = initial_state ? initial_state[state_row + e * S + part] : 0.f;
 
   const int num_segments = (time + L - 1) / L;
   for (int segment = 0; segment < num_segments; ++segment) {
     const int t0 = segment * L;
     const int length = min(L, time - t0);
     if (checkpoints) {
-      float* saved =
-          checkpoints + (static_cast<size_t>(bh) * num_segments + segment) * N * N + i * N + first;
+      float* saved = checkpoints + (static_cast<size_t>(bh) * num_segments + segment) * N * N + i * N;
 #pragma unroll
-      for (int e = 0; e < E; ++e) saved[e] = state[e];
+      for (int e = 0; e < E; ++e) saved[e * S + part] = state[e];
     }
     __syncthreads();  // the previous segment is done reading shared memory
     for (int flat = tid; flat < length * N; flat += kThreads) {
@@ -132,27 +114,18 @@ __global__ void __launch_bounds__(Config<N>::kThreads) forward_kernel(
     for (int s = 0; s < length; ++s) {
       float sa = 0.f;
 #pragma unroll
-      for (int q = 0; q < E / 4; ++q) {
-        const float4 a4 = quad(&s_a[s][first], q);
-#pragma unroll
-        for (int c = 0; c < 4; ++c) sa += state[4 * q + c] * lane_of(a4, c);
-      }
+      for (int e = 0; e < E; ++e) sa += state[e] * s_a[s][e * S + part];
       sa = group_sum<S>(sa);
       const float vi = s_v[s][i];
       float out = 0.f;
 #pragma unroll
-      for (int q = 0; q < E / 4; ++q) {
-        const float4 d4 = quad(&s_d[s][first], q), b4 = quad(&s_b[s][first], q);
-        const float4 k4 = quad(&s_k[s][first], q), r4 = quad(&s_r[s][first], q);
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          float& x = state[4 * q + c];
-          x = x * lane_of(d4, c) + sa * lane_of(b4, c) + vi * lane_of(k4, c);
-          out += x * lane_of(r4, c);
-        }
+      for (int e = 0; e < E; ++e) {
+        const int c = e * S + part;
+        state[e] = state[e] * s_d[s][c] + sa * s_b[s][c] + vi * s_k[s][c];
+        out += state[e] * s_r[s][c];
       }
       out = group_sum<S>(out);
-      if (first == 0) {
+      if (part == 0) {
         const size_t index = vector_index(batch, t0 + s, time, heads, head, N, i);
         store(y + index, out);
         if (removal) removal[index] = sa;
@@ -160,7 +133,7 @@ __global__ void __launch_bounds__(Config<N>::kThreads) forward_kernel(
     }
   }
 #pragma unroll
-  for (int e = 0; e < E; ++e) final_state[state_row + e] = state[e];
+  for (int e = 0; e < E; ++e) final_state[state_row + e * S + part] = state[e];
 }
 
 template <typename T, int N>
@@ -177,26 +150,19 @@ __global__ void __launch_bounds__(Config<N>::kThreads) backward_kernel(
   const int batch = bh / heads;
   const int head = bh % heads;
   const int tid = threadIdx.x;
-  const int i = tid / S;            // state column (key index) and gradient row
-  const int first = (tid % S) * E;  // this lane holds elements first .. first + E - 1
+  const int i = tid / S;     // state column (key index) and gradient row
+  const int part = tid % S;  // this lane holds elements e * S + part
 
-  __shared__ __align__(16) float s_r[L][N];
-  __shared__ __align__(16) float s_ew[L][N];
-  __shared__ __align__(16) float s_d[L][N];
-  __shared__ __align__(16) float s_k[L][N];
-  __shared__ __align__(16) float s_v[L][N];
-  __shared__ __align__(16) float s_a[L][N];
-  __shared__ __align__(16) float s_b[L][N];
-  __shared__ __align__(16) float s_sa[L][N];
-  __shared__ __align__(16) float s_dy[L][N];
-  __shared__ __align__(16) float s_gb[N];
+  __shared__ float s_r[L][N], s_ew[L][N], s_d[L][N], s_k[L][N], s_v[L][N], s_a[L][N], s_b[L][N],
+      s_sa[L][N], s_dy[L][N];
+  __shared__ float s_gb[N];
 
-  // With j = first + e: grad_col[e] = G[j][i], grad_row[e] = G[i][j], state_col[e] = S[j][i].
+  // With j = e * S + part: grad_col[e] = G[j][i], grad_row[e] = G[i][j], state_col[e] = S[j][i].
   float grad_col[E], grad_row[E], state_col[E], base[E];
   const float* grad_final = grad_final_state + static_cast<size_t>(bh) * N * N;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const int j = first + e;
+    const int j = e * S + part;
     grad_col[e] = grad_final_state ? grad_final[j * N + i] : 0.f;
     grad_row[e] = grad_final_state ? grad_final[i * N + j] : 0.f;
   }
@@ -225,69 +191,60 @@ __global__ void __launch_bounds__(Config<N>::kThreads) backward_kernel(
 
     // Column i of S_{t-1} is rebuilt from the saved segment start (never by dividing by the
     // decay): first the start of each sub-segment, then each step from its sub-segment start.
-    auto advance = [&](float (&column)[E], int step) {
-      const float d_i = s_d[step][i], b_i = s_b[step][i], k_i = s_k[step][i];
+    auto advance = [&](float (&column)[E], int q) {
+      const float dq = s_d[q][i], bq = s_b[q][i], kq = s_k[q][i];
 #pragma unroll
-      for (int q = 0; q < E / 4; ++q) {
-        const float4 sa4 = quad(&s_sa[step][first], q), v4 = quad(&s_v[step][first], q);
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          float& x = column[4 * q + c];
-          x = x * d_i + lane_of(sa4, c) * b_i + lane_of(v4, c) * k_i;
-        }
+      for (int e = 0; e < E; ++e) {
+        const int j = e * S + part;
+        column[e] = column[e] * dq + s_sa[q][j] * bq + s_v[q][j] * kq;
       }
     };
 
     const int num_sub = (length + kSub - 1) / kSub;
     for (int sub = num_sub - 1; sub >= 0; --sub) {
 #pragma unroll
-      for (int e = 0; e < E; ++e) base[e] = saved[(first + e) * N + i];
-      for (int step = 0; step < sub * kSub; ++step) advance(base, step);
+      for (int e = 0; e < E; ++e) base[e] = saved[(e * S + part) * N + i];
+      for (int q = 0; q < sub * kSub; ++q) advance(base, q);
       const int last = min(length, (sub + 1) * kSub) - 1;
       for (int s = last; s >= sub * kSub; --s) {
 #pragma unroll
         for (int e = 0; e < E; ++e) state_col[e] = base[e];
-        for (int step = sub * kSub; step < s; ++step) advance(state_col, step);
+        for (int q = sub * kSub; q < s; ++q) advance(state_col, q);
 
-        // G_t += dy_t r_t^T, then (G_t b_t)_i and dv_i from row i of G_t.
+        // G_t += dy_t r_t^T
         const float ri = s_r[s][i], dyi = s_dy[s][i];
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int j = e * S + part;
+          grad_col[e] += s_dy[s][j] * ri;
+          grad_row[e] += dyi * s_r[s][j];
+        }
+
         float gb = 0.f, dv = 0.f;
 #pragma unroll
-        for (int q = 0; q < E / 4; ++q) {
-          const float4 dy4 = quad(&s_dy[s][first], q), r4 = quad(&s_r[s][first], q);
-          const float4 b4 = quad(&s_b[s][first], q), k4 = quad(&s_k[s][first], q);
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int e = 4 * q + c;
-            grad_col[e] += lane_of(dy4, c) * ri;
-            grad_row[e] += dyi * lane_of(r4, c);
-            gb += grad_row[e] * lane_of(b4, c);
-            dv += grad_row[e] * lane_of(k4, c);
-          }
+        for (int e = 0; e < E; ++e) {
+          const int j = e * S + part;
+          gb += grad_row[e] * s_b[s][j];
+          dv += grad_row[e] * s_k[s][j];
         }
         gb = group_sum<S>(gb);
         dv = group_sum<S>(dv);
-        if (first == 0) s_gb[i] = gb;
+        if (part == 0) s_gb[i] = gb;
         __syncthreads();
 
         float state_dy = 0.f, removal_dy = 0.f, value_dy = 0.f;
         float dd = 0.f, dk = 0.f, da = 0.f, db = 0.f;
 #pragma unroll
-        for (int q = 0; q < E / 4; ++q) {
-          const float4 dy4 = quad(&s_dy[s][first], q), sa4 = quad(&s_sa[s][first], q);
-          const float4 v4 = quad(&s_v[s][first], q), gb4 = quad(&s_gb[first], q);
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int e = 4 * q + c;
-            const float dyj = lane_of(dy4, c), saj = lane_of(sa4, c), vj = lane_of(v4, c);
-            state_dy += state_col[e] * dyj;
-            removal_dy += saj * dyj;
-            value_dy += vj * dyj;
-            dd += grad_col[e] * state_col[e];
-            dk += grad_col[e] * vj;
-            da += state_col[e] * lane_of(gb4, c);
-            db += grad_col[e] * saj;
-          }
+        for (int e = 0; e < E; ++e) {
+          const int j = e * S + part;
+          const float dyj = s_dy[s][j], saj = s_sa[s][j], vj = s_v[s][j];
+          state_dy += state_col[e] * dyj;
+          removal_dy += saj * dyj;
+          value_dy += vj * dyj;
+          dd += grad_col[e] * state_col[e];
+          dk += grad_col[e] * vj;
+          da += state_col[e] * s_gb[j];
+          db += grad_col[e] * saj;
         }
         state_dy = group_sum<S>(state_dy);
         removal_dy = group_sum<S>(removal_dy);
@@ -297,7 +254,7 @@ __global__ void __launch_bounds__(Config<N>::kThreads) backward_kernel(
         da = group_sum<S>(da);
         db = group_sum<S>(db);
         const float di = s_d[s][i], bi = s_b[s][i], ki = s_k[s][i], ai = s_a[s][i];
-        if (first == 0) {
+        if (part == 0) {
           // y_t = S_t r_t with S_t[j][i] = S_{t-1}[j][i] d_i + sa_j b_i + v_j k_i.
           const float dr = di * state_dy + bi * removal_dy + ki * value_dy;
           // d = exp(-exp(w)) so dd/dw = -exp(w) d.
@@ -313,23 +270,18 @@ __global__ void __launch_bounds__(Config<N>::kThreads) backward_kernel(
 
         // G_{t-1} (from the future) = G_t (diag(d) + a b^T)^T
 #pragma unroll
-        for (int q = 0; q < E / 4; ++q) {
-          const float4 gb4 = quad(&s_gb[first], q), d4 = quad(&s_d[s][first], q);
-          const float4 a4 = quad(&s_a[s][first], q);
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int e = 4 * q + c;
-            grad_col[e] = grad_col[e] * di + lane_of(gb4, c) * ai;
-            grad_row[e] = grad_row[e] * lane_of(d4, c) + gb * lane_of(a4, c);
-          }
+        for (int e = 0; e < E; ++e) {
+          const int j = e * S + part;
+          grad_col[e] = grad_col[e] * di + s_gb[j] * ai;
+          grad_row[e] = grad_row[e] * s_d[s][j] + gb * s_a[s][j];
         }
         __syncthreads();  // s_gb is rewritten by the next step
       }
     }
   }
-  float* out = grad_initial_state + (static_cast<size_t>(bh) * N + i) * N + first;
+  float* out = grad_initial_state + (static_cast<size_t>(bh) * N + i) * N;
 #pragma unroll
-  for (int e = 0; e < E; ++e) out[e] = grad_row[e];
+  for (int e = 0; e < E; ++e) out[e * S + part] = grad_row[e];
 }
 
 template <typename T, int N>
