@@ -19,7 +19,6 @@ COMMANDS = {
     "generate": "generate",
     "music": "music",
     "convert": "convert",
-    "bench": "bench",
 }
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from heron.layers.rosa import ROSABits
-from heron.models.load import load
+from heron.models.loading import load
 from heron.models.rosa_lm import ROSALM, ROSALMConfig
 from heron.models.rwkv8 import RWKV8, State
 

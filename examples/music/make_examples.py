@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from heron.data.music import ABCTokenizer, load_dataset
-    from heron.models.load import load
+    from heron.models.loading import load
     from heron.music.evaluate import evaluate_music
     from heron.music.generate import generate_tunes, make_prompt
     from heron.music.render import write_tune

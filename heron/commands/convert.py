@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from heron.models.load import convert, load
+    from heron.models.loading import convert, load
 
     written = convert(args.source, args.destination, to=args.to, rosa_bits=args.rosa_bits)
     model = load(written, rosa_bits=args.rosa_bits)

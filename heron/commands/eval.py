@@ -40,7 +40,7 @@ def run(args) -> int:
     import torch
 
     from heron.data import digits
-    from heron.models.load import load
+    from heron.models.loading import load
 
     if args.digits < 1:
         raise ValueError(f"--digits must be >= 1, got {args.digits}")

@@ -98,7 +98,7 @@ def _check_arguments(args) -> None:
 def run(args) -> int:
     import torch
 
-    from heron.models.load import load
+    from heron.models.loading import load
 
     _check_arguments(args)
     device = torch.device(args.device)

@@ -36,7 +36,7 @@ def _resolve_device(name: str) -> str:
 
 def _load_model(path: str, device: str):
     """The model of a checkpoint file (any layout ``heron.models.load`` reads)."""
-    from heron.models.load import load
+    from heron.models.loading import load
 
     return load(path, device=device)
 

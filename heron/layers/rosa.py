@@ -52,6 +52,47 @@ class ROSAState:
             self.automaton.copy(), None if self.x_prev is None else self.x_prev.clone()
         )
 
+    def detach(self) -> "ROSAState":
+        """Cut the token shift from the autograd graph (the automata hold no gradients)."""
+        return ROSAState(self.automaton, None if self.x_prev is None else self.x_prev.detach())
+
+    def select(self, batch_index, batch_size: int | None = None) -> "ROSAState":
+        """Reorder or subset the batch rows (beam search). Each row owns ``num_streams / B``
+        consecutive streams (stream ``b * G + g``); ``batch_size`` defaults to ``x_prev``'s rows."""
+        index = torch.as_tensor(batch_index, dtype=torch.int64).cpu()
+        if index.dim() != 1:
+            raise ValueError(f"batch_index must be 1-D, got shape {tuple(index.shape)}")
+        if batch_size is None:
+            if self.x_prev is None:
+                raise ValueError("batch_size is needed to select rows of a state without x_prev")
+            batch_size = self.x_prev.shape[0]
+        streams = self.automaton.num_streams
+        if batch_size < 1 or streams % batch_size:
+            raise ValueError(f"batch_size {batch_size} does not divide the state's {streams} streams")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= batch_size):
+            raise ValueError(f"batch_index must lie in [0, {batch_size}), got {index.tolist()}")
+        per_row = streams // batch_size
+        stream_index = (index.unsqueeze(1) * per_row + torch.arange(per_row)).reshape(-1)
+        x_prev = None if self.x_prev is None else self.x_prev[index.to(self.x_prev.device)]
+        return ROSAState(self.automaton.select(stream_index), x_prev)
+
+    def state_dict(self) -> dict:
+        """Plain tensors (loadable with ``torch.load(weights_only=True)``)."""
+        out = {"automaton": self.automaton.state_dict()}
+        if self.x_prev is not None:
+            out["x_prev"] = self.x_prev.detach().cpu()
+        return out
+
+    @classmethod
+    def from_state_dict(cls, data: dict, device=None) -> "ROSAState":
+        """Inverse of :meth:`state_dict`; the automata are rebuilt by replaying their histories."""
+        if not isinstance(data, dict) or "automaton" not in data:
+            raise ValueError("ROSAState.from_state_dict expects the dict written by ROSAState.state_dict()")
+        from ..ops.rosa import OnlineROSA
+
+        x_prev = data.get("x_prev")
+        return cls(OnlineROSA.from_state_dict(data["automaton"]), None if x_prev is None else x_prev.to(device))
+
 
 def _new_automaton(num_streams: int):
     from ..ops.rosa import OnlineROSA
@@ -202,7 +243,7 @@ class ROSABits(nn.Module):
             out = rosa_channel(x, table, self.bits, self.config)  # same output, with the estimator
         else:
             out = _decode(table, y, self.bits).to(x.dtype)
-        return out, ROSAState(automaton)
+        return (out, ROSAState(automaton)) if return_state else out
 
 
 class ROSAQKVOp(nn.Module):
@@ -309,4 +350,5 @@ class ROSAQKV(nn.Module):
         automaton = state.automaton if state is not None else _new_automaton(B * G)
         y = self.rosa_qkv(q, k, v, automaton=automaton)
         x_prev = x[:, -1].detach() if T > 0 else state.x_prev if state is not None else x.new_zeros(B, C)
-        return self.o(y), ROSAState(automaton, x_prev)
+        out = self.o(y)
+        return (out, ROSAState(automaton, x_prev)) if return_state else out

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heron.ops.wkv7 import wkv7
+from heron.ops.wkv7 import wkv7, wkv7_step
 
-__all__ = ["TimeMix", "TimeMixState", "wkv7_single_step", "check_layer_input", "orthogonal_init_", "wkv_state_dtype"]
+__all__ = ["TimeMix", "TimeMixState", "check_layer_input", "orthogonal_init_", "wkv_state_dtype"]
 
 
 def check_layer_input(x, n_embd: int, name: str = "x") -> None:
@@ -69,24 +69,6 @@ class TimeMixState:
     def select(self, batch_index: torch.Tensor) -> "TimeMixState":
         """Reorder/subset the batch (beam search, dropping finished sequences)."""
         return TimeMixState(self.x_prev[batch_index], self.wkv[batch_index])
-
-
-def wkv7_single_step(r, decay, k, v, a, b, state):
-    """One WKV7 step for every head: ``[B, H, N]`` vectors, ``state [B, H, N_v, N_k]``.
-
-    The RNN-mode path (the whole-sequence kernels are built for long T). ``decay`` is the decay
-    factor itself (``exp(-exp(w))``). Computes in the state's dtype; returns ``(y, new_state)``.
-    """
-    compute = state.dtype
-    r, decay, k, v, a, b = (t.to(compute) for t in (r, decay, k, v, a, b))
-    state_times_a = torch.matmul(state, a.unsqueeze(-1))  # [B, H, N_v, 1]
-    new_state = (
-        state * decay.unsqueeze(-2)
-        + state_times_a * b.unsqueeze(-2)
-        + v.unsqueeze(-1) * k.unsqueeze(-2)
-    )
-    y = torch.matmul(new_state, r.unsqueeze(-1)).squeeze(-1)
-    return y, new_state
 
 
 @torch.no_grad()
@@ -256,9 +238,8 @@ class TimeMix(nn.Module):
         if T == 1:
             if wkv_state is None:
                 wkv_state = x.new_zeros(B, H, N, N, dtype=wkv_state_dtype(x.dtype))
-            y, new_wkv = wkv7_single_step(
-                r4[:, 0], torch.exp(-torch.exp(w.view(B, H, N))), k4[:, 0], v4[:, 0],
-                -kk[:, 0], kk[:, 0] * iclr4[:, 0], wkv_state,
+            y, new_wkv = wkv7_step(
+                r4[:, 0], w.view(B, H, N), k4[:, 0], v4[:, 0], -kk[:, 0], kk[:, 0] * iclr4[:, 0], wkv_state,
             )
             y = y.to(x.dtype).view(B, 1, C)
         else:

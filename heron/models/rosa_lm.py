@@ -19,6 +19,7 @@ state, so a step costs amortised near-constant time and equals GPT mode exactly.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,17 +93,6 @@ def _detach(value):
     return value.detach() if hasattr(value, "detach") else value
 
 
-def _select_rosa_state(rosa_state, batch_index: torch.Tensor):
-    """Subset/reorder the batch of a ROSA block state. Its automata hold ``B * G`` streams,
-    batch-major (stream ``b * G + g``), as ``heron.layers.rosa`` lays them out."""
-    if hasattr(rosa_state, "select"):
-        return rosa_state.select(batch_index)
-    batch_size = rosa_state.x_prev.shape[0]
-    groups = rosa_state.automaton.num_streams // batch_size
-    streams = (batch_index.cpu()[:, None] * groups + torch.arange(groups)[None, :]).reshape(-1)
-    return type(rosa_state)(rosa_state.automaton.select(streams), rosa_state.x_prev[batch_index])
-
-
 @dataclass
 class ROSALMBlockState:
     """RNN state of one block: the ROSA block's state (token shift + online automata) and the
@@ -121,7 +111,7 @@ class ROSALMBlockState:
         return ROSALMBlockState(_detach(self.rosa), self.ffn.detach())
 
     def select(self, batch_index: torch.Tensor) -> "ROSALMBlockState":
-        return ROSALMBlockState(_select_rosa_state(self.rosa, batch_index), self.ffn.select(batch_index))
+        return ROSALMBlockState(self.rosa.select(batch_index), self.ffn.select(batch_index))
 
 
 class ROSALMState:
@@ -157,6 +147,35 @@ class ROSALMState:
         """Reorder or subset the batch (beam search, dropping finished sequences)."""
         index = torch.as_tensor(batch_index, dtype=torch.int64)
         return ROSALMState([block.select(index.to(block.ffn.x_prev.device)) for block in self.blocks])
+
+    def state_dict(self) -> dict:
+        """Plain tensors and containers (loadable with ``torch.load(weights_only=True)``)."""
+        return {"n_layer": len(self.blocks),
+                "blocks": [{"rosa": block.rosa.state_dict(), "ffn_x_prev": block.ffn.x_prev.detach().cpu()}
+                           for block in self.blocks]}
+
+    @classmethod
+    def from_state_dict(cls, data: dict, device=None) -> "ROSALMState":
+        """Inverse of :meth:`state_dict` (the automata are rebuilt by replaying their histories)."""
+        from heron.layers.rosa import ROSAState
+
+        if not isinstance(data, dict) or "blocks" not in data:
+            raise ValueError("ROSALMState.from_state_dict expects the dict written by ROSALMState.state_dict()")
+        blocks = []
+        for layer, entry in enumerate(data["blocks"]):
+            missing = {"rosa", "ffn_x_prev"} - set(entry)
+            if missing:
+                raise ValueError(f"state block {layer} is missing {sorted(missing)}")
+            blocks.append(ROSALMBlockState(ROSAState.from_state_dict(entry["rosa"], device),
+                                           ChannelMixState(entry["ffn_x_prev"].to(device))))
+        return cls(blocks)
+
+    def save(self, path) -> None:
+        torch.save(self.state_dict(), Path(path))
+
+    @classmethod
+    def load(cls, path, device=None) -> "ROSALMState":
+        return cls.from_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True), device=device)
 
 
 class ROSALMBlock(nn.Module):

@@ -205,7 +205,7 @@ class State:
         selected = []
         for block in self.blocks:
             idx = index.to(block.att.wkv.device)
-            rosa = None if block.rosa is None else _select_rosa_state(block.rosa, index, batch_size)
+            rosa = None if block.rosa is None else block.rosa.select(index, batch_size)
             selected.append(BlockState(block.att.select(idx), block.ffn.select(idx), rosa))
         return State(selected)
 
@@ -278,7 +278,7 @@ class State:
             entry = {"att_x_prev": block.att.x_prev.detach().cpu(), "att_kv": block.att.wkv.detach().cpu(),
                      "ffn_x_prev": block.ffn.x_prev.detach().cpu()}
             if block.rosa is not None:
-                entry["rosa"] = _rosa_state_dict(block.rosa)
+                entry["rosa"] = block.rosa.state_dict()
             out["blocks"].append(entry)
         return out
 
@@ -294,7 +294,9 @@ class State:
                 raise ValueError(f"state block {layer} is missing {sorted(missing)}")
             rosa = None
             if "rosa" in entry:
-                rosa = _rosa_state_from_dict(entry["rosa"], device)
+                from heron.layers.rosa import ROSAState
+
+                rosa = ROSAState.from_state_dict(entry["rosa"], device)
             blocks.append(BlockState(
                 TimeMixState(entry["att_x_prev"].to(device), entry["att_kv"].to(device)),
                 ChannelMixState(entry["ffn_x_prev"].to(device)),
@@ -316,32 +318,6 @@ def _rosa_block_class():
     except ImportError as error:  # the ROSA layer is a separate part of the package
         raise ImportError(f"RWKV8Config.rosa needs heron.layers.rosa.ROSAQKV: {error}") from error
     return ROSAQKV
-
-
-def _select_rosa_state(rosa_state, batch_index: torch.Tensor, batch_size: int):
-    """Batch rows -> automaton streams: the ROSA layer lays stream ``b * G + g`` out for batch
-    row ``b`` and symbol group ``g``."""
-    from heron.layers.rosa import ROSAState
-
-    automaton = rosa_state.automaton
-    groups = automaton.num_streams // batch_size
-    # the automata live on the CPU whatever device the model runs on
-    streams = (batch_index.cpu()[:, None] * groups + torch.arange(groups)).reshape(-1)
-    x_prev = rosa_state.x_prev[batch_index.to(rosa_state.x_prev.device)]
-    return ROSAState(automaton.select(streams), x_prev)
-
-
-def _rosa_state_dict(rosa_state) -> dict:
-    return {"x_prev": rosa_state.x_prev.detach().cpu(), "automaton": rosa_state.automaton.state_dict()}
-
-
-def _rosa_state_from_dict(data: dict, device):
-    from heron.layers.rosa import ROSAState
-    from heron.ops.rosa import OnlineROSA
-
-    if not isinstance(data, dict) or {"x_prev", "automaton"} - set(data):
-        raise ValueError("a saved ROSA block state needs the keys 'x_prev' and 'automaton'")
-    return ROSAState(OnlineROSA.from_state_dict(data["automaton"]), data["x_prev"].to(device))
 
 
 class Block(nn.Module):

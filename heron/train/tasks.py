@@ -139,7 +139,7 @@ def _rwkv8(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module
 
 
 def _save_with_heron(model: nn.Module, out: Path) -> Path:
-    from heron.models.load import save
+    from heron.models.loading import save
 
     return save(model, out / "model.safetensors")
 

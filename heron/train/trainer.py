@@ -335,7 +335,10 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     metrics = evaluate(step)
     saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
     model_file = setup.export(model, out) if context.is_main and setup.export is not None else None
-    summary = f"done: step {step}, loss {last_logged_loss:.4f}"
+    if math.isnan(last_logged_loss):
+        summary = f"done: step {step} (the run had already finished; no new steps)"
+    else:
+        summary = f"done: step {step}, loss {last_logged_loss:.4f}"
     if metrics:
         summary += ", " + ", ".join(f"{name} {value:.6g}" for name, value in sorted(metrics.items()))
     logger.message(summary + (f"; model saved to {model_file}" if model_file else ""))

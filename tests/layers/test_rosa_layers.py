@@ -189,6 +189,28 @@ def test_emb_rosa_stateful_steps_equal_the_whole_sequence():
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("bits", [1, 4])
+def test_state_select_and_serialisation_continue_exactly(bits):
+    torch.manual_seed(8)
+    block = ROSAQKV(8, bits=bits).double()
+    x = torch.randn(3, 10, 8, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = block(x[:, :6], return_state=True)
+        whole = block(x)[:, 6:]
+        order = torch.tensor([2, 0, 2])
+        picked, _ = block(x[order, 6:], state=state.select(order), return_state=True)
+        torch.testing.assert_close(picked, whole[order])
+        default_size, _ = block(x[order, 6:], state=state.select(order, 3), return_state=True)
+        torch.testing.assert_close(default_size, whole[order])
+        restored = ROSAState.from_state_dict(state.state_dict())
+        again, _ = block(x[:, 6:], state=restored.detach(), return_state=True)
+        torch.testing.assert_close(again, whole)
+    with pytest.raises(ValueError, match="batch_index"):
+        state.select(torch.tensor([3]))
+    with pytest.raises(ValueError, match="from_state_dict"):
+        ROSAState.from_state_dict({"x": 1})
+
+
 def test_fresh_state_keeps_gradients_and_history_refuses_them():
     torch.manual_seed(7)
     layer = ROSABits(4, bits=1).double()
@@ -225,3 +247,18 @@ def test_bad_inputs_raise_clear_errors():
         layer(torch.randn(3, 3, 8), state=state, return_state=True)
     with pytest.raises(TypeError, match="ROSAState"):
         layer(torch.randn(2, 3, 8), state={"x": 1}, return_state=True)
+
+
+def test_continuing_a_state_without_return_state_returns_only_the_output():
+    """docs/design.md: ``layer(x, state, return_state=False)`` returns ``out`` alone."""
+    from heron.layers.rosa import ROSABits, ROSAQKV
+
+    torch.manual_seed(0)
+    for layer in (ROSABits(8, bits=1), ROSABits(8, bits=4), ROSAQKV(8, bits=1)):
+        x = torch.randn(2, 5, 8)
+        with torch.no_grad():
+            whole = layer(torch.cat([x, x], dim=1))
+            _, state = layer(x, return_state=True)
+            continued = layer(x, state=state)
+        assert isinstance(continued, torch.Tensor)
+        torch.testing.assert_close(continued, whole[:, 5:])

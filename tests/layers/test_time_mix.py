@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heron.layers.time_mix import TimeMix, TimeMixState, wkv7_single_step
+from heron.layers.time_mix import TimeMix, TimeMixState
 from heron.ops.wkv7.reference import wkv7_reference
 
 
@@ -107,20 +107,6 @@ def test_matches_reference(layer_id, with_state, input_scale):
         torch.testing.assert_close(v_out, ref_v, rtol=1e-12, atol=1e-12)
     else:
         assert v_out is v_first
-
-
-def test_single_step_matches_wkv7_reference():
-    generator = torch.Generator().manual_seed(3)
-    B, H, N = 3, 2, 8
-    r, w, k, v = (torch.randn(B, 1, H, N, generator=generator, dtype=torch.float64) for _ in range(4))
-    kk = F.normalize(torch.randn(B, 1, H, N, generator=generator, dtype=torch.float64), dim=-1)
-    a_lr = torch.rand(B, 1, H, N, generator=generator, dtype=torch.float64)
-    state = torch.randn(B, H, N, N, generator=generator, dtype=torch.float64)
-    y_ref, s_ref = wkv7_reference(r, w, k, v, -kk, kk * a_lr, state)
-    y, s = wkv7_single_step(r[:, 0], torch.exp(-torch.exp(w[:, 0])), k[:, 0], v[:, 0], -kk[:, 0],
-                            (kk * a_lr)[:, 0], state)
-    torch.testing.assert_close(y, y_ref[:, 0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("layer_id", [0, 2])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from heron.data import digits
-from heron.models.load import load
+from heron.models.loading import load
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("heron.layers.rosa") is None, reason="heron.layers.rosa (ROSAQKV) not built yet"

@@ -140,7 +140,7 @@ def test_state_select_reorders_batch():
 
 
 def test_load_official_layout(tmp_path):
-    from heron.models.load import load, official_state_dict, read_official
+    from heron.models.loading import load, official_state_dict, read_official
 
     model = _random_model(4, n_embd=8).float()
     official = official_state_dict(model)
@@ -157,7 +157,7 @@ def test_load_official_layout(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
     ours = tmp_path / "lm.safetensors"
-    from heron.models.load import convert
+    from heron.models.loading import convert
 
     convert(path, ours)
     back = read_official(convert(ours, tmp_path / "back.pth", to="official"))

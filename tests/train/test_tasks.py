@@ -29,7 +29,7 @@ def test_digit_tasks_run_and_export_a_loadable_model(tmp_path, task, rosa):
     result = train(config)
     assert result.finished and len(result.losses) == 3
     assert 0.0 <= result.metrics["digit_accuracy"] <= 1.0
-    from heron.models.load import load
+    from heron.models.loading import load
 
     setup = get_task(task).build(config)
     assert [setup.sources.at(step).max_digits for step in range(4)] == [2, 2, 4, 4]  # the curriculum
@@ -102,7 +102,7 @@ def test_counting_task(tmp_path, variant):
                      task_options={"seq_len": 16})
     result = train(config)
     assert result.finished and set(result.metrics) == {"eval_loss", "next_token_accuracy"}
-    from heron.models.load import load
+    from heron.models.loading import load
 
     assert type(load(result.model_file)).__name__ == "CountingToy"
 

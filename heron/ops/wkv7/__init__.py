@@ -223,3 +223,16 @@ def _chunked_backward(ctx, grad_y, grad_final_state):
 
 
 chunked_op.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
+
+
+class _CallableModule(type(warnings)):
+    """Lets ``heron.ops.wkv7(...)`` (the documented op) and ``heron.ops.wkv7.wkv7(...)`` be the
+    same call while the module keeps its other attributes (backends, converters, reference)."""
+
+    def __call__(self, *args, **kwargs):
+        return wkv7(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

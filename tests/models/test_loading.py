@@ -1,4 +1,4 @@
-"""heron.models.load: official layouts, config inference, our safetensors format, conversion,
+"""heron.models.loading (heron.models.load and friends): official layouts, config inference, our safetensors format, conversion,
 and the errors for corrupt or mismatched files."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from heron.models.load import (
+from heron.models.loading import (
     convert,
     detect_layout,
     infer_rwkv8_config,
