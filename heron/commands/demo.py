@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         "demo", help="train a small RWKV-8 + ROSA model to reverse numbers (CPU, minutes)",
         description=__doc__,
     )
-    parser.add_argument("--steps", type=int, default=400, help="optimiser steps (default 400)")
+    parser.add_argument("--steps", type=int, default=800, help="optimiser steps (default 800)")
     parser.add_argument("--digits", type=int, default=10, help="numbers of 1..DIGITS digits (default 10)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per step (default 64)")
     parser.add_argument("--eval-samples", type=int, default=10,

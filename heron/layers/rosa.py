@@ -141,6 +141,16 @@ def _decode(table: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
     return table.gather(0, index).reshape(B, T, G * bits)
 
 
+def _check_width(n_embd, bits) -> tuple[int, int]:
+    """Validate a channel layer's width and symbol size; returns ``(n_embd, bits)``."""
+    bits = check_bits(bits)
+    if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
+        raise ValueError(f"n_embd must be a positive int, got {n_embd!r}")
+    if n_embd % bits != 0:
+        raise ValueError(f"n_embd ({n_embd}) must be divisible by bits ({bits})")
+    return n_embd, bits
+
+
 class EmbROSA(nn.Module):
     """Token ROSA with a learned embedding: ``out[b, t] = emb[y[b, t]]``, zero where ``y = -1``.
 
@@ -205,12 +215,7 @@ class ROSABits(nn.Module):
         no_match: str | None = None,
     ):
         super().__init__()
-        bits = check_bits(bits)
-        if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
-            raise ValueError(f"n_embd must be a positive int, got {n_embd!r}")
-        if n_embd % bits != 0:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by bits ({bits})")
-        self.n_embd, self.bits = n_embd, bits
+        self.n_embd, self.bits = _check_width(n_embd, bits)
         self.no_match = no_match if no_match is not None else ("zero" if bits == 1 else "symbol0")
         self.config = EstimatorConfig(estimator, tau, window)
         channel_decode_table(torch.zeros(1), torch.zeros(1), 1, self.no_match)  # validates no_match
@@ -261,12 +266,7 @@ class ROSAQKVOp(nn.Module):
         no_match: str | None = None,
     ):
         super().__init__()
-        bits = check_bits(bits)
-        if isinstance(n_embd, bool) or not isinstance(n_embd, int) or n_embd < 1:
-            raise ValueError(f"n_embd must be a positive int, got {n_embd!r}")
-        if n_embd % bits != 0:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by bits ({bits})")
-        self.n_embd, self.bits = n_embd, bits
+        self.n_embd, self.bits = _check_width(n_embd, bits)
         self.no_match = no_match if no_match is not None else ("symbol0" if bits == 1 else "zero")
         self.config = EstimatorConfig(estimator, tau, window)
         qkv_decode_table(torch.zeros(1), 1, self.no_match)  # validates no_match
