@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heron.ops.wkv7 import w_to_fla_log_decay, wkv7, wkv7_chunked, wkv7_reference  # noqa: E402
+from heron.ops.wkv7.inputs import random_inputs  # noqa: E402
 
 # (B, T, H, N): anchor fwd+bwd in ms (best of BlinkDL v3 / fla from ANCHORS.md) or None.
 GPU_SHAPES = [
@@ -36,19 +37,8 @@ GPU_SHAPES = [
 
 
 def make_inputs(B, T, H, N, dtype, device, seed=0):
-    generator = torch.Generator(device=device).manual_seed(seed)
-
-    def normal(*shape):
-        return torch.randn(*shape, generator=generator, device=device, dtype=torch.float32)
-
-    r = normal(B, T, H, N) * 0.5
-    k = normal(B, T, H, N) * 0.5
-    v = normal(B, T, H, N)
-    w = -torch.nn.functional.softplus(-(normal(B, T, H, N) - 1.0)) - 0.5
-    kk = torch.nn.functional.normalize(normal(B, T, H, N), dim=-1)
-    a = -kk
-    b = kk * torch.sigmoid(normal(B, T, H, N))
-    return [x.to(dtype).contiguous() for x in (r, w, k, v, a, b)]
+    return list(random_inputs(B, T, H, N, dtype=dtype, device=device, seed=seed, with_state=False,
+                              draw_on_device=True)[:6])
 
 
 def _load_fla():
