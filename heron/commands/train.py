@@ -13,7 +13,7 @@ from typing import Any
 
 # option -> (TrainConfig field, type, help); None defaults mean "not given on the command line"
 _SCALAR_OPTIONS = {
-    "--model": ("model", str, "model variant, for tasks that have several (counting: emb, 1bit, 4bit)"),
+    "--model": ("model", str, "model variant, for tasks that have several (counting: emb, 1bit, 1bit_run, 4bit; text and abc: rwkv8, rosa_lm)"),
     "--steps": ("steps", int, "optimiser steps in the whole run"),
     "--batch-size": ("batch_size", int, "global batch per optimiser step (all processes and micro-steps)"),
     "--grad-accum": ("grad_accum", int, "micro-steps the global batch is split into"),

@@ -138,6 +138,36 @@ def _rwkv8(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module
     return model, {"class": "RWKV8", **model_cfg.to_dict()}
 
 
+# The language-model tasks (text, abc) train RWKV-8 by default; ``--model rosa_lm`` trains the
+# pure ROSA LM of spec RWKV8.md §4 (ROSA-QKV + channel-mix, no time-mix) of the same width/depth.
+LM_VARIANTS = ("rwkv8", "rosa_lm")
+
+
+def _rosa_lm(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    rosa_lm = _import("heron.models.rosa_lm", config.task)
+    known = {f.name for f in dataclasses.fields(rosa_lm.ROSALMConfig)}
+    # Keep the RWKV-8 defaults that also describe a ROSA LM (depth, width, vocabulary, estimator).
+    shared = {"n_layer", "n_embd", "vocab_size", "dim_ffn", "rosa_estimator", "rosa_tau"}
+    values = {key: value for key, value in model_config.items() if key in shared}
+    values.update(config.model_config)
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"--model-config: unknown field(s) {sorted(unknown)}; ROSALMConfig has {sorted(known)}")
+    model_cfg = rosa_lm.ROSALMConfig(**values)
+    model = rosa_lm.ROSALM(model_cfg)
+    return model, {"class": "ROSALM", **model_cfg.to_dict()}
+
+
+def _language_model(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """``--model rwkv8`` (default) or ``--model rosa_lm`` for the language-model tasks."""
+    variant = config.model or "rwkv8"
+    if variant not in LM_VARIANTS:
+        raise ValueError(f"task {config.task!r}: --model must be one of {', '.join(LM_VARIANTS)}, got {variant!r}")
+    if variant == "rosa_lm":
+        return _rosa_lm(model_config, config)
+    return _rwkv8(model_config, dataclasses.replace(config, model=None))
+
+
 def _save_with_heron(model: nn.Module, out: Path) -> Path:
     from heron.models.loading import save
 
@@ -299,7 +329,7 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     else:  # the offline demo corpus with its documented split
         train_source = text.TextSource.demo("train", options["seq_len"], tokenizer=options["tokenizer"])
         validation = text.TextSource.demo("validation", options["seq_len"], tokenizer=options["tokenizer"])
-    model, identity = _rwkv8({**TEXT_MODEL, "vocab_size": train_source.vocab_size}, config)
+    model, identity = _language_model({**TEXT_MODEL, "vocab_size": train_source.vocab_size}, config)
     eval_batches = config.eval_samples or options["eval_batches"]
     eval_rows = max(1, min(config.batch_size, 64))
 
@@ -326,7 +356,7 @@ def _build_abc_task(config: TrainConfig) -> TaskSetup:
     music = _import("heron.data.music", config.task)
     options = _options(config, {"seq_len": 512, "min_count": 2, "eval_batches": 0, "eval_max_len": 2048})
     train_source, validation = music.make_batch_sources(options["seq_len"], min_count=options["min_count"])
-    model, identity = _rwkv8({**ABC_MODEL, "vocab_size": train_source.vocab_size}, config)
+    model, identity = _language_model({**ABC_MODEL, "vocab_size": train_source.vocab_size}, config)
     eval_batches = config.eval_samples or options["eval_batches"]  # 0: every validation tune
 
     def evaluate(model, device, autocast) -> dict[str, float]:

@@ -81,6 +81,29 @@ def test_text_task_on_a_file(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+def test_text_task_trains_the_pure_rosa_lm(tmp_path):
+    from heron.models.loading import load
+    from heron.models.rosa_lm import ROSALM
+
+    data = tmp_path / "corpus.txt"
+    data.write_text("abcabcabd " * 200)
+    config = _config(tmp_path / "run", "text", model="rosa_lm", steps=3, batch_size=4, warmup=1, eval_samples=2,
+                     model_config={"n_layer": 1, "n_embd": 16, "bits": 4},
+                     task_options={"data": [str(data)], "tokenizer": "bytes", "seq_len": 32})
+    result = train(config)
+    assert result.finished and result.metrics["eval_loss"] > 0
+    model = load(tmp_path / "run" / "model.safetensors")
+    assert isinstance(model, ROSALM) and model.config.bits == 4 and model.config.n_embd == 16
+
+
+def test_language_model_variant_errors(tmp_path):
+    with pytest.raises(ValueError, match="--model must be one of rwkv8, rosa_lm"):
+        train(_config(tmp_path, "text", model="gpt2"))
+    with pytest.raises(ValueError, match="ROSALMConfig has"):
+        train(_config(tmp_path, "text", model="rosa_lm", model_config={"head_size": 16},
+                      task_options={"tokenizer": "bytes", "seq_len": 32}))
+
+
 def test_text_task_missing_data(tmp_path):
     config = _config(tmp_path, "text", task_options={"data": [str(tmp_path / "absent.txt")]})
     with pytest.raises(FileNotFoundError, match="data file\\(s\\) not found: .*absent.txt"):
