@@ -271,7 +271,7 @@ def test_cuda_generation_matches_cpu(name):
 def test_property_random_batches_stop_tokens_and_sampling():
     """Random ragged batches, stop tokens and sampling options: the incremental loop (with
     finished rows dropped or kept) always equals full recompute."""
-    hypothesis = pytest.importorskip("hypothesis")
+    pytest.importorskip("hypothesis")
     from hypothesis import given, settings, strategies as st
 
     model = ToyROSAModel(vocab_size=7, seed=9)

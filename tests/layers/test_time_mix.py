@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from heron.layers.time_mix import TimeMix, TimeMixState
-from heron.ops.wkv7.reference import wkv7_reference
 
 
 def make_config(n_embd=16, head_size=4, n_layer=3, rank=4, layer0_value_lora=False):
