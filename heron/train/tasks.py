@@ -118,19 +118,29 @@ def _import(module: str, task: str):
         raise ValueError(f"task {task!r} needs {module}, which cannot be imported: {exc}") from exc
 
 
+def _model_config(config_class, values: dict[str, Any]):
+    """``config_class(**values)``, naming unknown fields (they come from ``--model-config``)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"--model-config: unknown field(s) {sorted(unknown)}; "
+                         f"{config_class.__name__} has {sorted(known)}")
+    return config_class(**values)
+
+
 def _rwkv8(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """An RWKV-8 model from the task's defaults overridden by ``--model-config``; the LM recipe
-    re-initialises it (spec §5)."""
+    """An RWKV-8 model for a task without model variants (``--model`` is refused)."""
     if config.model is not None:
         raise ValueError(f"task {config.task!r} has no model variants (got --model {config.model!r}); "
                          f"change its RWKV-8 model with --model-config")
+    return _build_rwkv8(model_config, config)
+
+
+def _build_rwkv8(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """An RWKV-8 model from the task's defaults overridden by ``--model-config``; the LM recipe
+    re-initialises it (spec §5)."""
     rwkv8 = _import("heron.models.rwkv8", config.task)
-    known = {f.name for f in dataclasses.fields(rwkv8.RWKV8Config)}
-    values = {**model_config, **config.model_config}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"--model-config: unknown field(s) {sorted(unknown)}; RWKV8Config has {sorted(known)}")
-    model_cfg = rwkv8.RWKV8Config(**values)
+    model_cfg = _model_config(rwkv8.RWKV8Config, {**model_config, **config.model_config})
     model = rwkv8.RWKV8(model_cfg)
     if config.recipe == "lm":
         init = _import("heron.models.init", config.task)
@@ -141,21 +151,15 @@ def _rwkv8(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module
 # The language-model tasks (text, abc) train RWKV-8 by default; ``--model rosa_lm`` trains the
 # pure ROSA LM of spec RWKV8.md §4 (ROSA-QKV + channel-mix, no time-mix) of the same width/depth.
 LM_VARIANTS = ("rwkv8", "rosa_lm")
+# The RWKV-8 defaults that also describe a ROSA LM (depth, width, vocabulary, estimator).
+_ROSA_LM_SHARED = ("n_layer", "n_embd", "vocab_size", "dim_ffn", "rosa_estimator", "rosa_tau")
 
 
 def _rosa_lm(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     rosa_lm = _import("heron.models.rosa_lm", config.task)
-    known = {f.name for f in dataclasses.fields(rosa_lm.ROSALMConfig)}
-    # Keep the RWKV-8 defaults that also describe a ROSA LM (depth, width, vocabulary, estimator).
-    shared = {"n_layer", "n_embd", "vocab_size", "dim_ffn", "rosa_estimator", "rosa_tau"}
-    values = {key: value for key, value in model_config.items() if key in shared}
-    values.update(config.model_config)
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"--model-config: unknown field(s) {sorted(unknown)}; ROSALMConfig has {sorted(known)}")
-    model_cfg = rosa_lm.ROSALMConfig(**values)
-    model = rosa_lm.ROSALM(model_cfg)
-    return model, {"class": "ROSALM", **model_cfg.to_dict()}
+    values = {key: value for key, value in model_config.items() if key in _ROSA_LM_SHARED}
+    model_cfg = _model_config(rosa_lm.ROSALMConfig, {**values, **config.model_config})
+    return rosa_lm.ROSALM(model_cfg), {"class": "ROSALM", **model_cfg.to_dict()}
 
 
 def _language_model(model_config: dict[str, Any], config: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
@@ -165,7 +169,7 @@ def _language_model(model_config: dict[str, Any], config: TrainConfig) -> tuple[
         raise ValueError(f"task {config.task!r}: --model must be one of {', '.join(LM_VARIANTS)}, got {variant!r}")
     if variant == "rosa_lm":
         return _rosa_lm(model_config, config)
-    return _rwkv8(model_config, dataclasses.replace(config, model=None))
+    return _build_rwkv8(model_config, config)
 
 
 def _save_with_heron(model: nn.Module, out: Path) -> Path:
