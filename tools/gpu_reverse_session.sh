@@ -1,51 +1,88 @@
 #!/usr/bin/env bash
-# One device-machine call: size the reversal recipe to a training budget from a short probe,
-# train it and its ROSA-free twin side by side, run the GPU test selection meanwhile, then score
-# both models on a fresh draw. Usage: tools/gpu_reverse_session.sh TRAIN_SECONDS
+# The digit-reversal experiment of issue 6 on a GPU machine whose commands are limited to
+# 10 minutes: `start` sizes the runs from a short probe and launches them in the background
+# (they outlive the command), `collect` waits for them and scores the models on a fresh draw.
+#
+#   tools/gpu_reverse_session.sh start MINUTES     # training budget of the main run, e.g. 17
+#   tools/gpu_reverse_session.sh collect [WAIT_S]  # wait (at most WAIT_S), evaluate, pack to $OUT
+#
+# Three runs share one GPU (REVERSE_GPU, default 0); 40K-parameter models are launch-bound, so
+# sharing costs each run little:
+#   reverse          the recipe, examples/reverse/config.toml, batch 512
+#   reverse-no-rosa  the same recipe and step count without the ROSA blocks (ROSA's effect)
+#   reverse-b256     the recipe at batch 256 with the step count its own probe allows (a hedge)
+# Needs only PYTHONPATH (no install). Results: $OUT/reverse.tar.gz (CSVs, curves, logs, models).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
-budget=${1:-360}
-out=${OUT:-/tmp/out}; mkdir -p "$out"
-runs=/tmp/runs; rm -rf "$runs"; mkdir -p "$runs"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-common=(--config examples/reverse/config.toml --no-progress --no-tensorboard --time-limit 0)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export CUDA_VISIBLE_DEVICES=${REVERSE_GPU:-0}
+runs=${REVERSE_RUNS:-/tmp/heron-reverse}
+out=${OUT:-/tmp/out}
+phase=${1:?usage: gpu_reverse_session.sh start MINUTES | collect [WAIT_S]}
+common=(--config examples/reverse/config.toml --no-progress --no-tensorboard)
 
-# 1. probe: 60 steps (builds the CUDA extensions on the way)
-python3 -m heron train reverse "${common[@]}" --steps 60 --log-every 10 --eval-every 0 --ckpt-every 0 \
-  --out "$runs/probe" > "$out/probe.log" 2>&1 || { tail -30 "$out/probe.log"; exit 1; }
-step_s=$(python3 - "$runs/probe/train.csv" <<'PY'
+step_seconds() {  # mean seconds per step between the 2nd and the last logged row of a train.csv
+  python3 - "$1" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 a, b = rows[1], rows[-1]
 print((float(b["elapsed_s"]) - float(a["elapsed_s"])) / (int(b["step"]) - int(a["step"])))
 PY
-)
-steps=$(python3 -c "print(int($budget / ($step_s * 1.35)) // 50 * 50)")
-c1=$((steps / 10)); c2=$((steps / 5))
-echo "probe: $step_s s/step alone -> $steps steps, curriculum [[0,20],[$c1,40],[$c2,60]]" | tee "$out/plan.txt"
-plan=(--steps "$steps" --eval-every $((steps / 6)) --ckpt-every $((steps / 3)) --log-every 20
-      --task-option "curriculum=[[0,20],[$c1,40],[$c2,60]]")
+}
 
-# 2. both runs side by side, GPU tests meanwhile
-python3 -m heron train reverse "${common[@]}" "${plan[@]}" --out "$runs/reverse" > "$out/reverse.log" 2>&1 &
-p1=$!
-python3 -m heron train reverse "${common[@]}" "${plan[@]}" --model-config rosa=null \
-  --out "$runs/reverse-no-rosa" > "$out/reverse-no-rosa.log" 2>&1 &
-p2=$!
-timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$out/gpu_tests.log" 2>&1
-echo "gpu tests exit $?"; tail -5 "$out/gpu_tests.log"
-wait $p1; echo "reverse exit $?"; wait $p2; echo "no-rosa exit $?"
-tail -4 "$out/reverse.log" "$out/reverse-no-rosa.log"
+if [ "$phase" = start ]; then
+  minutes=${2:?minutes}
+  rm -rf "$runs"; mkdir -p "$runs"
+  # 1. probes, one after the other (the first builds nothing: the extensions are prebuilt)
+  for batch in 512 256; do
+    python3 -m heron train reverse "${common[@]}" --batch-size $batch --steps "${REVERSE_PROBE_STEPS:-60}" --log-every 10 \
+      --eval-every 0 --ckpt-every 0 --time-limit 0 --out "$runs/probe$batch" > "$runs/probe$batch.log" 2>&1 \
+      || { tail -30 "$runs/probe$batch.log"; exit 1; }
+  done
+  s512=$(step_seconds "$runs/probe512/train.csv"); s256=$(step_seconds "$runs/probe256/train.csv")
+  # Three processes share the card: budget 1.5x the time measured alone, and keep 5% for evals.
+  steps512=$(python3 -c "print(max(500, int($minutes * 60 * 0.95 / ($s512 * 1.5)) // 100 * 100))")
+  steps256=$(python3 -c "print(max(500, int($minutes * 60 * 0.95 / ($s256 * 1.5)) // 100 * 100))")
+  echo "probe: batch 512 $s512 s/step, batch 256 $s256 s/step alone -> $steps512 / $steps256 steps" | tee "$runs/plan.txt"
+  plan() {  # --steps N with evaluations, checkpoints and the curriculum scaled to N
+    local n=$1
+    echo --steps "$n" --eval-every $((n / 10)) --ckpt-every $((n / 5)) --log-every 50 \
+      --time-limit "$minutes" --task-option "curriculum=[[0,20],[$((n / 10)),40],[$((n / 5)),60]]"
+  }
+  launch() {  # name, args...: a background run in its own session, so it outlives this command
+    local name=$1; shift
+    setsid nohup python3 -m heron train reverse "${common[@]}" "$@" --out "$runs/$name" \
+      > "$runs/$name.log" 2>&1 < /dev/null &
+    echo "launched $name (pid $!)"
+  }
+  launch reverse --batch-size 512 $(plan "$steps512")
+  launch reverse-no-rosa --batch-size 512 --model-config rosa=null $(plan "$steps512")
+  launch reverse-b256 --batch-size 256 $(plan "$steps256")
+  sleep 20
+  tail -n 3 "$runs"/reverse*.log
+  exit 0
+fi
 
-# 3. curves and a fresh draw (seed 1234, 20 per digit count)
-for name in reverse reverse-no-rosa; do
-  cp "$runs/$name/train.csv" "$out/$name-train.csv" 2>/dev/null
-  cp "$runs/$name/eval.csv" "$out/$name-eval.csv" 2>/dev/null
-  [ -f "$runs/$name/model.safetensors" ] || continue
-  python3 -m heron eval reverse --checkpoint "$runs/$name/model.safetensors" --digits 60 --samples 20 \
-    --seed 1234 --device cuda --no-progress 2>&1 | tail -3 | tee "$out/$name-fresh.txt"
-done
-cp "$runs/reverse/model.safetensors" "$out/reverse-model.safetensors" 2>/dev/null
-cp "$runs/reverse-no-rosa/model.safetensors" "$out/no-rosa-model.safetensors" 2>/dev/null
-ls -la "$out"
+if [ "$phase" = collect ]; then
+  wait_s=${2:-0}
+  deadline=$((SECONDS + wait_s))
+  while pgrep -f "heron train reverse" > /dev/null && [ $SECONDS -lt $deadline ]; do sleep 10; done
+  if pgrep -f "heron train reverse" > /dev/null; then
+    echo "runs still going after ${wait_s}s:"; tail -n 2 "$runs"/reverse*.log; exit 3
+  fi
+  for name in reverse reverse-no-rosa reverse-b256; do
+    dir=$runs/$name
+    tail -n 2 "$runs/$name.log"
+    [ -f "$dir/model.safetensors" ] || { echo "$name: no model file"; continue; }
+    python3 -m heron.train.plot "$dir" --png "$dir/curve.png" --title "reverse 1-60, $name" > /dev/null 2>&1
+    echo "== $name: fresh draw (seed 1234, 20 per digit count)"
+    python3 -m heron eval reverse --checkpoint "$dir/model.safetensors" --digits 60 --samples 20 \
+      --seed 1234 --device "${EVAL_DEVICE:-cuda}" --no-progress 2>&1 | tail -n 2 | tee "$dir/fresh.txt"
+  done
+  mkdir -p "$out"
+  tar -czf "$out/reverse.tar.gz" -C "$runs" --exclude='checkpoint.pt' --exclude='*.pt.tmp' --exclude='tensorboard' .
+  ls -la "$out/reverse.tar.gz"
+  exit 0
+fi
+echo "unknown phase $phase" >&2
+exit 2

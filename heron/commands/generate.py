@@ -64,6 +64,8 @@ def add_parser(subparsers) -> None:
                            "(default: the demo corpus validation split)")
     copy.add_argument("--copy-seed", type=int, default=0, help="seed of the draws (default 0)")
     copy.add_argument("--copy-batch-size", type=int, default=50, help="trials decoded together (default 50)")
+    copy.add_argument("--copy-json", default=None, metavar="FILE",
+                      help="also write the result (accuracy, exact share, per-trial accuracy, settings) as JSON")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
 
@@ -210,4 +212,17 @@ def _run_copy_eval(args, model, vocab_size) -> int:
     elapsed = time.perf_counter() - started
     print(f"{result.summary()}; pool = {args.copy_pool} most frequent {tokenizer.name} tokens of {origin}, "
           f"seed {args.copy_seed} [{elapsed:.1f} s]")
+    if args.copy_json:
+        import json
+        from pathlib import Path
+
+        record = {"checkpoint": str(args.checkpoint), "token_accuracy": result.token_accuracy,
+                  "exact_share": result.exact_share, "trials": result.trials, "length": result.length,
+                  "cue": result.cue, "pool": args.copy_pool, "pool_origin": origin, "tokenizer": tokenizer.name,
+                  "seed": args.copy_seed, "device": str(args.device), "seconds": elapsed,
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "per_trial_accuracy": result.per_trial_accuracy}
+        path = Path(args.copy_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")
     return 0

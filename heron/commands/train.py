@@ -32,6 +32,15 @@ _SCALAR_OPTIONS = {
     "--log-every": ("log_every", int, "log a CSV/TensorBoard row every N steps"),
     "--time-limit": ("time_limit", float, "minutes this invocation may train; then it checkpoints and exits"),
     "--out": ("out", str, "run directory (checkpoint, CSV, TensorBoard, final model)"),
+    "--parallel": ("parallel", str, "under torchrun: ddp (replicated model, default) or fsdp (FSDP2: parameters, "
+                   "gradients and optimiser state sharded per block)"),
+    "--ce-chunk": ("ce_chunk", int, "apply the output head and cross-entropy N positions at a time, so the "
+                   "[B, T, vocab] logits never exist whole (large vocabularies; 0: off)"),
+}
+# boolean options: --flag / --no-flag (None: not given on the command line)
+_FLAG_OPTIONS = {
+    "grad_checkpointing": "recompute each block's activations in the backward pass (less memory, ~1/3 more compute)",
+    "compile": "torch.compile every block",
 }
 
 
@@ -52,6 +61,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data", nargs="+", metavar="PATH", default=None, help="data files (text task)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="continue a run: from CHECKPOINT, or from the latest checkpoint in --out")
+    for name, text in _FLAG_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                            default=None, help=text)
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
@@ -69,7 +81,7 @@ def command_line_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, field_name)
         if value is not None:
             options[field_name] = value
-    for flag in ("progress", "tensorboard"):
+    for flag in ("progress", "tensorboard", *_FLAG_OPTIONS):
         if getattr(args, flag) is not None:
             options[flag] = getattr(args, flag)
     if args.model_config:

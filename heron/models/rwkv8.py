@@ -390,6 +390,15 @@ class RWKV8(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, return_state: bool = False):
         """``tokens [B, T]`` -> ``logits [B, T, V]`` (or ``(logits, state)``), continuing ``state``."""
+        if return_state:
+            features, new_state = self.features(tokens, state, return_state=True)
+            return self.head(features), new_state
+        return self.head(self.features(tokens, state))
+
+    def features(self, tokens: torch.Tensor, state: State | None = None, return_state: bool = False):
+        """The head's input ``ln_out(x) [B, T, C]`` (or ``(features, state)``): ``forward`` is
+        ``head(features(...))``. Training with a large vocabulary applies the head in chunks of
+        positions (``heron.train.losses.chunked_cross_entropy``) so the logits never exist whole."""
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] == 0:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T] with T >= 1, got {got}")
@@ -405,10 +414,10 @@ class RWKV8(nn.Module):
             block_state = state.blocks[layer] if state is not None else None
             x, v_first, new_block = block(x, tokens, v_first, block_state, return_state)
             new_blocks.append(new_block)
-        logits = self.head(self.ln_out(x))
+        features = self.ln_out(x)
         if return_state:
-            return logits, State(new_blocks)
-        return logits
+            return features, State(new_blocks)
+        return features
 
     def step(self, token_ids: torch.Tensor, state: State | None = None):
         """RNN mode: one token per sequence, ``token_ids [B]`` -> ``(logits [B, V], state)``."""

@@ -35,6 +35,14 @@ def parse_abc(text: str) -> ParsedTune:
             score = music21.converter.parse(text, format="abc")
     except Exception as exc:  # music21 raises many unrelated exception types on bad input
         raise ValueError(f"text: music21 cannot parse this ABC: {type(exc).__name__}: {exc}") from None
+    if isinstance(score, music21.stream.Opus):
+        # a second `X:` field inside the text (a model that starts a new tune without the
+        # separator): music21 reads several tunes, and its MIDI export would write one file per
+        # tune (`stem-1.mid`, ...), so such a text is not one tune
+        scores = list(score.scores)
+        if len(scores) != 1:
+            raise ValueError(f"text: holds {len(scores)} tunes (X: fields), expected one")
+        score = scores[0]
     notes: list[tuple[float, float, int]] = []
     for element in score.flatten().notes:
         if element.duration.isGrace:

@@ -17,13 +17,16 @@ from typing import Any
 
 RECIPES = ("official", "lm")
 DTYPES = ("auto", "fp32", "bf16", "fp64")
+PARALLEL = ("ddp", "fsdp")
 
 # Fields that may differ between a run and its resumption without changing the trajectory:
 # where the run writes, how often it reports, how long this invocation may last, and the
-# device (results then match only up to the devices' arithmetic).
+# device (results then match only up to the devices' arithmetic), and how the step is executed
+# (data parallelism, activation checkpointing, compilation, chunked cross-entropy: the same
+# computation up to the order of floating-point operations).
 OPERATIONAL_FIELDS = frozenset(
     {"out", "eval_every", "ckpt_every", "log_every", "time_limit", "device", "progress",
-     "tensorboard", "eval_samples"}
+     "tensorboard", "eval_samples", "parallel", "grad_checkpointing", "compile", "ce_chunk"}
 )
 
 
@@ -59,6 +62,11 @@ class TrainConfig:
     time_limit: float = 0.0  # minutes this invocation may train before checkpointing; 0 = none
     progress: bool = True
     tensorboard: bool = True
+    # Execution (none changes the trajectory beyond the order of float operations).
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    compile: bool = False  # torch.compile each block (the whole model when it has no .blocks)
+    ce_chunk: int = 0  # head + cross-entropy over this many positions at a time (0: all at once)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,7 +87,7 @@ class TrainConfig:
             raise ValueError(f"task must be a non-empty string, got {self.task!r}")
         for name in ("steps", "batch_size", "grad_accum"):
             positive_int(name)
-        for name in ("warmup", "eval_every", "eval_samples", "ckpt_every", "log_every", "seed"):
+        for name in ("warmup", "eval_every", "eval_samples", "ckpt_every", "log_every", "seed", "ce_chunk"):
             positive_int(name, allow_zero=True)
         for name in ("lr", "lr_final", "weight_decay", "clip", "time_limit"):
             non_negative_float(name)
@@ -93,6 +101,11 @@ class TrainConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        for name in ("grad_checkpointing", "compile", "progress", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.model_config, dict):
             raise TypeError(f"model_config must be a dict, got {type(self.model_config).__name__}")
         if not isinstance(self.task_options, dict):

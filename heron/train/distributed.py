@@ -4,10 +4,16 @@ The same command line runs alone or under ``torchrun --nproc_per_node=N``. Every
 whole global batch from the shared, identically seeded generator and keeps its own slice, so
 the samples a step sees — and therefore the results — do not depend on ``N`` (up to the order
 of the floating-point reductions). Rank 0 alone logs and writes checkpoints.
+
+``parallel = "fsdp"`` shards parameters, gradients and optimiser state with FSDP2
+(``torch.distributed.fsdp.fully_shard`` on every block, then on the root); checkpoints then hold
+the full state dicts gathered on rank 0 (``torch.distributed.checkpoint.state_dict``), the same
+model keys as DDP checkpoints, so a run may resume in either mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -109,3 +115,195 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torc
 
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# execution options: activation checkpointing, compilation, DDP or FSDP2
+
+
+def model_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The model's list of residual blocks (``RWKV8.blocks``, ``ROSALM.blocks``), or None."""
+    blocks = getattr(model, "blocks", None)
+    return blocks if isinstance(blocks, torch.nn.ModuleList) and len(blocks) else None
+
+
+def apply_grad_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute every block's activations in the backward pass (``torch.utils.checkpoint``,
+    non-reentrant). The block keeps its class, parameters and state-dict keys: only its
+    ``forward`` is replaced by a checkpointed call of the original."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = model_blocks(model)
+    if blocks is None:
+        raise ValueError(f"grad_checkpointing needs a model with a .blocks list; {type(model).__name__} has none")
+    for block in blocks:
+        original = block.forward
+
+        def checkpointed(*args, _original=original, **kwargs):
+            if not torch.is_grad_enabled():  # evaluation: nothing to recompute
+                return _original(*args, **kwargs)
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+
+
+def apply_compile(model: torch.nn.Module) -> None:
+    """``torch.compile`` every block in place (``Module.compile``: names and state-dict keys
+    unchanged), or the whole model when it has no blocks."""
+    blocks = model_blocks(model)
+    for module in blocks if blocks is not None else [model]:
+        module.compile()
+
+
+_FSDP_PREFIX = "model."  # the trained model is the ``model`` submodule of the loss wrapper
+
+
+class ParallelModel:
+    """The module the training step calls (``root``: the loss wrapper, bare, in DDP or sharded by
+    FSDP2) and how every process reads and writes the model and optimiser state.
+
+    Under FSDP the state methods are collectives (call them on every rank); they return full,
+    CPU state dicts keyed like the unwrapped model on rank 0 and ``None`` elsewhere, so FSDP and
+    DDP checkpoints are interchangeable."""
+
+    def __init__(self, model: torch.nn.Module, root: torch.nn.Module, context: DistributedContext, mode: str,
+                 template: torch.nn.Module | None = None) -> None:
+        self.model, self.root, self.context, self.mode = model, root, context, mode
+        self.template = template  # FSDP: an unsharded copy of the model on the meta device (rank 0)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Gradient accumulation without communication (the last micro-step reduces)."""
+        if self.mode == "ddp":
+            with self.root.no_sync():
+                yield
+        elif self.mode == "fsdp":
+            self.root.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.root.set_requires_gradient_sync(True)
+        else:
+            yield
+
+    def clip_grad_norm(self, parameters, max_norm: float) -> torch.Tensor:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        full_tensor = getattr(norm, "full_tensor", None)  # a DTensor under FSDP
+        return full_tensor() if full_tensor is not None else norm
+
+    def _options(self, **kwargs):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(**kwargs)
+
+    def model_state(self) -> dict[str, torch.Tensor] | None:
+        if self.mode != "fsdp":
+            return self.model.state_dict() if self.context.is_main else None
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(self.root, options=self._options(full_state_dict=True, cpu_offload=True))
+        if not self.context.is_main:
+            return None
+        return {key.removeprefix(_FSDP_PREFIX): value for key, value in state.items()}
+
+    def _parameter_names(self, optimizer) -> list[str]:
+        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+    def optimizer_state(self, optimizer) -> dict | None:
+        """DDP / one process: ``optimizer.state_dict()`` (parameters by index); FSDP: the full
+        state keyed by parameter name (``get_optimizer_state_dict``)."""
+        if self.mode != "fsdp":
+            return optimizer.state_dict() if self.context.is_main else None
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(self.root, optimizer,
+                                         options=self._options(full_state_dict=True, cpu_offload=True))
+        if not self.context.is_main:
+            return None
+        return _rename_optimizer_state(state, lambda key: key.removeprefix(_FSDP_PREFIX))
+
+    def load_optimizer_state(self, optimizer, state: dict) -> None:
+        """Either layout, whichever mode wrote it (every rank passes the full state)."""
+        names = self._parameter_names(optimizer)
+        by_name = _is_by_name(state)
+        if self.mode != "fsdp":
+            if by_name:
+                index = {name: i for i, name in enumerate(names)}
+                state = _rename_optimizer_state(state, lambda key: index[key])
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        if not by_name:
+            state = _rename_optimizer_state(state, lambda key: names[key])
+        state = _rename_optimizer_state(state, lambda key: _FSDP_PREFIX + key)
+        # strict=False: parameters that never received a gradient (the unused ``v0 v1 v2`` of the
+        # official task layout's block 0) have no optimiser state to restore.
+        set_optimizer_state_dict(self.root, optimizer, state, options=self._options(full_state_dict=True, strict=False))
+
+    def plain_model(self, device: torch.device) -> torch.nn.Module | None:
+        """The unwrapped model with its full weights on rank 0 (None elsewhere), for evaluation
+        and export. Under FSDP a collective: gathers the weights into a copy on ``device``;
+        :meth:`release` frees it."""
+        if self.mode != "fsdp":
+            return self.model if self.context.is_main else None
+        state = self.model_state()
+        if not self.context.is_main:
+            return None
+        plain = self.template.to_empty(device=device)
+        plain.load_state_dict(state)
+        return plain
+
+    def release(self) -> None:
+        if self.mode == "fsdp" and self.template is not None:
+            self.template.to_empty(device="meta")
+
+
+def _is_by_name(state: dict) -> bool:
+    groups = state.get("param_groups") or []
+    keys = [p for group in groups for p in group.get("params", [])] + list(state.get("state", {}))
+    return any(isinstance(key, str) for key in keys)
+
+
+def _rename_optimizer_state(state: dict, rename) -> dict:
+    return {
+        "state": {rename(key): value for key, value in state.get("state", {}).items()},
+        "param_groups": [{**group, "params": [rename(p) for p in group["params"]]}
+                         for group in state.get("param_groups", [])],
+    }
+
+
+def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: DistributedContext, device: torch.device,
+                *, parallel: str = "ddp", grad_checkpointing: bool = False, compile: bool = False,
+                template: torch.nn.Module | None = None) -> ParallelModel:
+    """Apply the execution options to ``model`` (the ``model`` submodule of ``root``, the loss
+    wrapper) and wrap ``root``: activation checkpointing, then ``torch.compile``, then DDP or
+    FSDP2 (``fully_shard`` per block — DeepEmbed tables included, they live in the blocks — then
+    on the root). One process: no wrapper. ``template`` (FSDP, rank 0): an unsharded copy of the
+    model for evaluation and export, moved to the meta device here."""
+    if parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+    if root.model is not model:
+        raise ValueError("root must hold the model as its .model submodule")
+    if grad_checkpointing:
+        apply_grad_checkpointing(model)
+    if compile:
+        apply_compile(model)
+    if not context.enabled:
+        return ParallelModel(model, root, context, "single")
+    if parallel == "ddp":
+        return ParallelModel(model, wrap_model(root, context, device), context, "ddp")
+    if any(getattr(module, "deep_embed_on_cpu", False) for module in model.modules()):
+        raise ValueError("parallel = 'fsdp' shards the DeepEmbed tables with the blocks: "
+                         "set deep_embed_on_cpu = false (or use parallel = 'ddp')")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (context.world_size,))
+    for block in model_blocks(model) or []:
+        fully_shard(block, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+    if template is not None:
+        template.to("meta")
+    return ParallelModel(model, root, context, "fsdp", template)

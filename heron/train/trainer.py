@@ -10,12 +10,17 @@ count (up to the order of float additions).
 A checkpoint holds everything the trajectory depends on — model, optimiser, step, the torch
 CPU/CUDA RNG states and the data generator — so ``--resume`` continues bit-for-bit. Ctrl-C
 (SIGINT) or SIGTERM, and the ``time_limit``, stop the run at the next step boundary and write a
-checkpoint; a second Ctrl-C aborts at once.
+checkpoint and the model file; a second Ctrl-C aborts at once.
+
+Execution options (``parallel``, ``grad_checkpointing``, ``compile``, ``ce_chunk``) change how a
+step runs, not what it computes: see :func:`heron.train.distributed.parallelize` and
+:mod:`heron.train.losses`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import threading
@@ -25,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from heron.train.config import TrainConfig, trajectory_differences
-from heron.train.distributed import DistributedContext, resolve_device, setup_distributed, wrap_model
+from heron.train.distributed import DistributedContext, parallelize, resolve_device, setup_distributed
 from heron.train.logging import RunLogger
+from heron.train.losses import LossModel
 from heron.train.schedule import apply_learning_rate, learning_rate
 from heron.train.tasks import TaskSetup, get_task
 
@@ -186,18 +191,30 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     setup = task.build(config)
     # fp64 trains the whole model in double precision (reference runs, gradient checks); the
     # other dtypes keep fp32 parameters and differ only in autocast.
-    model = setup.model.to(device, dtype=torch.float64 if config.dtype == "fp64" else None)
-    optimizer = build_optimizer(model, config)
+    dtype = torch.float64 if config.dtype == "fp64" else None
+    fsdp = config.parallel == "fsdp" and context.enabled
+    # FSDP: rank 0 keeps an unsharded copy (moved to the meta device: no memory) to gather the
+    # weights into for evaluation and export.
+    template = copy.deepcopy(setup.model).to(dtype=dtype) if fsdp and context.is_main else None
+    model = setup.model.to(device, dtype=dtype)
     start_step, elapsed_before, tokens_seen = 0, 0.0, 0
+    payload = None
     if resume is not None:
         payload = _read_resume_checkpoint(Path(resume), config, setup)
         _load_model_state(model, payload["model"], f"checkpoint {resume}")
-        optimizer.load_state_dict(payload["optimizer"])
+    parallel = parallelize(model, LossModel(model, setup.vocab_size, config.task, config.ce_chunk), context,
+                           device, parallel=config.parallel, grad_checkpointing=config.grad_checkpointing,
+                           compile=config.compile, template=template)
+    # Built after sharding: FSDP replaces the parameters by sharded ones.
+    optimizer = build_optimizer(model, config)
+    if payload is not None:
+        parallel.load_optimizer_state(optimizer, payload["optimizer"])
         _restore_rng(payload["rng"], device, generator)
         start_step = int(payload["step"])
         elapsed_before = float(payload.get("elapsed_s", 0.0))
         tokens_seen = int(payload.get("tokens", 0))
-    trained_model = wrap_model(model, context, device)
+        del payload
+    trained_model = parallel.root
     autocast = _autocast(config, device)
     logger = RunLogger(out, enabled=context.is_main, total_steps=config.steps, start_step=start_step,
                        progress=config.progress, tensorboard=config.tensorboard)
@@ -206,18 +223,22 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
         logger.message(
             f"heron train {config.task}: {parameters:,} parameters, {config.steps} steps of "
             f"{config.batch_size} samples on {device} x {context.world_size}"
+            + (f" ({parallel.mode})" if context.enabled else "")
             + (f", resuming at step {start_step}" if start_step else "")
         )
 
     def checkpoint(step: int, elapsed: float) -> Path | None:
+        """Write the checkpoint (call on every rank: FSDP gathers the state; rank 0 writes)."""
+        model_state = parallel.model_state()
+        optimizer_state = parallel.optimizer_state(optimizer)
         if not context.is_main:
             return None
         payload = {
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
             "model_config": setup.model_identity,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "step": step,
             "rng": _rng_state(device, generator),
             "elapsed_s": elapsed,
@@ -228,16 +249,29 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
 
     def evaluate(step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
+        plain = parallel.plain_model(device)  # FSDP: the gathered weights (a collective)
         if context.is_main:
-            model.eval()
+            plain.eval()
             # Evaluation draws from its own fixed seeds; fork the global RNG so that a model
             # using it in its forward pass cannot shift the training trajectory.
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                metrics = setup.evaluate(model, device, autocast)
-            model.train()
+                metrics = setup.evaluate(plain, device, autocast)
+            plain.train()
             logger.log_eval(step, metrics)
+        del plain
+        parallel.release()
         context.barrier()
         return metrics
+
+    def export() -> Path | None:
+        """Write the task's model file (call on every rank; rank 0 writes)."""
+        if setup.export is None:
+            return None
+        plain = parallel.plain_model(torch.device("cpu") if parallel.mode == "fsdp" else device)
+        path = setup.export(plain, out) if context.is_main else None
+        del plain
+        parallel.release()
+        return path
 
     micro_rows = config.batch_size // config.grad_accum
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -292,23 +326,15 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
                 x = inputs[rows][shard].to(device, non_blocking=True)
                 y = targets[rows][shard].to(device, non_blocking=True)
                 last_micro = micro == config.grad_accum - 1
-                sync = contextlib.nullcontext() if last_micro or not context.enabled else trained_model.no_sync()
+                sync = contextlib.nullcontext() if last_micro else parallel.no_sync()
                 with sync:
                     with autocast():
-                        logits = trained_model(x)
-                    if logits.shape[-1] < setup.vocab_size:
-                        raise ValueError(
-                            f"the model predicts {logits.shape[-1]} classes but task {config.task!r} "
-                            f"uses {setup.vocab_size} tokens (check --model-config vocab_size)"
-                        )
-                    loss_sum = F.cross_entropy(
-                        logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"
-                    )
-                    # DDP averages gradients over ranks; scaling by the world size turns that
+                        loss_sum = trained_model(x, y)  # the summed token losses of this shard
+                    # DDP and FSDP average gradients over ranks; scaling by the world size turns that
                     # average into the sum over the global batch.
                     (loss_sum * (context.world_size / scored_tokens)).backward()
                 step_loss += loss_sum.detach().double()
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            grad_norm = parallel.clip_grad_norm(parameters, max_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -325,16 +351,21 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
             if context.any_flag(stop.requested or out_of_time, device) and step < config.steps:
                 recent = log_interval()
                 saved = checkpoint(step, elapsed)
+                # a stopped run leaves a loadable model beside the checkpoint
+                model_file = export()
+                context.barrier()  # every rank returns once the files are written
                 reason = "signal" if stop.requested else "time limit"
-                logger.message(f"stopped at step {step} ({reason}); checkpoint {saved}: continue with --resume")
+                logger.message(f"stopped at step {step} ({reason}); checkpoint {saved}: continue with --resume"
+                               + (f"; model saved to {model_file}" if model_file else ""))
                 logger.close()
-                return TrainResult(step, False, recent, metrics, saved, None, losses, reason)
+                return TrainResult(step, False, recent, metrics, saved, model_file, losses, reason)
             if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
                 saved = checkpoint(step, elapsed)
     log_interval()
     metrics = evaluate(step)
     saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
-    model_file = setup.export(model, out) if context.is_main and setup.export is not None else None
+    model_file = export()
+    context.barrier()
     if math.isnan(last_logged_loss):
         summary = f"done: step {step} (the run had already finished; no new steps)"
     else:

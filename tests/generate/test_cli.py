@@ -62,6 +62,16 @@ def test_copy_eval_command(byte_checkpoint, tmp_path, capsys):
                  "--copy-trials", "4", "--copy-length", "12", "--copy-cue", "3", "--copy-pool", "10"]) == 0
     out = capsys.readouterr().out
     assert "copy ability" in out and "4 x 9 tokens" in out
+    record_path = tmp_path / "results" / "copy.json"
+    assert main(["generate", "--checkpoint", str(byte_checkpoint), "--copy-eval", "--copy-data", str(data),
+                 "--copy-trials", "4", "--copy-length", "12", "--copy-cue", "3", "--copy-pool", "10",
+                 "--copy-json", str(record_path)]) == 0
+    import json
+    record = json.loads(record_path.read_text())
+    assert record["trials"] == 4 and record["length"] == 12 and record["cue"] == 3 and record["pool"] == 10
+    assert len(record["per_trial_accuracy"]) == 4
+    assert record["token_accuracy"] == sum(record["per_trial_accuracy"]) / 4
+    assert record["parameters"] > 0
 
 
 @pytest.mark.parametrize("extra, message", [

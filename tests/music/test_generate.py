@@ -141,6 +141,21 @@ def test_unparseable_tune_writes_only_abc(tmp_path):
     assert rendered.abc.exists() and "no notes" in rendered.error
 
 
+def test_text_with_a_second_tune_header(tmp_path):
+    # an undertrained model may start a new tune (`X:`) without the separator: music21 then reads
+    # an Opus, whose MIDI export writes `stem-1.mid`, ... instead of `stem.mid`
+    two = "X:1\nM:6/8\nL:1/8\nK:G\nGAB cde|dcB A3|\nX:2\nK:A\nc2 d2|\n"
+    assert not parses(two)
+    rendered = write_tune(two, tmp_path / "two", "two")
+    assert not rendered.parsed and "2 tunes" in rendered.error
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == ["two.abc"]
+    # the same number again: music21 reads one tune (an Opus of one score)
+    same = "X:1\nM:6/8\nL:1/8\nK:G\nGAB cde|dcB A3|\nX:1\nK:A\nc2 d2|\n"
+    rendered = write_tune(same, tmp_path / "same", "same")
+    assert rendered.parsed and rendered.midi == tmp_path / "same" / "same.mid"
+    assert sorted(path.name for path in (tmp_path / "same").iterdir()) == ["same.abc", "same.mid", "same.png"]
+
+
 def test_generation_stops_at_the_token_limit_on_a_bar_line(dataset, tokenizer):
     tune = _first_tune(dataset, "6/8", "G")
     never_ending = ReplayModel(tokenizer.encode(tune.body * 5), tokenizer.vocab_size)

@@ -1,5 +1,7 @@
 """The ROSA gradient estimators against their naive definitions (spec/ROSA.md §4)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -292,6 +294,41 @@ def test_bad_arguments_raise_clear_errors():
 
 
 # ------------------------------------------------------------------------------------------
+# the CUDA kernel's diagonal-DP algorithm (rosa_flip_dp.h), run on the host
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("T", [1, 2, 33, 64, 65, 130])
+def test_diagonal_dp_equals_match_set_kernel(bits, T):
+    ext = _native_cpu()
+    generator = torch.Generator().manual_seed(100 * bits + T)
+    S = 12
+    for kind in ("random", "constant", "periodic"):
+        x = _streams(kind, S, T, bits, generator)
+        q, k, v = (torch.randint(0, 2**bits, (S, T), generator=generator) for _ in range(3))
+        if kind != "random":  # long matches: the adversarial case of the query early exit
+            q, k = x.clone(), x.clone()
+        for dtype in (torch.float64, torch.float32):
+            val = torch.randn(S, T, 2**bits + 1, dtype=torch.float64, generator=generator).to(dtype)
+            atol = 1e-10 if dtype == torch.float64 else 1e-4
+            for window in (T, 5, 1):
+                torch.testing.assert_close(
+                    ext.flip_dp_host(x, x, x, val, bits, window, True, True, False, False)[0],
+                    ext.flip_token(x, val, bits, window), rtol=0, atol=atol)
+                got = ext.flip_dp_host(q, k, v, val, bits, window, False, True, True, True)
+                want = ext.flip_qkv(q, k, v, val, bits, window, True, True, True)
+                for g, w in zip(got, want):
+                    torch.testing.assert_close(g, w, rtol=0, atol=atol)
+
+
+def test_diagonal_dp_rejects_long_streams():
+    ext = _native_cpu()
+    x = torch.zeros(1, 513, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="T must be <= 512"):
+        ext.flip_dp_host(x, x, x, torch.zeros(1, 513, 3, dtype=torch.float64), 1, 0, True, True, False, False)
+
+
+# ------------------------------------------------------------------------------------------
 # CUDA
 
 
@@ -301,9 +338,10 @@ def test_cuda_flip_equals_cpu(bits):
     ext_cpu = _native_cpu()
     ext_cuda = G.native_flip_cuda()
     generator = torch.Generator().manual_seed(bits)
-    S, T = 64, 37
     stream = torch.cuda.current_stream().cuda_stream
-    for kind in ("random", "constant", "periodic"):
+    # T <= 512 runs the warp-per-stream diagonal DP (every lane count 1..16), 600 the automaton
+    shapes = ((30, 20), (64, 37), (40, 128), (12, 200), (9, 300), (5, 600))
+    for (S, T), kind in itertools.product(shapes, ("random", "constant", "periodic")):
         x = _streams(kind, S, T, bits, generator)
         q, k, v = (torch.randint(0, 2**bits, (S, T), generator=generator) for _ in range(3))
         k[:4] = 0

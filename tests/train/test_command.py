@@ -57,3 +57,12 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     (out / CHECKPOINT_NAME).write_bytes(b"HERON-CHECKPOINT 1 00 5\nabc")
     assert main(["train", synthetic.NAME, "--resume", "--out", str(out), *QUIET]) == 2
     assert "truncated" in capsys.readouterr().err
+
+
+def test_execution_options_on_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "reverse", "--steps", "1", "--batch-size", "4", "--task-option", "max_digits=3",
+                 "--eval-samples", "1", "--model-config", "rosa=null", "--parallel", "fsdp",
+                 "--grad-checkpointing", "--no-compile", "--ce-chunk", "16", "--out", str(out), *QUIET]) == 0
+    saved = load_checkpoint(out / CHECKPOINT_NAME)["config"]
+    assert (saved["parallel"], saved["grad_checkpointing"], saved["compile"], saved["ce_chunk"]) == ("fsdp", True, False, 16)

@@ -72,6 +72,8 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch
 def test_time_limit_stops_and_resume_finishes(tmp_path):
     first = train(synthetic.config(tmp_path, steps=6, time_limit=1e-9))
     assert not first.finished and first.stopped_by == "time limit" and first.step == 1
+    # a time-limited slice leaves a loadable model beside the checkpoint
+    assert first.model_file == tmp_path / "model.pt" and first.model_file.is_file()
     second = train(synthetic.config(tmp_path, steps=6), resume=tmp_path / CHECKPOINT_NAME)
     assert second.finished and second.step == 6
     reference = train(synthetic.config(tmp_path / "ref", steps=6))

@@ -10,9 +10,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "rosa_flip.h"
+#include "rosa_flip_dp.h"
 
 namespace {
 
@@ -310,6 +312,77 @@ std::vector<torch::Tensor> flip_qkv(torch::Tensor q, torch::Tensor k, torch::Ten
   return flip_impl(q, k, v, val, bits, window, false, want_q, want_k, want_v);
 }
 
+// The diagonal-DP algorithm of the CUDA kernel (rosa_flip_dp.h) run on the host with a one-lane
+// "warp": for the tests, which check it against the match-set kernel above (T <= 512).
+template <int N, typename scalar_t>
+void flip_dp_streams(const int64_t* q_ptr, const int64_t* k_ptr, const int64_t* v_ptr,
+                     const scalar_t* val_ptr, scalar_t* dq_ptr, scalar_t* dk_ptr,
+                     scalar_t* dv_ptr, int64_t S, int64_t T, int64_t bits, int64_t window,
+                     bool token) {
+  const int64_t table = (int64_t(1) << bits) + 1;
+  std::vector<uint8_t> q(T), k(T), v(T);
+  std::vector<double> base_value(T);
+  std::vector<int16_t> base_count(T), symbols(T);
+  const heron_rosa_flip::DPScratch scratch{base_value.data(), base_count.data(), symbols.data()};
+  const heron_rosa_flip::HostWarp warp;
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t i = 0; i < T; ++i) {
+      q[i] = static_cast<uint8_t>(q_ptr[s * T + i]);
+      k[i] = static_cast<uint8_t>(k_ptr[s * T + i]);
+      v[i] = static_cast<uint8_t>(v_ptr[s * T + i]);
+    }
+    const int64_t off = s * T * bits;
+    heron_rosa_flip::dp_flip_stream<N>(
+        warp, q.data(), k.data(), v.data(), val_ptr + s * T * table, static_cast<int32_t>(T),
+        static_cast<int32_t>(bits), static_cast<int32_t>(window), token,
+        dq_ptr ? dq_ptr + off : nullptr, dk_ptr ? dk_ptr + off : nullptr,
+        dv_ptr ? dv_ptr + off : nullptr, scratch);
+  }
+}
+
+std::vector<torch::Tensor> flip_dp_host(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                        torch::Tensor val, int64_t bits, int64_t window,
+                                        bool token, bool want_q, bool want_k, bool want_v) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, "bits must be in 1..8");
+  TORCH_CHECK(val.dim() == 3 && val.device().is_cpu(), "val must be a CPU tensor [S, T, 2^bits + 1]");
+  const int64_t S = val.size(0), T = val.size(1);
+  TORCH_CHECK(val.size(2) == (int64_t(1) << bits) + 1, "val must be [S, T, 2^bits + 1]");
+  TORCH_CHECK(T <= heron_rosa_flip::kDPMaxLength, "flip_dp_host: T must be <= ",
+              heron_rosa_flip::kDPMaxLength);
+  check_streams(q, "q", S, T);
+  check_streams(k, "k", S, T);
+  check_streams(v, "v", S, T);
+  if (token) {
+    k = q;
+    v = q;
+    want_k = want_v = false;
+    want_q = true;
+  }
+  if (window <= 0 || window > T) window = T;
+  q = q.contiguous();
+  k = k.contiguous();
+  v = v.contiguous();
+  val = val.contiguous();
+  auto options = val.options();
+  torch::Tensor dq = want_q ? torch::zeros({S, T, bits}, options) : torch::Tensor();
+  torch::Tensor dk = want_k ? torch::zeros({S, T, bits}, options) : torch::Tensor();
+  torch::Tensor dv = want_v ? torch::zeros({S, T, bits}, options) : torch::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(val.scalar_type(), "rosa_flip_dp_host", [&] {
+    auto run = [&](auto n) {
+      flip_dp_streams<decltype(n)::value, scalar_t>(
+          q.data_ptr<int64_t>(), k.data_ptr<int64_t>(), v.data_ptr<int64_t>(),
+          val.data_ptr<scalar_t>(), want_q ? dq.data_ptr<scalar_t>() : nullptr,
+          want_k ? dk.data_ptr<scalar_t>() : nullptr, want_v ? dv.data_ptr<scalar_t>() : nullptr,
+          S, T, bits, window, token);
+    };
+    if (T <= 64)
+      run(std::integral_constant<int, 64>());
+    else
+      run(std::integral_constant<int, heron_rosa_flip::kDPMaxLength>());
+  });
+  return {dq, dk, dv};
+}
+
 // Retrieval index of every position (j + 1 of the most recent longest match, -1 = none).
 torch::Tensor retrieval(torch::Tensor q, torch::Tensor k, int64_t alphabet) {
   TORCH_CHECK(q.dim() == 2, "q must be [S, T]");
@@ -344,4 +417,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("flip_token", &flip_token, "bit-flip phi differences for token/channel ROSA [S, T, bits]");
   m.def("flip_qkv", &flip_qkv, "bit-flip phi differences for QKV ROSA (dq, dk, dv)");
   m.def("retrieval", &retrieval, "retrieval index j + 1 of every position, -1 = no match");
+  m.def("flip_dp_host", &flip_dp_host,
+        "the CUDA kernel's diagonal-DP flip algorithm run on the host (tests; T <= 512)");
 }

@@ -63,10 +63,13 @@ std::vector<torch::Tensor> flip_impl(torch::Tensor q, torch::Tensor k, torch::Te
   torch::Tensor dv = (want_v && !token) ? torch::zeros({S, T, bits}, options) : torch::Tensor();
   const int64_t per_worker = heron_rosa_flip::flip_scratch_per_worker(T, static_cast<int>(bits));
   const int64_t targets = token ? 1 : (int64_t(want_q) + int64_t(want_k));
-  const int64_t workers = worker_count(std::max<int64_t>(S, S * targets * T * bits), per_worker);
-  auto scratch = torch::empty({workers * per_worker}, options.dtype(torch::kInt32));
-  auto retrieved = torch::empty({S * T}, options.dtype(torch::kInt32));
-  auto base_value = torch::empty({S * T}, options.dtype(torch::kFloat64));
+  // per_worker == 0: the DP kernel (short streams) keeps its scratch in shared memory.
+  const bool automaton = per_worker > 0;
+  const int64_t workers =
+      automaton ? worker_count(std::max<int64_t>(S, S * targets * T * bits), per_worker) : 0;
+  auto scratch = torch::empty({std::max<int64_t>(1, workers * per_worker)}, options.dtype(torch::kInt32));
+  auto retrieved = torch::empty({automaton ? S * T : 1}, options.dtype(torch::kInt32));
+  auto base_value = torch::empty({automaton ? S * T : 1}, options.dtype(torch::kFloat64));
   AT_DISPATCH_FLOATING_TYPES(val.scalar_type(), "rosa_flip_cuda", [&] {
     const cudaError_t err = heron_rosa_flip::launch_rosa_flip<scalar_t>(
         q.data_ptr<int64_t>(), k.data_ptr<int64_t>(), v.data_ptr<int64_t>(),

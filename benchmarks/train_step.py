@@ -1,0 +1,431 @@
+"""Training-step throughput of RWKV-7 / RWKV-8 / RWKV-8 + ROSA language models (issue 9).
+
+One optimiser step = forward, summed next-token cross-entropy, backward, gradient clipping
+(norm 1) and AdamW (the LM recipe's parameter groups), on random tokens, bf16 autocast on GPU.
+Configurations (L12-D768, vocabulary 65536, head size 64, ``--configs``):
+
+    rwkv7            RWKV8Config(rosa=None, deep_embed=False): the RWKV-7 model
+    rwkv8            deep_embed=True (x080 channel-mix with the DeepEmbed tables)
+    rwkv8-rosa       deep_embed=True, rosa="qkv1", rosa_estimator="window" (ROSA-QKV 1-bit)
+    rwkv7-L24-D2048  RWKV-7, 24 layers, width 2048 (the FSDP2 configuration)
+
+Per configuration it prints tokens/s (all processes), the step time, a breakdown (WKV kernels
+forward+backward, ROSA forward, ROSA backward, the rest; from ``torch.profiler`` over two extra
+steps: each outermost matching op counts max(host time, device time)), the peak memory per
+process and the MFU = 6 * N * tokens/s / (989 TFLOP/s * GPUs), N = the parameters of the matrix
+products (every parameter except the token-embedding and DeepEmbed lookup tables; the head
+counts; the WKV recurrence and ROSA are not counted). 989 TFLOP/s is the H100 SXM bf16 dense
+peak. Targets printed beside the figures: RWKV-7 >= 150k tokens/s on one H100 at ctx 512;
+RWKV-8 + ROSA >= 0.5x RWKV-7; 2 GPUs >= 1.8x and 4 GPUs >= 3.4x one GPU (``--baseline``).
+
+    python benchmarks/train_step.py --ctx 512 --batch 16 --json one.json
+    torchrun --nproc_per_node=4 benchmarks/train_step.py --ctx 512 --batch 16 --baseline one.json
+    torchrun --nproc_per_node=4 benchmarks/train_step.py --parallel fsdp --configs rwkv7-L24-D2048,rwkv8
+    python benchmarks/train_step.py --loss-curve 200 --batch 32 --csv curve_1gpu.csv
+    python benchmarks/train_step.py --tiny --steps 2 --warmup 1        # CPU smoke run
+
+Under torchrun ``--batch`` is per process (the global batch grows with the processes) and the
+model runs in DDP (``--parallel ddp``) or FSDP2 (``--parallel fsdp``: ``fully_shard`` per block).
+``--loss-curve STEPS`` instead trains the RWKV-7 model (L6-D512) with ``heron train text`` on the
+demo corpus for STEPS steps with ``--batch`` as the GLOBAL batch (the same for any number of
+processes), and writes the per-step training loss to ``--csv``: the 1-, 2- and 4-GPU curves
+should coincide up to float reduction order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+H100_BF16_PEAK = 989e12
+TARGET_RWKV7_TOKENS_PER_S = 150_000  # one H100, ctx 512, bf16
+TARGET_ROSA_FRACTION = 0.5
+TARGET_SCALING = {2: 1.8, 4: 3.4}
+
+BASE = dict(n_layer=12, n_embd=768, vocab_size=65536, head_size=64)
+CONFIGS = {
+    "rwkv7": dict(BASE, rosa=None, deep_embed=False),
+    "rwkv8": dict(BASE, rosa=None, deep_embed=True),
+    "rwkv8-rosa": dict(BASE, rosa="qkv1", rosa_estimator="window", deep_embed=True),
+    "rwkv7-L24-D2048": dict(BASE, n_layer=24, n_embd=2048, rosa=None, deep_embed=False),
+}
+TINY = dict(n_layer=2, n_embd=64, vocab_size=512, head_size=16)
+LOSS_CURVE_MODEL = dict(n_layer=6, n_embd=512, head_size=64, rosa=None, deep_embed=False)
+
+CATEGORIES = (  # (label, test on the lower-cased op name); the first match wins
+    ("wkv", lambda name: "wkv7" in name),
+    ("rosa_bwd", lambda name: "rosa" in name and "backward" in name),
+    ("rosa_fwd", lambda name: "rosa" in name),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="rwkv7,rwkv8,rwkv8-rosa",
+                        help=f"comma-separated, from {', '.join(CONFIGS)} (default: %(default)s)")
+    parser.add_argument("--ctx", type=int, nargs="+", default=None,
+                        help="context length(s) (default 512; 64 with --tiny)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="sequences per process and step (default 16; 2 with --tiny); with --loss-curve the "
+                             "GLOBAL batch (default 32)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every block")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    parser.add_argument("--chunked-ce", type=int, nargs="?", const=4096, default=0, metavar="POSITIONS",
+                        help="head + cross-entropy over POSITIONS positions at a time (default 4096 when given)")
+    parser.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                        help="under torchrun: DDP or FSDP2 (default %(default)s)")
+    parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                        help="skip the profiled steps of the time breakdown")
+    parser.add_argument("--baseline", type=Path, help="--json of a one-GPU run: print the scaling against it")
+    parser.add_argument("--json", type=Path, help="write the results here (rank 0)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="L2-D64, vocabulary 512, ctx 64: a CPU smoke run of every code path")
+    parser.add_argument("--device", default=None, help="default: this rank's GPU, else CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss-curve", type=int, default=0, metavar="STEPS",
+                        help="train RWKV-7 L6-D512 on the demo corpus for STEPS steps and write the losses")
+    parser.add_argument("--csv", type=Path, default=None, help="--loss-curve output (default loss_curve_wN.csv)")
+    args = parser.parse_args(argv)
+    if args.ctx is None:
+        args.ctx = [64] if args.tiny else [512]
+    if args.batch is None:
+        args.batch = 32 if args.loss_curve else (2 if args.tiny else 16)
+    args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = [name for name in args.configs if name not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def setup(args):
+    from heron.train.distributed import resolve_device, setup_distributed
+
+    device = resolve_device(args.device or "auto")
+    context = setup_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, context
+
+
+def model_config(name: str, args) -> dict:
+    values = dict(CONFIGS[name])
+    if args.tiny:
+        values.update(TINY)
+    return values
+
+
+def matmul_parameters(model) -> int:
+    """Every parameter except the lookup tables (token embedding, DeepEmbed ``enn``)."""
+    lookup = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in lookup)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(event, name):
+    return float(getattr(event, name, 0.0) or 0.0)
+
+
+def breakdown_from_profile(prof, steps: int) -> dict[str, float]:
+    """Milliseconds per step per category (outermost matching op: max of host and device time)."""
+    totals = {label: 0.0 for label, _ in CATEGORIES}
+    for event in prof.events():
+        name = event.name.lower()
+        label = next((label for label, test in CATEGORIES if test(name)), None)
+        if label is None:
+            continue
+        parent, nested = event.cpu_parent, False
+        while parent is not None:
+            if next((lab for lab, test in CATEGORIES if test(parent.name.lower())), None) == label:
+                nested = True
+                break
+            parent = parent.cpu_parent
+        if nested:
+            continue
+        device_us = _time(event, "device_time_total" if hasattr(event, "device_time_total") else "cuda_time_total")
+        totals[label] += max(_time(event, "cpu_time_total"), device_us)
+    return {label: value / 1000.0 / steps for label, value in totals.items()}
+
+
+def _label_wkv7() -> None:
+    """Name the time-mix's WKV7 calls in the profile (the CUDA path's custom ops are named
+    ``heron::wkv7_cuda_forward/backward`` anyway; the CPU path is plain PyTorch)."""
+    from torch.profiler import record_function
+
+    import heron.layers.time_mix as time_mix
+
+    original = time_mix.wkv7
+    if getattr(original, "_labelled", False):
+        return
+
+    def wkv7(*args, **kwargs):
+        with record_function("wkv7"):
+            return original(*args, **kwargs)
+
+    wkv7._labelled = True
+    time_mix.wkv7 = wkv7
+
+
+def bench_config(name: str, ctx: int, args, device, context) -> dict:
+    from heron.models.init import init_lm_recipe, make_lm_optimizer
+    from heron.models.rwkv8 import RWKV8, RWKV8Config
+    from heron.train.distributed import parallelize
+    from heron.train.losses import LossModel
+
+    values = model_config(name, args)
+    if args.breakdown:
+        _label_wkv7()
+    torch.manual_seed(args.seed)
+    model = RWKV8(RWKV8Config(**values))
+    init_lm_recipe(model)
+    model.to(device)
+    parameters = sum(p.numel() for p in model.parameters())
+    flop_parameters = matmul_parameters(model)
+    parallel = parallelize(model, LossModel(model, values["vocab_size"], "benchmark", args.chunked_ce), context,
+                           device, parallel=args.parallel, grad_checkpointing=args.grad_checkpointing,
+                           compile=args.compile)
+    optimizer = make_lm_optimizer(model, 6e-4, 0.1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator(device="cpu").manual_seed(args.seed + 1000 * context.rank)
+    B, T, V = args.batch, ctx, values["vocab_size"]
+    batches = [torch.randint(0, V, (B, T + 1), generator=generator) for _ in range(4)]
+    batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
+    use_bf16 = device.type == "cuda"
+
+    def step(index: int) -> torch.Tensor:
+        x, y = batches[index % len(batches)]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = parallel.root(x, y)
+        (loss / y.numel()).backward()
+        parallel.clip_grad_norm(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loss = None
+    for i in range(args.warmup):
+        loss = step(i)
+    _sync(device)
+    context.barrier()
+    started = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(i)
+    _sync(device)
+    step_s = (time.perf_counter() - started) / max(args.steps, 1)
+    step_s = float(context_max(context, step_s, device))
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process RSS
+    peak_mb = float(context_max(context, peak_mb, device))
+    tokens_per_s = context.world_size * B * T / step_s
+    row = {
+        "config": name, "model": values, "ctx": T, "batch_per_process": B, "processes": context.world_size,
+        "parallel": args.parallel if context.enabled else "single", "compile": args.compile,
+        "grad_checkpointing": args.grad_checkpointing, "chunked_ce": args.chunked_ce,
+        "parameters": parameters, "matmul_parameters": flop_parameters, "device": device_name(device),
+        "step_ms": step_s * 1000, "tokens_per_s": tokens_per_s, "peak_memory_mb_per_process": peak_mb,
+        "loss": float(loss) / (B * T) if loss is not None else None,
+    }
+    if device.type == "cuda":
+        row["mfu"] = 6 * flop_parameters * tokens_per_s / (H100_BF16_PEAK * context.world_size)
+    if args.breakdown:
+        row["breakdown_ms"] = profile_breakdown(step, args, device, context)
+        if isinstance(row["breakdown_ms"], dict):
+            row["breakdown_ms"]["rest"] = row["step_ms"] - sum(row["breakdown_ms"].values())
+    del parallel, optimizer, model, batches
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def profile_breakdown(step, args, device, context, steps: int = 2):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    try:
+        if context.is_main:
+            with profile(activities=activities) as prof:
+                for i in range(steps):
+                    step(i)
+                _sync(device)
+            return breakdown_from_profile(prof, steps)
+        for i in range(steps):
+            step(i)
+        _sync(device)
+        return None
+    except Exception as exc:  # the breakdown is a diagnostic: never lose the throughput figures
+        return f"profiler failed: {type(exc).__name__}: {exc}"
+
+
+def context_max(context, value: float, device) -> float:
+    if not context.enabled:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _fmt_tokens(value: float) -> str:
+    return f"{value / 1000:.1f}k"
+
+
+def report(rows: list[dict], args, baseline: dict | None) -> None:
+    by_key = {(r["config"], r["ctx"]): r for r in rows}
+    for row in rows:
+        line = (f"{row['config']:<16} ctx {row['ctx']:>5} B {row['batch_per_process']}x{row['processes']} "
+                f"({row['parallel']}): {_fmt_tokens(row['tokens_per_s'])} tokens/s, step {row['step_ms']:.1f} ms, "
+                f"peak {row['peak_memory_mb_per_process']:.0f} MiB/process")
+        if "mfu" in row:
+            line += f", MFU {100 * row['mfu']:.1f}%"
+        print(line)
+        parts = row.get("breakdown_ms")
+        if isinstance(parts, dict):
+            print("    breakdown per step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()))
+        elif parts:
+            print(f"    breakdown: {parts}")
+        targets = []
+        if row["config"] == "rwkv7" and row["processes"] == 1:
+            ratio = row["tokens_per_s"] / TARGET_RWKV7_TOKENS_PER_S
+            targets.append(f"target >= {_fmt_tokens(TARGET_RWKV7_TOKENS_PER_S)} tokens/s on one H100 at ctx 512 "
+                           f"bf16: ratio {ratio:.2f}")
+        if row["config"] == "rwkv8-rosa" and ("rwkv7", row["ctx"]) in by_key:
+            ratio = row["tokens_per_s"] / by_key[("rwkv7", row["ctx"])]["tokens_per_s"]
+            targets.append(f"target >= {TARGET_ROSA_FRACTION}x RWKV-7: {ratio:.2f}x")
+        if baseline and row["processes"] > 1:
+            base = baseline.get((row["config"], row["ctx"]))
+            if base:
+                scaling = row["tokens_per_s"] / base["tokens_per_s"]
+                target = TARGET_SCALING.get(row["processes"], 0.85 * row["processes"])
+                row["scaling"] = scaling
+                targets.append(f"scaling {scaling:.2f}x one GPU (target >= {target}x for {row['processes']} GPUs)")
+        for text in targets:
+            print("    " + text)
+    print("MFU = 6 * matmul parameters (all but the embedding/DeepEmbed tables) * tokens/s / "
+          "(989 TFLOP/s bf16 * GPUs); WKV/ROSA work not counted")
+
+
+def load_baseline(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"baseline {path} unreadable: {exc}")
+        return None
+    return {(r["config"], r["ctx"]): r for r in data.get("results", [])}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def loss_curve(args, context) -> int:
+    """RWKV-7 (L6-D512; L2-D64 with --tiny) trained by the real trainer on the demo corpus."""
+    import tempfile
+
+    from heron.train.config import TrainConfig
+    from heron.train.tasks import get_task
+    from heron.train.trainer import train
+
+    model = dict(LOSS_CURVE_MODEL, **({k: v for k, v in TINY.items() if k != "vocab_size"} if args.tiny else {}))
+    tokenizer = "bytes" if args.tiny else "world"
+    out = Path(tempfile.mkdtemp(prefix="heron-loss-curve-")) if context.is_main else Path(tempfile.gettempdir())
+    # every rank must write to the same place: rank 0's directory is the one that gets files
+    if context.enabled:
+        import torch.distributed as dist
+
+        holder = [str(out)]
+        dist.broadcast_object_list(holder, src=0)
+        out = Path(holder[0]) / "run"
+    else:
+        out = out / "run"
+    config = TrainConfig.from_dict({
+        **get_task("text").defaults, "task": "text", "out": str(out), "steps": args.loss_curve,
+        "batch_size": args.batch, "warmup": min(20, args.loss_curve // 10), "eval_every": 0, "log_every": 1,
+        "progress": False, "tensorboard": False, "seed": args.seed, "model_config": model,
+        "task_options": {"tokenizer": tokenizer, "seq_len": args.ctx[0], "eval_batches": 1},
+        "parallel": args.parallel, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
+        "ce_chunk": args.chunked_ce, **({"device": args.device} if args.device else {}),
+    })
+    started = time.perf_counter()
+    result = train(config)
+    elapsed = time.perf_counter() - started
+    if context.is_main:
+        csv = args.csv or Path(f"loss_curve_w{context.world_size}.csv")
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        csv.write_text("step,loss\n" + "".join(f"{i + 1},{loss:.6f}\n" for i, loss in enumerate(result.losses)))
+        print(f"loss curve: {len(result.losses)} steps of {args.batch} x {args.ctx[0]} tokens on "
+              f"{context.world_size} process(es), final loss {result.loss:.4f}, {elapsed:.0f} s -> {csv}")
+        if args.json:
+            args.json.write_text(json.dumps({"mode": "loss_curve", "processes": context.world_size,
+                                             "losses": result.losses, "seconds": elapsed,
+                                             "metrics": result.metrics}, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device, context = setup(args)
+    try:
+        if args.loss_curve:
+            return loss_curve(args, context)
+        rows = []
+        for ctx in args.ctx:
+            for name in args.configs:
+                try:
+                    rows.append(bench_config(name, ctx, args, device, context))
+                except Exception as exc:  # one failing configuration must not lose the others
+                    if context.enabled:
+                        raise
+                    print(f"{name} ctx {ctx}: FAILED {type(exc).__name__}: {exc}")
+                    rows.append({"config": name, "ctx": ctx, "error": f"{type(exc).__name__}: {exc}"})
+        if context.is_main:
+            good = [r for r in rows if "error" not in r]
+            print(f"heron train-step benchmark on {device_name(device)} x {context.world_size}, "
+                  f"torch {torch.__version__}{', compiled' if args.compile else ''}"
+                  f"{', grad checkpointing' if args.grad_checkpointing else ''}"
+                  f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}")
+            report(good, args, load_baseline(args.baseline))
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({"mode": "throughput", "processes": context.world_size,
+                                                 "torch": torch.__version__, "results": rows}, indent=1))
+        return 0 if all("error" not in r for r in rows) else 1
+    finally:
+        context.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
