@@ -6,11 +6,13 @@
 #   tools/gpu_reverse_session.sh start MINUTES     # training budget of the main run, e.g. 17
 #   tools/gpu_reverse_session.sh collect [WAIT_S]  # wait (at most WAIT_S), evaluate, pack to $OUT
 #
-# Three runs share one GPU (REVERSE_GPU, default 0); 40K-parameter models are launch-bound, so
-# sharing costs each run little:
-#   reverse          the recipe, examples/reverse/config.toml, batch 512
+# Two runs share one GPU (REVERSE_GPU, default 0):
+#   reverse          the recipe, examples/reverse/config.toml (batch 256)
 #   reverse-no-rosa  the same recipe and step count without the ROSA blocks (ROSA's effect)
-#   reverse-b256     the recipe at batch 256 with the step count its own probe allows (a hedge)
+# The recipe alone takes 0.063 s per step on an H100; sharing the card roughly halves each run's
+# speed (measured 2026-11-27), so the step count comes from the probe with that factor. A run
+# that stops at its time limit continues with
+#   heron train reverse --resume --out $REVERSE_RUNS/reverse --time-limit MINUTES
 # Needs only PYTHONPATH (no install). Results: $OUT/reverse.tar.gz (CSVs, curves, logs, models).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,17 +35,14 @@ PY
 if [ "$phase" = start ]; then
   minutes=${2:?minutes}
   rm -rf "$runs"; mkdir -p "$runs"
-  # 1. probes, one after the other (the first builds nothing: the extensions are prebuilt)
-  for batch in 512 256; do
-    python3 -m heron train reverse "${common[@]}" --batch-size $batch --steps "${REVERSE_PROBE_STEPS:-60}" --log-every 10 \
-      --eval-every 0 --ckpt-every 0 --time-limit 0 --out "$runs/probe$batch" > "$runs/probe$batch.log" 2>&1 \
-      || { tail -30 "$runs/probe$batch.log"; exit 1; }
-  done
-  s512=$(step_seconds "$runs/probe512/train.csv"); s256=$(step_seconds "$runs/probe256/train.csv")
-  # Three processes share the card: budget 1.5x the time measured alone, and keep 5% for evals.
-  steps512=$(python3 -c "print(max(500, int($minutes * 60 * 0.95 / ($s512 * 1.5)) // 100 * 100))")
-  steps256=$(python3 -c "print(max(500, int($minutes * 60 * 0.95 / ($s256 * 1.5)) // 100 * 100))")
-  echo "probe: batch 512 $s512 s/step, batch 256 $s256 s/step alone -> $steps512 / $steps256 steps" | tee "$runs/plan.txt"
+  # 1. probe alone (the extensions are built beforehand)
+  python3 -m heron train reverse "${common[@]}" --steps "${REVERSE_PROBE_STEPS:-60}" --log-every 10 \
+    --eval-every 0 --ckpt-every 0 --time-limit 0 --out "$runs/probe" > "$runs/probe.log" 2>&1 \
+    || { tail -30 "$runs/probe.log"; exit 1; }
+  step_s=$(step_seconds "$runs/probe/train.csv")
+  # Two processes share the card: budget 2x the time measured alone, and keep 5% for evals.
+  steps=$(python3 -c "print(max(500, int($minutes * 60 * 0.95 / ($step_s * 2)) // 100 * 100))")
+  echo "probe: $step_s s/step alone -> $steps steps" | tee "$runs/plan.txt"
   plan() {  # --steps N with evaluations, checkpoints and the curriculum scaled to N
     local n=$1
     echo --steps "$n" --eval-every $((n / 10)) --ckpt-every $((n / 5)) --log-every 50 \
@@ -55,9 +54,8 @@ if [ "$phase" = start ]; then
       > "$runs/$name.log" 2>&1 < /dev/null &
     echo "launched $name (pid $!)"
   }
-  launch reverse --batch-size 512 $(plan "$steps512")
-  launch reverse-no-rosa --batch-size 512 --model-config rosa=null $(plan "$steps512")
-  launch reverse-b256 --batch-size 256 $(plan "$steps256")
+  launch reverse $(plan "$steps")
+  launch reverse-no-rosa --model-config rosa=null $(plan "$steps")
   sleep 20
   tail -n 3 "$runs"/reverse*.log
   exit 0
@@ -70,7 +68,7 @@ if [ "$phase" = collect ]; then
   if pgrep -f "heron train reverse" > /dev/null; then
     echo "runs still going after ${wait_s}s:"; tail -n 2 "$runs"/reverse*.log; exit 3
   fi
-  for name in reverse reverse-no-rosa reverse-b256; do
+  for name in reverse reverse-no-rosa; do
     dir=$runs/$name
     tail -n 2 "$runs/$name.log"
     [ -f "$dir/model.safetensors" ] || { echo "$name: no model file"; continue; }

@@ -2,6 +2,8 @@
 // the incremental automata behind OnlineROSA.
 #include <torch/extension.h>
 
+#include <algorithm>
+
 #include <ATen/Parallel.h>
 
 #include <climits>
@@ -348,7 +350,10 @@ class OnlineBank {
     int64_t* out_ptr = out.data_ptr<int64_t>();
     {
       pybind11::gil_scoped_release no_gil;
-      at::parallel_for(0, num_streams(), 1, [&](int64_t begin, int64_t end) {
+      // An RNN step pushes one symbol per stream (~0.1 us each): hand a thread enough streams to
+      // outweigh the fork/join, or a 768-stream step on a busy 64-core host waits on 64 threads.
+      const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, steps));
+      at::parallel_for(0, num_streams(), grain, [&](int64_t begin, int64_t end) {
         for (int64_t s = begin; s < end; ++s) {
           OnlineStream& stream = streams_[static_cast<size_t>(s)];
           for (int64_t t = 0; t < steps; ++t) {
