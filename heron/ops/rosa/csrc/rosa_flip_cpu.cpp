@@ -322,8 +322,10 @@ void flip_dp_streams(const int64_t* q_ptr, const int64_t* k_ptr, const int64_t* 
   const int64_t table = (int64_t(1) << bits) + 1;
   std::vector<uint8_t> q(T), k(T), v(T);
   std::vector<double> base_value(T);
+  std::vector<uint32_t> base_far(T);
   std::vector<int16_t> base_count(T), symbols(T);
-  const heron_rosa_flip::DPScratch scratch{base_value.data(), base_count.data(), symbols.data()};
+  const heron_rosa_flip::DPScratch scratch{base_value.data(), base_far.data(), base_count.data(),
+                                           symbols.data()};
   const heron_rosa_flip::HostWarp warp;
   for (int64_t s = 0; s < S; ++s) {
     for (int64_t i = 0; i < T; ++i) {

@@ -160,9 +160,10 @@ struct DeviceWarp {
 
 constexpr int kDPWarpsPerBlock = 4;
 
-// Shared-memory bytes of one warp: base values (double), base counts and run symbols (int16),
-// then the q, k, v symbols (uint8); rounded so the next warp's doubles stay aligned.
-__host__ __device__ int64_t dp_shared_per_warp(int64_t T) { return (15 * T + 15) / 16 * 16; }
+// Shared-memory bytes of one warp: base values (double), base far keys (uint32), base counts and
+// run symbols (int16), then the q, k, v symbols (uint8); rounded so the next warp's doubles stay
+// aligned.
+__host__ __device__ int64_t dp_shared_per_warp(int64_t T) { return (19 * T + 15) / 16 * 16; }
 
 template <int N, typename scalar_t>
 __global__ void dp_flip_kernel(const int64_t* __restrict__ q, const int64_t* __restrict__ k,
@@ -173,9 +174,10 @@ __global__ void dp_flip_kernel(const int64_t* __restrict__ q, const int64_t* __r
   const int32_t warp_in_block = threadIdx.x / 32;
   unsigned char* mine = dp_shared + warp_in_block * dp_shared_per_warp(T);
   const DPScratch scratch{reinterpret_cast<double*>(mine),
-                          reinterpret_cast<int16_t*>(mine + 8 * T),
-                          reinterpret_cast<int16_t*>(mine + 10 * T)};
-  uint8_t* qs = mine + 12 * T;
+                          reinterpret_cast<uint32_t*>(mine + 8 * T),
+                          reinterpret_cast<int16_t*>(mine + 12 * T),
+                          reinterpret_cast<int16_t*>(mine + 14 * T)};
+  uint8_t* qs = mine + 16 * T;
   uint8_t* ks = qs + T;
   uint8_t* vs = ks + T;
   const DeviceWarp warp{(int32_t)(threadIdx.x & 31)};

@@ -48,15 +48,20 @@ ROSA_FLIP_HD DPRow dp_decode(uint32_t best, int32_t i) {
   return row;
 }
 
-// One row of the DP: updates this lane's diagonals in place and returns the warp's best key.
-// `flip_pos`/`flipped_key`: the key at flip_pos reads as flipped_key (flip_pos < 0: no key flip).
+// One row of the DP: updates this lane's diagonals d < limit in place (the others keep their
+// values) and returns the warp's best key among them; `far` (if not null) receives the best key
+// among the diagonals d >= far_from. `flip_pos`/`flipped_key`: the key at flip_pos reads as
+// flipped_key (flip_pos < 0: no key flip).
 template <int N, class Warp>
 ROSA_FLIP_HD uint32_t dp_row(const Warp& warp, int32_t (&M)[N], int32_t i, int32_t query,
-                             const uint8_t* keys, int32_t flip_pos, int32_t flipped_key) {
-  uint32_t best = 0u;
+                             const uint8_t* keys, int32_t flip_pos, int32_t flipped_key,
+                             int32_t limit = 0x7FFFFFFF, int32_t far_from = 0x7FFFFFFF,
+                             uint32_t* far = nullptr) {
+  uint32_t best = 0u, best_far = 0u;
 #pragma unroll
   for (int c = 0; c < N; ++c) {
     const int32_t d = warp.first_diagonal() + c * warp.diagonal_stride();
+    if (d >= limit) continue;
     const int32_t j = i - d;
     int32_t key = -1;  // j < 0: no key, never equal to a symbol
     if (j >= 0) key = j == flip_pos ? flipped_key : (int32_t)keys[j];
@@ -64,14 +69,17 @@ ROSA_FLIP_HD uint32_t dp_row(const Warp& warp, int32_t (&M)[N], int32_t i, int32
     M[c] = m;
     const uint32_t candidate = m > 0 ? (((uint32_t)m << 16) | (uint32_t)(0xFFFF - d)) : 0u;
     best = candidate > best ? candidate : best;
+    if (d >= far_from) best_far = candidate > best_far ? candidate : best_far;
   }
+  if (far != nullptr) *far = warp.max(best_far);
   return warp.max(best);
 }
 
-// Per-stream scratch (shared memory on the GPU): base values, base match lengths and the
-// symbols a flip run produced.
+// Per-stream scratch (shared memory on the GPU): base values, the base rows' best far keys, base
+// match lengths and the symbols a flip run produced.
 struct DPScratch {
   double* base_value;   // [T]
+  uint32_t* base_far;   // [T] best key of the base row among the diagonals d >= window
   int16_t* base_count;  // [T]
   int16_t* symbols;     // [T] output symbol (-1: none) of each row of the current flip run
 };
@@ -87,10 +95,17 @@ ROSA_FLIP_HD double dp_flip(const Warp& warp, const int32_t (&base)[N], const ui
   for (int c = 0; c < N; ++c) M[c] = base[c];
   const int32_t end = t + window < T ? t + window : T;
   const int32_t flip_pos = target == kDPQuery ? -1 : t;
+  // A key flip at t is compared at row i only on diagonal i - t < window, and the chains it
+  // starts stay on their diagonals: rows t .. t+window-1 differ from the base run on the
+  // diagonals d < window alone, so only those are re-run; the others' best is the base row's.
+  const bool narrow = target == kDPKey && window < T;
+  const int32_t limit = narrow ? window : 0x7FFFFFFF;
   int32_t rows = 0;
   for (int32_t i = t; i < end; ++i) {
     const int32_t query = (i == t && target != kDPKey) ? flipped : (int32_t)q[i];
-    const DPRow row = dp_decode(dp_row<N>(warp, M, i, query, k, flip_pos, flipped), i);
+    uint32_t best = dp_row<N>(warp, M, i, query, k, flip_pos, flipped, limit);
+    if (narrow) best = scratch.base_far[i] > best ? scratch.base_far[i] : best;
+    const DPRow row = dp_decode(best, i);
     int32_t y = -1;
     if (row.retrieved >= 0)
       y = (target == kDPToken && row.retrieved == t) ? flipped : (int32_t)v[row.retrieved];
@@ -125,11 +140,14 @@ ROSA_FLIP_HD void dp_flip_stream(const Warp& warp, const uint8_t* q, const uint8
 #pragma unroll
   for (int c = 0; c < N; ++c) M[c] = 0;
   for (int32_t i = 0; i < T; ++i) {
-    const DPRow row = dp_decode(dp_row<N>(warp, M, i, (int32_t)q[i], k, -1, 0), i);
+    uint32_t far = 0u;
+    const DPRow row = dp_decode(
+        dp_row<N>(warp, M, i, (int32_t)q[i], k, -1, 0, 0x7FFFFFFF, window, &far), i);
     const int32_t y = row.retrieved < 0 ? -1 : (int32_t)v[row.retrieved];
     const double base = (double)val[(int64_t)i * table + y + 1];
     if (warp.lane() == 0) {
       scratch.base_value[i] = base;
+      scratch.base_far[i] = far;
       scratch.base_count[i] = (int16_t)row.count;
     }
     if (dv != nullptr && row.retrieved >= 0) {
