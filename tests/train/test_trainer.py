@@ -44,6 +44,7 @@ class _InterruptAfter:
 
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     steps = 12
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when run as a background job
     reference = train(synthetic.config(tmp_path / "straight", steps=steps, grad_accum=2))
 
     def interrupted_build(config):
@@ -56,7 +57,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch
     first = train(synthetic.config(tmp_path / "split", steps=steps, grad_accum=2))
     monkeypatch.undo()
     assert not first.finished and first.stopped_by == "signal" and first.step == 5
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
     second = train(synthetic.config(tmp_path / "split", steps=steps, grad_accum=2),
                    resume=tmp_path / "split" / CHECKPOINT_NAME)
     assert second.finished and second.step == steps

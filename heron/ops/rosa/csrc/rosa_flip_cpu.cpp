@@ -265,53 +265,6 @@ void check_streams(const torch::Tensor& t, const char* name, int64_t S, int64_t 
   TORCH_CHECK(t.dim() == 2 && t.size(0) == S && t.size(1) == T, name, " must have shape [S, T]");
 }
 
-// Shared driver: token mode uses q only (q = k = v); QKV mode fills the requested gradients.
-std::vector<torch::Tensor> flip_impl(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                     torch::Tensor val, int64_t bits, int64_t window, bool token,
-                                     bool want_q, bool want_k, bool want_v) {
-  TORCH_CHECK(bits >= 1 && bits <= 8, "bits must be in 1..8");
-  TORCH_CHECK(val.dim() == 3, "val must be [S, T, 2^bits + 1]");
-  const int64_t S = val.size(0), T = val.size(1);
-  TORCH_CHECK(val.size(2) == (int64_t(1) << bits) + 1, "val must be [S, T, 2^bits + 1]");
-  TORCH_CHECK(val.device().is_cpu(), "val must be a CPU tensor");
-  check_streams(q, "q", S, T);
-  check_streams(k, "k", S, T);
-  check_streams(v, "v", S, T);
-  if (window <= 0 || window > T) window = T;
-  q = q.contiguous();
-  k = k.contiguous();
-  v = v.contiguous();
-  val = val.contiguous();
-  auto options = val.options();
-  torch::Tensor dq = want_q ? torch::zeros({S, T, bits}, options) : torch::Tensor();
-  torch::Tensor dk = want_k ? torch::zeros({S, T, bits}, options) : torch::Tensor();
-  torch::Tensor dv = want_v ? torch::zeros({S, T, bits}, options) : torch::Tensor();
-  const int64_t* q_ptr = q.data_ptr<int64_t>();
-  const int64_t* k_ptr = k.data_ptr<int64_t>();
-  const int64_t* v_ptr = v.data_ptr<int64_t>();
-  const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(S)));
-
-  // The OpenMP region lives in a function template: a pragma cannot sit inside the dispatch macro.
-  AT_DISPATCH_FLOATING_TYPES(val.scalar_type(), "rosa_flip_cpu", [&] {
-    flip_all_streams<scalar_t>(q_ptr, k_ptr, v_ptr, val.data_ptr<scalar_t>(),
-                               want_q ? dq.data_ptr<scalar_t>() : nullptr,
-                               want_k ? dk.data_ptr<scalar_t>() : nullptr,
-                               want_v ? dv.data_ptr<scalar_t>() : nullptr, S, T, bits, window,
-                               token, threads);
-  });
-  return {dq, dk, dv};
-}
-
-torch::Tensor flip_token(torch::Tensor x, torch::Tensor val, int64_t bits, int64_t window) {
-  return flip_impl(x, x, x, val, bits, window, true, true, false, false)[0];
-}
-
-std::vector<torch::Tensor> flip_qkv(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                    torch::Tensor val, int64_t bits, int64_t window, bool want_q,
-                                    bool want_k, bool want_v) {
-  return flip_impl(q, k, v, val, bits, window, false, want_q, want_k, want_v);
-}
-
 // The diagonal-DP algorithm of the CUDA kernel (rosa_flip_dp.h) run on the host with a one-lane
 // "warp": for the tests, which check it against the match-set kernel above (T <= 512).
 template <int N, typename scalar_t>
@@ -342,24 +295,20 @@ void flip_dp_streams(const int64_t* q_ptr, const int64_t* k_ptr, const int64_t* 
   }
 }
 
-std::vector<torch::Tensor> flip_dp_host(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                        torch::Tensor val, int64_t bits, int64_t window,
-                                        bool token, bool want_q, bool want_k, bool want_v) {
+// Shared driver: token mode uses q only (q = k = v); QKV mode fills the requested gradients.
+// diagonal_dp: run the CUDA kernel's algorithm on the host instead (tests; T <= 512).
+std::vector<torch::Tensor> flip_impl(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                     torch::Tensor val, int64_t bits, int64_t window, bool token,
+                                     bool want_q, bool want_k, bool want_v,
+                                     bool diagonal_dp = false) {
   TORCH_CHECK(bits >= 1 && bits <= 8, "bits must be in 1..8");
-  TORCH_CHECK(val.dim() == 3 && val.device().is_cpu(), "val must be a CPU tensor [S, T, 2^bits + 1]");
+  TORCH_CHECK(val.dim() == 3, "val must be [S, T, 2^bits + 1]");
   const int64_t S = val.size(0), T = val.size(1);
   TORCH_CHECK(val.size(2) == (int64_t(1) << bits) + 1, "val must be [S, T, 2^bits + 1]");
-  TORCH_CHECK(T <= heron_rosa_flip::kDPMaxLength, "flip_dp_host: T must be <= ",
-              heron_rosa_flip::kDPMaxLength);
+  TORCH_CHECK(val.device().is_cpu(), "val must be a CPU tensor");
   check_streams(q, "q", S, T);
   check_streams(k, "k", S, T);
   check_streams(v, "v", S, T);
-  if (token) {
-    k = q;
-    v = q;
-    want_k = want_v = false;
-    want_q = true;
-  }
   if (window <= 0 || window > T) window = T;
   q = q.contiguous();
   k = k.contiguous();
@@ -369,20 +318,54 @@ std::vector<torch::Tensor> flip_dp_host(torch::Tensor q, torch::Tensor k, torch:
   torch::Tensor dq = want_q ? torch::zeros({S, T, bits}, options) : torch::Tensor();
   torch::Tensor dk = want_k ? torch::zeros({S, T, bits}, options) : torch::Tensor();
   torch::Tensor dv = want_v ? torch::zeros({S, T, bits}, options) : torch::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(val.scalar_type(), "rosa_flip_dp_host", [&] {
-    auto run = [&](auto n) {
-      flip_dp_streams<decltype(n)::value, scalar_t>(
-          q.data_ptr<int64_t>(), k.data_ptr<int64_t>(), v.data_ptr<int64_t>(),
-          val.data_ptr<scalar_t>(), want_q ? dq.data_ptr<scalar_t>() : nullptr,
-          want_k ? dk.data_ptr<scalar_t>() : nullptr, want_v ? dv.data_ptr<scalar_t>() : nullptr,
-          S, T, bits, window, token);
-    };
-    if (T <= 64)
-      run(std::integral_constant<int, 64>());
-    else
-      run(std::integral_constant<int, heron_rosa_flip::kDPMaxLength>());
+  const int64_t* q_ptr = q.data_ptr<int64_t>();
+  const int64_t* k_ptr = k.data_ptr<int64_t>();
+  const int64_t* v_ptr = v.data_ptr<int64_t>();
+  const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(S)));
+  if (diagonal_dp) {
+    TORCH_CHECK(T <= heron_rosa_flip::kDPMaxLength, "flip_dp_host: T must be <= ",
+                heron_rosa_flip::kDPMaxLength);
+    AT_DISPATCH_FLOATING_TYPES(val.scalar_type(), "rosa_flip_dp_host", [&] {
+      auto run = [&](auto n) {
+        flip_dp_streams<decltype(n)::value, scalar_t>(
+            q_ptr, k_ptr, v_ptr, val.data_ptr<scalar_t>(),
+            want_q ? dq.data_ptr<scalar_t>() : nullptr, want_k ? dk.data_ptr<scalar_t>() : nullptr,
+            want_v ? dv.data_ptr<scalar_t>() : nullptr, S, T, bits, window, token);
+      };
+      if (T <= 64)
+        run(std::integral_constant<int, 64>());
+      else
+        run(std::integral_constant<int, heron_rosa_flip::kDPMaxLength>());
+    });
+    return {dq, dk, dv};
+  }
+
+  // The OpenMP region lives in a function template: a pragma cannot sit inside the dispatch macro.
+  AT_DISPATCH_FLOATING_TYPES(val.scalar_type(), "rosa_flip_cpu", [&] {
+    flip_all_streams<scalar_t>(q_ptr, k_ptr, v_ptr, val.data_ptr<scalar_t>(),
+                               want_q ? dq.data_ptr<scalar_t>() : nullptr,
+                               want_k ? dk.data_ptr<scalar_t>() : nullptr,
+                               want_v ? dv.data_ptr<scalar_t>() : nullptr, S, T, bits, window,
+                               token, threads);
   });
   return {dq, dk, dv};
+}
+
+torch::Tensor flip_token(torch::Tensor x, torch::Tensor val, int64_t bits, int64_t window) {
+  return flip_impl(x, x, x, val, bits, window, true, true, false, false)[0];
+}
+
+std::vector<torch::Tensor> flip_qkv(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                    torch::Tensor val, int64_t bits, int64_t window, bool want_q,
+                                    bool want_k, bool want_v) {
+  return flip_impl(q, k, v, val, bits, window, false, want_q, want_k, want_v);
+}
+
+std::vector<torch::Tensor> flip_dp_host(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                        torch::Tensor val, int64_t bits, int64_t window,
+                                        bool token, bool want_q, bool want_k, bool want_v) {
+  if (token) return flip_impl(q, q, q, val, bits, window, true, true, false, false, true);
+  return flip_impl(q, k, v, val, bits, window, false, want_q, want_k, want_v, true);
 }
 
 // Retrieval index of every position (j + 1 of the most recent longest match, -1 = none).
