@@ -244,6 +244,75 @@ struct HashedTransitions {
   }
 };
 
+// The matcher's step: from the state of the longest suffix of q[0..i-1] found in the automaton,
+// follow suffix links until `query` extends it (or the root is reached).
+template <typename Transitions>
+ROSA_HD void match_query(const Transitions& transitions, int32_t query, int32_t& matched,
+                         int32_t& matched_len) {
+  const auto states = transitions.states;
+  int32_t next = transitions.get(matched, query);
+  while (matched != 0 && next < 0) {
+    matched = states(matched, kLink);
+    const int32_t link_len = states(matched, kLen);
+    matched_len = matched_len < link_len ? matched_len : link_len;
+    next = transitions.get(matched, query);
+  }
+  if (next >= 0) {
+    matched = next;
+    matched_len += 1;
+  } else {
+    matched = 0;
+    matched_len = 0;
+  }
+}
+
+// A state split by an extension: `clone` (-1: no split) was made from `source`.
+struct Split {
+  int32_t clone;
+  int32_t source;
+};
+
+// The suffix-automaton extension by `key` after state `last`: `cur` (length i + 1, its
+// transitions cleared) is made by the caller; a split takes state number num_states++ and gets
+// its length, link and transitions here, the fields of the caller's own algorithm there. A
+// matcher in the split state moves to the clone when the clone holds strings of its length.
+template <bool kToken, typename Transitions>
+ROSA_HD Split extend_automaton(const Transitions& transitions, int32_t key, int32_t cur,
+                               int32_t last, int32_t& num_states, int32_t& matched,
+                               int32_t matched_len) {
+  const auto states = transitions.states;
+  int32_t p = last;
+  int32_t target = -1;
+  while (p != -1) {
+    target = transitions.get(p, key);
+    if (target >= 0) break;
+    transitions.set(p, key, cur);
+    p = states(p, kLink);
+  }
+  if (p == -1) {
+    states(cur, kLink) = 0;
+    return Split{-1, -1};
+  }
+  const int32_t p_len = states(p, kLen);
+  if (p_len + 1 == states(target, kLen)) {
+    states(cur, kLink) = target;
+    return Split{-1, -1};
+  }
+  const int32_t clone = num_states++;
+  states(clone, kLen) = p_len + 1;
+  states(clone, kLink) = states(target, kLink);
+  transitions.clear_state(clone);
+  transitions.copy_state(target, clone);
+  while (p != -1 && transitions.get(p, key) == target) {
+    transitions.set(p, key, clone);
+    p = states(p, kLink);
+  }
+  states(target, kLink) = clone;
+  states(cur, kLink) = clone;
+  if (!kToken && matched == target && matched_len <= p_len + 1) matched = clone;
+  return Split{clone, target};
+}
+
 // One stream: q/k/v/out element at time t is at pointer[t * time_stride].
 // kToken: q and k are the same stream (token ROSA). Then the matched state needs no matcher: the
 // suffix link of the state created for position i is the longest suffix of k[0..i] that also
@@ -267,22 +336,8 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
   int32_t num_states = 1, last = 0, matched = 0, matched_len = 0;
   for (int32_t i = 0; i < length; ++i) {
     if (!kToken) {
-    const int32_t query = (int32_t)q[(int64_t)i * time_stride];
-    int32_t next = transitions.get(matched, query);
-    while (matched != 0 && next < 0) {
-      matched = states(matched, kLink);
-      const int32_t link_len = states(matched, kLen);
-      matched_len = matched_len < link_len ? matched_len : link_len;
-      next = transitions.get(matched, query);
-    }
-    if (next >= 0) {
-      matched = next;
-      matched_len += 1;
-    } else {
-      matched = 0;
-      matched_len = 0;
-    }
-    match_state[i] = matched;
+      match_query(transitions, (int32_t)q[(int64_t)i * time_stride], matched, matched_len);
+      match_state[i] = matched;
     }
 
     const int32_t key = (int32_t)k[(int64_t)i * time_stride];
@@ -291,36 +346,9 @@ ROSA_HD void rosa_stream(const int64_t* q, const int64_t* k, const int64_t* v, i
     length_count[i + 1] += 1;
     transitions.clear_state(cur);
     position_state[i] = cur;
-    int32_t p = last;
-    int32_t target = -1;
-    while (p != -1) {
-      target = transitions.get(p, key);
-      if (target >= 0) break;
-      transitions.set(p, key, cur);
-      p = states(p, kLink);
-    }
-    if (p == -1) {
-      states(cur, kLink) = 0;
-    } else {
-      const int32_t p_len = states(p, kLen);
-      if (p_len + 1 == states(target, kLen)) {
-        states(cur, kLink) = target;
-      } else {
-        const int32_t clone = num_states++;
-        states(clone, kLen) = p_len + 1;
-        length_count[p_len + 1] += 1;
-        states(clone, kLink) = states(target, kLink);
-        transitions.clear_state(clone);
-        transitions.copy_state(target, clone);
-        while (p != -1 && transitions.get(p, key) == target) {
-          transitions.set(p, key, clone);
-          p = states(p, kLink);
-        }
-        states(target, kLink) = clone;
-        states(cur, kLink) = clone;
-        if (!kToken && matched == target && matched_len <= p_len + 1) matched = clone;
-      }
-    }
+    const Split split =
+        extend_automaton<kToken>(transitions, key, cur, last, num_states, matched, matched_len);
+    if (split.clone >= 0) length_count[states(split.clone, kLen)] += 1;
     last = cur;
     if (kToken) match_state[i] = states(cur, kLink);
   }
@@ -450,21 +478,7 @@ ROSA_HD bool rosa_stream_chain_walk(const int64_t* q, const int64_t* k, const in
   int32_t num_states = 1, last = 0, matched = 0, matched_len = 0;
   for (int32_t i = 0; i < length; ++i) {
     if (!kToken) {
-      const int32_t query = (int32_t)q[(int64_t)i * time_stride];
-      int32_t next = transitions.get(matched, query);
-      while (matched != 0 && next < 0) {
-        matched = states(matched, kLink);
-        const int32_t link_len = states(matched, kLen);
-        matched_len = matched_len < link_len ? matched_len : link_len;
-        next = transitions.get(matched, query);
-      }
-      if (next >= 0) {
-        matched = next;
-        matched_len += 1;
-      } else {
-        matched = 0;
-        matched_len = 0;
-      }
+      match_query(transitions, (int32_t)q[(int64_t)i * time_stride], matched, matched_len);
       out[(int64_t)i * time_stride] =
           matched == 0 ? -1 : v[(int64_t)(states(matched, last_end_field) + 1) * time_stride];
     }
@@ -474,36 +488,9 @@ ROSA_HD bool rosa_stream_chain_walk(const int64_t* q, const int64_t* k, const in
     states(cur, kLen) = i + 1;
     states(cur, last_end_field) = i;
     transitions.clear_state(cur);
-    int32_t p = last;
-    int32_t target = -1;
-    while (p != -1) {
-      target = transitions.get(p, key);
-      if (target >= 0) break;
-      transitions.set(p, key, cur);
-      p = states(p, kLink);
-    }
-    if (p == -1) {
-      states(cur, kLink) = 0;
-    } else {
-      const int32_t p_len = states(p, kLen);
-      if (p_len + 1 == states(target, kLen)) {
-        states(cur, kLink) = target;
-      } else {
-        const int32_t clone = num_states++;
-        states(clone, kLen) = p_len + 1;
-        states(clone, kLink) = states(target, kLink);
-        states(clone, last_end_field) = states(target, last_end_field);
-        transitions.clear_state(clone);
-        transitions.copy_state(target, clone);
-        while (p != -1 && transitions.get(p, key) == target) {
-          transitions.set(p, key, clone);
-          p = states(p, kLink);
-        }
-        states(target, kLink) = clone;
-        states(cur, kLink) = clone;
-        if (!kToken && matched == target && matched_len <= p_len + 1) matched = clone;
-      }
-    }
+    const Split split =
+        extend_automaton<kToken>(transitions, key, cur, last, num_states, matched, matched_len);
+    if (split.clone >= 0) states(split.clone, last_end_field) = states(split.source, last_end_field);
     last = cur;
     const int32_t suffix = states(cur, kLink);
     allowance += chain_budget_per_token;
