@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import shutil
 import sys
 import time
@@ -72,40 +71,9 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _plot(runs: dict[str, Path], path: Path, title: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    by_step, by_time = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    colours = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple")
-    for (name, run), colour in zip(runs.items(), colours):
-        train, evaluation = _rows(run / "train.csv"), _rows(run / "eval.csv")
-        if train:
-            bits = [row["loss"] / math.log(2) for row in train]
-            by_step.plot([r["step"] for r in train], bits, color=colour, alpha=0.3, linewidth=0.8, label=f"{name} train")
-            by_time.plot([r["elapsed_s"] for r in train], bits, color=colour, alpha=0.3, linewidth=0.8,
-                         label=f"{name} train")
-        if evaluation:
-            key = "eval_bits_per_token"
-            by_step.plot([r["step"] for r in evaluation if key in r], [r[key] for r in evaluation if key in r], "o-",
-                         color=colour, label=f"{name} validation")
-            elapsed = {r["step"]: r["elapsed_s"] for r in train}
-            points = [(elapsed[r["step"]], r[key]) for r in evaluation if key in r and r["step"] in elapsed]
-            if points:
-                by_time.plot(*zip(*points), "o-", color=colour, label=f"{name} validation")
-    for axes, label in ((by_step, "optimiser step"), (by_time, "seconds of training")):
-        axes.set_xlabel(label)
-        axes.set_ylabel("bits per token")
-        axes.grid(True, linewidth=0.3)
-        axes.legend(fontsize=7)
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path)
-
-
 def cmd_report(args) -> int:
+    from heron.train.plot import plot_runs
+
     out = Path(args.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     runs: dict[str, Path] = {}
@@ -150,7 +118,7 @@ def cmd_report(args) -> int:
             "seconds_per_step_probe": config.get("seconds_per_step"),
             "command": config.get("command"),
         })
-    _plot(runs, out / "curves.png", args.title)
+    plot_runs(runs, out / "curves.png", args.title, read=_rows)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     summary = {"date": date, "device": args.device, "models": table}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

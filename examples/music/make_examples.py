@@ -20,54 +20,10 @@ into `--out`:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import shutil
 import time
 from pathlib import Path
-
-
-def _read_csv(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
-
-
-def _plot_curves(runs: dict[str, Path], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    by_step, by_time = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    for (name, run), colour in zip(runs.items(), ("tab:red", "tab:blue")):
-        train = _read_csv(run / "train.csv")
-        evaluation = _read_csv(run / "eval.csv")
-        if train:
-            steps = [row["step"] for row in train]
-            bits = [row["loss"] / math.log(2) for row in train]
-            by_step.plot(steps, bits, color=colour, alpha=0.35, linewidth=0.8, label=f"{name} train")
-            by_time.plot([row["elapsed_s"] for row in train], bits, color=colour, alpha=0.35, linewidth=0.8,
-                         label=f"{name} train")
-        if evaluation:
-            by_step.plot([row["step"] for row in evaluation], [row["eval_bits_per_token"] for row in evaluation],
-                         "o-", color=colour, label=f"{name} validation")
-            if train:
-                # eval rows carry steps only; place them at the training row of the same step
-                elapsed = {row["step"]: row["elapsed_s"] for row in train}
-                points = [(elapsed[row["step"]], row["eval_bits_per_token"]) for row in evaluation if row["step"] in elapsed]
-                if points:
-                    by_time.plot(*zip(*points), "o-", color=colour, label=f"{name} validation")
-    for axes, label in ((by_step, "optimiser step"), (by_time, "seconds of training")):
-        axes.set_xlabel(label)
-        axes.set_ylabel("bits per token")
-        axes.grid(True, linewidth=0.3)
-        axes.legend(fontsize=8)
-    figure.suptitle("ABC folk tunes: RWKV-8 + ROSA vs RWKV-7 only (equal parameters)")
-    figure.tight_layout()
-    figure.savefig(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,23 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     from heron.music.evaluate import evaluate_music
     from heron.music.generate import generate_tunes, make_prompt
     from heron.music.render import write_tune
+    from heron.train.plot import plot_runs, read_rows
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dataset = load_dataset()
     runs = {"RWKV-8 + ROSA": args.rosa, "RWKV-7 only": args.rwkv7}
     for run in runs.values():
         if not (run / "model.safetensors").is_file():
-            # the trainer exports the model only when the schedule completes; a run stopped by
-            # the recipe's 10-minute time_limit has just checkpoint.pt
+            # the trainer exports the model when the schedule ends and when a run stops early
+            # (time limit, Ctrl-C); without it the run is still going or was killed
             raise SystemExit(
-                f"{run}: no model.safetensors, so the run did not finish its schedule (stopped by "
-                f"time_limit?). Lower `steps` in the recipe, or finish it with `heron train abc --resume {run}`."
+                f"{run}: no model.safetensors, so the run has not finished or stopped cleanly; "
+                f"continue it with `heron train abc --resume {run}`."
             )
     results: dict[str, dict] = {}
     for name, run in runs.items():
         tokenizer = ABCTokenizer.load(run / "tokenizer.json")
         model = load(run / "model.safetensors", device=device)
-        train = _read_csv(run / "train.csv")
+        train = read_rows(run / "train.csv")
         started = time.perf_counter()
         evaluation = evaluate_music(model, tokenizer, dataset, n=args.n_eval, seed=args.seed, device=device,
                                     max_tokens=args.max_tokens,
@@ -136,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for table in ("train.csv", "eval.csv"):
             if (run / table).is_file():
                 shutil.copyfile(run / table, args.out / "curves" / f"{name}-{table}")
-    _plot_curves(runs, args.out / "curves.png")
+    plot_runs(runs, args.out / "curves.png", "ABC folk tunes: RWKV-8 + ROSA vs RWKV-7 only (equal parameters)")
 
     # samples of the ROSA model: keep the first `--samples` tunes that music21 parses
     tokenizer = ABCTokenizer.load(args.rosa / "tokenizer.json")

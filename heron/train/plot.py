@@ -2,12 +2,14 @@
 
 Reads ``train.csv`` (loss per logged step) and, when present, ``eval.csv`` (the task's metrics),
 and draws the loss on a log scale with every evaluation metric on a second axis.
+:func:`plot_runs` compares several language-model runs in bits per token.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 
 
@@ -17,6 +19,55 @@ def _read(path: Path) -> dict[str, list[float]]:
     if not rows:
         return {}
     return {name: [float(row[name]) for row in rows] for name in rows[0]}
+
+
+def read_rows(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's CSV as floats (empty cells left out); ``[]`` when the file is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def plot_runs(runs: dict[str, Path], png: str | Path, title: str, read=read_rows) -> Path:
+    """Training loss and validation ``eval_bits_per_token`` of several runs (``{label: run_dir}``),
+    in bits per token, against optimiser steps (left) and seconds of training (right). ``read``:
+    the CSV reader (default :func:`read_rows`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    by_step, by_time = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    colours = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple")
+    key = "eval_bits_per_token"
+    for (name, run), colour in zip(runs.items(), colours):
+        train, evaluation = read(Path(run) / "train.csv"), read(Path(run) / "eval.csv")
+        if train:
+            bits = [row["loss"] / math.log(2) for row in train]
+            by_step.plot([row["step"] for row in train], bits, color=colour, alpha=0.3, linewidth=0.8,
+                         label=f"{name} train")
+            by_time.plot([row["elapsed_s"] for row in train], bits, color=colour, alpha=0.3, linewidth=0.8,
+                         label=f"{name} train")
+        evaluation = [row for row in evaluation if key in row]
+        if evaluation:
+            by_step.plot([row["step"] for row in evaluation], [row[key] for row in evaluation], "o-",
+                         color=colour, label=f"{name} validation")
+            # eval rows carry steps only; place them at the training row of the same step
+            elapsed = {row["step"]: row["elapsed_s"] for row in train}
+            points = [(elapsed[row["step"]], row[key]) for row in evaluation if row["step"] in elapsed]
+            if points:
+                by_time.plot(*zip(*points), "o-", color=colour, label=f"{name} validation")
+    for axes, label in ((by_step, "optimiser step"), (by_time, "seconds of training")):
+        axes.set_xlabel(label)
+        axes.set_ylabel("bits per token")
+        axes.grid(True, linewidth=0.3)
+        axes.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(png)
+    return Path(png)
 
 
 def plot_run(run_dir: str | Path, png: str | Path | None = None, title: str | None = None) -> Path:
