@@ -23,15 +23,6 @@ out=${OUT:-/tmp/out}
 phase=${1:?usage: gpu_reverse_session.sh start MINUTES | collect [WAIT_S]}
 common=(--config examples/reverse/config.toml --no-progress --no-tensorboard)
 
-step_seconds() {  # mean seconds per step between the 2nd and the last logged row of a train.csv
-  python3 - "$1" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-a, b = rows[1], rows[-1]
-print((float(b["elapsed_s"]) - float(a["elapsed_s"])) / (int(b["step"]) - int(a["step"])))
-PY
-}
-
 if [ "$phase" = start ]; then
   minutes=${2:?minutes}
   rm -rf "$runs"; mkdir -p "$runs"
@@ -39,9 +30,9 @@ if [ "$phase" = start ]; then
   python3 -m heron train reverse "${common[@]}" --steps "${REVERSE_PROBE_STEPS:-60}" --log-every 10 \
     --eval-every 0 --ckpt-every 0 --time-limit 0 --out "$runs/probe" > "$runs/probe.log" 2>&1 \
     || { tail -30 "$runs/probe.log"; exit 1; }
-  step_s=$(step_seconds "$runs/probe/train.csv")
   # Two processes share the card: budget 2x the time measured alone, and keep 5% for evals.
-  steps=$(python3 -c "print(max(500, int($minutes * 60 * 0.95 / ($step_s * 2)) // 100 * 100))")
+  read -r steps step_s < <(python3 tools/lm_session_tools.py steps "$runs/probe" \
+    "$(python3 -c "print($minutes * 60)")" --safety 0.475 --min 500 --round 100) || exit 1
   echo "probe: $step_s s/step alone -> $steps steps" | tee "$runs/plan.txt"
   plan() {  # --steps N with evaluations, checkpoints and the curriculum scaled to N
     local n=$1
