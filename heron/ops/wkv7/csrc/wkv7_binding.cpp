@@ -32,6 +32,32 @@ void check_state(const torch::Tensor& x, int64_t batch, int64_t heads, int64_t n
               "wkv7 CUDA: ", name, " must have shape [B, H, N, N]");
 }
 
+struct Shape {
+  int64_t batch, time, heads, n;
+};
+
+// The six [B, T, H, N] inputs: one shape, one dtype, CUDA, contiguous, a supported head size.
+Shape check_inputs(const torch::Tensor& r, const torch::Tensor& w, const torch::Tensor& k,
+                   const torch::Tensor& v, const torch::Tensor& a, const torch::Tensor& b) {
+  TORCH_CHECK(r.dim() == 4, "wkv7 CUDA: r must be [B, T, H, N]");
+  const Shape shape{r.size(0), r.size(1), r.size(2), r.size(3)};
+  TORCH_CHECK(heron_wkv7::head_size_supported(static_cast<int>(shape.n)), "wkv7 CUDA: head size ",
+              shape.n, " is not supported (16, 32, 64 or 128)");
+  check_input(r, r, "r");
+  check_input(w, r, "w");
+  check_input(k, r, "k");
+  check_input(v, r, "v");
+  check_input(a, r, "a");
+  check_input(b, r, "b");
+  return shape;
+}
+
+// State checkpoints the forward saves per (batch, head): one every segment_length steps.
+int64_t segment_count(const Shape& shape) {
+  const int64_t every = heron_wkv7::segment_length(static_cast<int>(shape.n));
+  return (shape.time + every - 1) / every;
+}
+
 void check_launch(int code, const char* what) {
   TORCH_CHECK(code == 0, "wkv7 CUDA: ", what, " kernel launch failed with CUDA error ", code);
 }
@@ -44,16 +70,8 @@ int64_t segment_length(int64_t head_size) { return heron_wkv7::segment_length(st
 std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
                                    torch::Tensor a, torch::Tensor b, c10::optional<torch::Tensor> initial_state,
                                    bool save_for_backward, int64_t stream) {
-  TORCH_CHECK(r.dim() == 4, "wkv7 CUDA: r must be [B, T, H, N]");
-  const int64_t batch = r.size(0), time = r.size(1), heads = r.size(2), n = r.size(3);
-  TORCH_CHECK(heron_wkv7::head_size_supported(static_cast<int>(n)), "wkv7 CUDA: head size ", n,
-              " is not supported (16, 32, 64 or 128)");
-  check_input(r, r, "r");
-  check_input(w, r, "w");
-  check_input(k, r, "k");
-  check_input(v, r, "v");
-  check_input(a, r, "a");
-  check_input(b, r, "b");
+  const Shape shape = check_inputs(r, w, k, v, a, b);
+  const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
   const float* initial = nullptr;
   if (initial_state.has_value()) {
     check_state(*initial_state, batch, heads, n, "state");
@@ -62,8 +80,7 @@ std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tens
   auto f32 = r.options().dtype(torch::kFloat32);
   auto y = torch::empty_like(r);
   auto final_state = torch::empty({batch, heads, n, n}, f32);
-  const int64_t segments = (time + heron_wkv7::segment_length(static_cast<int>(n)) - 1) /
-                           heron_wkv7::segment_length(static_cast<int>(n));
+  const int64_t segments = segment_count(shape);
   torch::Tensor removal = torch::empty({save_for_backward ? batch : 0, time, heads, n}, f32);
   torch::Tensor checkpoints = torch::empty({save_for_backward ? batch : 0, heads, segments, n, n}, f32);
   check_launch(heron_wkv7::launch_forward(
@@ -80,19 +97,10 @@ std::vector<torch::Tensor> backward(torch::Tensor r, torch::Tensor w, torch::Ten
                                     torch::Tensor a, torch::Tensor b, torch::Tensor removal,
                                     torch::Tensor checkpoints, torch::Tensor grad_y,
                                     c10::optional<torch::Tensor> grad_final_state, int64_t stream) {
-  TORCH_CHECK(r.dim() == 4, "wkv7 CUDA: r must be [B, T, H, N]");
-  const int64_t batch = r.size(0), time = r.size(1), heads = r.size(2), n = r.size(3);
-  TORCH_CHECK(heron_wkv7::head_size_supported(static_cast<int>(n)), "wkv7 CUDA: head size ", n,
-              " is not supported (16, 32, 64 or 128)");
-  check_input(r, r, "r");
-  check_input(w, r, "w");
-  check_input(k, r, "k");
-  check_input(v, r, "v");
-  check_input(a, r, "a");
-  check_input(b, r, "b");
+  const Shape shape = check_inputs(r, w, k, v, a, b);
+  const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
   check_input(grad_y, r, "grad_y");
-  const int64_t segments = (time + heron_wkv7::segment_length(static_cast<int>(n)) - 1) /
-                           heron_wkv7::segment_length(static_cast<int>(n));
+  const int64_t segments = segment_count(shape);
   TORCH_CHECK(removal.is_contiguous() && removal.scalar_type() == torch::kFloat32 &&
                   removal.sizes() == r.sizes(),
               "wkv7 CUDA: saved removal vectors are missing (forward ran without save_for_backward?)");
