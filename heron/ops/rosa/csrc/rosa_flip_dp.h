@@ -139,10 +139,13 @@ ROSA_FLIP_HD void dp_flip_stream(const Warp& warp, const uint8_t* q, const uint8
   // outputs that retrieve the flipped position.
 #pragma unroll
   for (int c = 0; c < N; ++c) M[c] = 0;
+  // The far keys serve windowed key flips only (dp_flip's `narrow`).
+  const bool narrow_keys = !token && dk != nullptr && window < T;
   for (int32_t i = 0; i < T; ++i) {
     uint32_t far = 0u;
-    const DPRow row = dp_decode(
-        dp_row<N>(warp, M, i, (int32_t)q[i], k, -1, 0, 0x7FFFFFFF, window, &far), i);
+    const DPRow row = dp_decode(dp_row<N>(warp, M, i, (int32_t)q[i], k, -1, 0, 0x7FFFFFFF, window,
+                                          narrow_keys ? &far : nullptr),
+                                i);
     const int32_t y = row.retrieved < 0 ? -1 : (int32_t)v[row.retrieved];
     const double base = (double)val[(int64_t)i * table + y + 1];
     if (warp.lane() == 0) {
