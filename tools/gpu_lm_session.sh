@@ -75,9 +75,15 @@ job_args() {  # NAME -> TASK ARGS... in the array ARGS
     *) echo "unknown job $1"; return 1 ;;
   esac
 }
-# the music runs first, so make_examples (GPU C) overlaps the second copy trainings
-CHAIN_A=(copy-rosalm copy-rwkv7 eval:copy-rwkv7); CHAIN_B=(music-rwkv7 copy-rwkv8 eval:copy-rwkv8)
-CHAIN_C=(music-rosa eval:music eval:copy-rosalm)
+# the music runs first, so make_examples (GPU C) overlaps the second copy trainings.
+# LM_CHAIN_A/B/C (space-separated job names) replace a chain; an empty chain starts nothing.
+read -ra CHAIN_A <<< "${LM_CHAIN_A-copy-rosalm copy-rwkv7 eval:copy-rwkv7}"
+read -ra CHAIN_B <<< "${LM_CHAIN_B-music-rwkv7 copy-rwkv8 eval:copy-rwkv8}"
+read -ra CHAIN_C <<< "${LM_CHAIN_C-music-rosa eval:music eval:copy-rosalm}"
+chain_jobs() {  # LETTER -> the chain's jobs in the array JOBS
+  case $1 in A) JOBS=("${CHAIN_A[@]}");; B) JOBS=("${CHAIN_B[@]}");; C) JOBS=("${CHAIN_C[@]}");; esac
+}
+active_letters() { local l; for l in A B C; do chain_jobs $l; [ ${#JOBS[@]} -gt 0 ] && echo $l; done; }
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -97,6 +103,18 @@ train_job() {  # NAME: probe, size the schedule, train with the time limit, expo
   plan=$(python3 "$SRC/tools/lm_session_tools.py" steps "$probe" "$TRAIN_S" --safety 0.85 \
          --round $([ "$TINY" = 1 ] && echo 1 || echo 50)) || { echo 1 > "$S/status/$name.rc"; return 1; }
   local steps=${plan% *} step_s=${plan#* }
+  if [ "$name" = music-rwkv7 ] && [ "${MUSIC_SAME_STEPS:-1}" = 1 ]; then
+    # the baseline trains the ROSA model's step count (same recipe, same samples), not its own
+    # time budget: its steps are cheaper, and equal steps are the comparison the issue asks for
+    local other=$S/runs/music-rosa/session-plan.json
+    for _ in $(seq 1 120); do [ -f "$other" ] && break; sleep 5; done
+    if [ -f "$other" ]; then
+      steps=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$other")
+      log "$name: the step count of music-rosa ($steps)"
+    else
+      log "$name: no music-rosa plan after 10 minutes; keeping its own step count"
+    fi
+  fi
   local every=$(( steps / 8 > 0 ? steps / 8 : 1 ))
   mkdir -p "$run"
   local cmd=(python3 -m heron train "${ARGS[@]}" "${common[@]}" --steps "$steps" --time-limit "$TRAIN_MIN"
@@ -164,7 +182,7 @@ run_chain() {  # LETTER GPU JOB...
 chain_running() { [ -f "$S/status/chain-$1.pid" ] && [ ! -f "$S/status/chain-$1.done" ] && kill -0 "$(cat "$S/status/chain-$1.pid")" 2>/dev/null; }
 
 show_status() {
-  for letter in A B C; do
+  for letter in $(active_letters); do
     if chain_running $letter; then echo "chain $letter: running"; elif [ -f "$S/status/chain-$letter.done" ]; then
       echo "chain $letter: done"; else echo "chain $letter: NOT RUNNING (died?)"; fi
   done
@@ -223,30 +241,35 @@ from heron.data.music import make_batch_sources
 train, validation = make_batch_sources(512)
 print(f"  music: vocabulary {train.vocab_size}  [{time.time() - started:.0f} s]")
 PY
-  for letter in A B C; do
-    case $letter in A) gpu=$GPU_A; jobs=("${CHAIN_A[@]}");; B) gpu=$GPU_B; jobs=("${CHAIN_B[@]}");; C) gpu=$GPU_C; jobs=("${CHAIN_C[@]}");; esac
-    setsid nohup "$SELF" _chain "$letter" "$gpu" "${jobs[@]}" > "$S/logs/chain-$letter.log" 2>&1 < /dev/null &
+  firsts=()
+  for letter in $(active_letters); do
+    case $letter in A) gpu=$GPU_A;; B) gpu=$GPU_B;; C) gpu=$GPU_C;; esac
+    chain_jobs $letter; firsts+=("${JOBS[0]}")
+    setsid nohup "$SELF" _chain "$letter" "$gpu" "${JOBS[@]}" > "$S/logs/chain-$letter.log" 2>&1 < /dev/null &
     echo $! > "$S/status/chain-$letter.pid"
-    log "chain $letter on GPU $gpu: ${jobs[*]} (pid $!)"
+    log "chain $letter on GPU $gpu: ${JOBS[*]} (pid $!)"
   done
   # confirm: every chain alive and its first job's probe has logged its model line
   for _ in $(seq 1 $([ "$TINY" = 1 ] && echo 60 || echo 45)); do
     sleep 1
     ready=1
-    for name in "${CHAIN_A[0]}" "${CHAIN_B[0]}" "${CHAIN_C[0]}"; do
+    for name in "${firsts[@]}"; do
+      case $name in eval:*) continue;; esac
       grep -q "parameters" "$S/logs/$name-probe.log" 2>/dev/null || ready=0
     done
     [ $ready = 1 ] && break
   done
   sleep 2
-  for letter in A B C; do
+  alive=1
+  for letter in $(active_letters); do
+    chain_running $letter || [ -f "$S/status/chain-$letter.done" ] || alive=0
     echo "--- chain $letter: $(chain_running $letter && echo alive || echo 'NOT RUNNING')"
     head -5 "$S/logs/chain-$letter.log"
   done
-  for name in "${CHAIN_A[0]}" "${CHAIN_B[0]}" "${CHAIN_C[0]}"; do
+  for name in "${firsts[@]}"; do
     echo "--- $name probe log"; head -4 "$S/logs/$name-probe.log" 2>/dev/null
   done
-  { chain_running A && chain_running B && chain_running C; } || { echo "A CHAIN IS NOT RUNNING"; exit 1; }
+  [ $alive = 1 ] || { echo "A CHAIN IS NOT RUNNING"; exit 1; }
   echo "started; next: $SELF collect 500 (again until it exits 0)"
   ;;
 _chain)

@@ -1,35 +1,58 @@
 #!/usr/bin/env bash
-# One GPU session for the runs that need a card (issues 3, 6, 7, 8, 9), on a 4-GPU machine whose
+# One GPU session for the runs that need a card (issues 6, 7, 8, 9), on a 4-GPU machine whose
 # commands are limited to 10 minutes: the trainings run in the background (setsid), so the
-# session is three or more short commands:
+# session is a few short commands:
 #
-#   tools/gpu_session.sh setup REVERSE_MINUTES   # build extensions, GPU tests, launch trainings
-#   tools/gpu_session.sh wait SECONDS            # progress while the trainings run
-#   tools/gpu_session.sh reverse [WAIT_S]        # score the reversal runs, then one-GPU benchmarks
-#   tools/gpu_session.sh finish [WAIT_S]         # language-model and music results into $OUT
+#   tools/gpu_session.sh setup REVERSE_MINUTES   # build extensions, launch trainings and benchmarks
+#   tools/gpu_session.sh wait SECONDS            # progress while they run
+#   tools/gpu_session.sh finish [WAIT_S]         # wait for everything, multi-GPU benchmarks, pack $OUT
 #
-# GPU map: 0 digit reversal (three 40K-parameter runs, tools/gpu_reverse_session.sh); 1-3 the
-# language-model and music runs of tools/gpu_lm_session.sh; 3 also the one-GPU benchmarks once
-# its training is done. Needs only PYTHONPATH (no install).
+# GPU map (every run alone on its card):
+#   0  digit reversal, the recipe (tools/gpu_reverse_session.sh, REVERSE_MINUTES of training)
+#   1  its ROSA-free twin, then the one-GPU training-step benchmarks (tools/gpu_train_step.sh)
+#   2  music, RWKV-8 + ROSA (tools/gpu_lm_session.sh), then the samples and evaluation of both
+#      music models (examples/music/make_examples.py), then the GPU tests
+#   3  music, RWKV-7 only, then the generation benchmark (incremental vs full recompute)
+#   all  at `finish`, once the cards are free: 2/4-GPU DDP, loss curves, FSDP2
+# Needs only PYTHONPATH (no install); music21 comes from ./.whl (carry it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 logs=/tmp/heron-session
 out=${OUT:-/tmp/out}
 mkdir -p "$logs" "$out"
-phase=${1:?usage: gpu_session.sh setup MINUTES | wait SECONDS | reverse [WAIT_S] | finish [WAIT_S]}
+phase=${1:?usage: gpu_session.sh setup MINUTES | wait SECONDS | finish [WAIT_S]}
+LM_ENV=(GPU_B=2 GPU_C=3 "LM_CHAIN_A=" "LM_CHAIN_B=music-rosa eval:music" "LM_CHAIN_C=music-rwkv7"
+        TRAIN_MIN=${TRAIN_MIN:-9})
 
 progress() {
   for f in /tmp/heron-reverse/reverse*.log; do
     [ -f "$f" ] && { echo "-- $(basename "$f"): $(tail -c 300 "$f" | tr '\r' '\n' | grep -v '^$' | tail -n 1)"; }
   done
-  tools/gpu_lm_session.sh status 2>&1 | tail -n 12
+  env "${LM_ENV[@]}" tools/gpu_lm_session.sh status 2>&1 | tail -n 8
+  for f in "$logs"/bench-*.log; do [ -f "$f" ] && echo "-- $(basename "$f"): $(tail -n 1 "$f")"; done
   nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader
+}
+
+# background chains that wait for a card to come free, then benchmark on it
+bench_chain() {  # NAME GPU WAIT_CONDITION_FUNCTION COMMAND...
+  local name=$1 gpu=$2 ready=$3; shift 3
+  setsid nohup bash -c "
+    cd '$REPO'
+    for _ in \$(seq 1 600); do $ready && break; sleep 5; done
+    echo \"[\$(date -u +%T)] card $gpu free: $name\"
+    CUDA_VISIBLE_DEVICES=$gpu $*
+    echo \"[\$(date -u +%T)] $name done (exit \$?)\"
+    touch '$logs/$name.done'
+  " > "$logs/bench-$name.log" 2>&1 < /dev/null &
 }
 
 case "$phase" in
 setup)
   minutes=${2:?reverse minutes}
+  rm -rf "$logs"/*.done "$logs"/bench-*.log "$logs"/bench
   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   # 1. every extension, in parallel (each is cached by source hash)
@@ -42,46 +65,46 @@ setup)
   wait
   echo "extensions built in $((SECONDS - start)) s"
   grep -l -i "error\|Traceback" "$logs"/build-*.log && tail -n 20 "$logs"/build-*.log
-  # 2. the new flip kernel against the CPU kernels before anything trains with it
-  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 -m pytest -q -x -p no:cacheprovider -m gpu \
-    tests/ops/test_rosa_grad.py 2>&1 | tail -n 5 | tee "$logs/flip-tests.txt"
+  # 2. the ROSA forward on the GPU against the CPU before anything trains with it
+  if [ "${SKIP_ROSA_CHECK:-0}" != 1 ]; then
+    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m gpu \
+      tests/ops/test_rosa_cuda.py 2>&1 | tail -n 3 | tee "$logs/rosa-cuda-tests.txt"
+  fi
   # 3. the trainings
-  REVERSE_GPU=0 tools/gpu_reverse_session.sh start "$minutes" 2>&1 | tee "$logs/reverse-start.txt"
-  GPU_A=1 GPU_B=2 GPU_C=3 TRAIN_MIN=${TRAIN_MIN:-7} tools/gpu_lm_session.sh start 2>&1 | tee "$logs/lm-start.txt"
-  # 4. the rest of the GPU tests in the background (read by `wait` and `finish`)
-  CUDA_VISIBLE_DEVICES=2 setsid nohup timeout 400 python3 -m pytest -q -p no:cacheprovider -m gpu tests \
-    > "$logs/gpu-tests.txt" 2>&1 < /dev/null &
-  sleep 15
+  REVERSE_GPU=0 TWIN_GPU=1 tools/gpu_reverse_session.sh start "$minutes" 2>&1 | tee "$logs/reverse-start.txt"
+  env "${LM_ENV[@]}" tools/gpu_lm_session.sh start 2>&1 | tee "$logs/lm-start.txt"
+  # 4. benchmarks and tests on the cards the trainings leave
+  mkdir -p "$logs/bench" "$logs/train_step"
+  bench_chain train-step-one 1 "! pgrep -f '[r]everse-no-rosa' > /dev/null" \
+    "OUT=$logs/train_step PARTS=one,compile,loss1,ctx4096 tools/gpu_train_step.sh"
+  bench_chain generate 3 "[ -f /tmp/heron-lm-session/status/music-rwkv7.rc ]" \
+    "timeout 240 python3 benchmarks/generate.py --device cuda --batch 1 --json $logs/bench/generate_b1.json" \
+    "> $logs/bench/generate_b1.txt 2>&1; timeout 300 python3 benchmarks/generate.py --device cuda --batch 64" \
+    "--full-samples 2 --json $logs/bench/generate_b64.json > $logs/bench/generate_b64.txt 2>&1"
+  bench_chain gpu-tests 2 "[ -f /tmp/heron-lm-session/status/chain-B.done ]" \
+    "timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests > $logs/bench/gpu-tests.txt 2>&1"
+  sleep 10
   progress
   ;;
 wait)
   end=$((SECONDS + ${2:?seconds}))
   while [ $SECONDS -lt $end ]; do sleep 60; echo "== $(date +%T)"; progress; done
-  echo "gpu tests: $(tail -n 1 "$logs/gpu-tests.txt")"
-  ;;
-reverse)  # once the reversal runs end: score them, then the one-GPU benchmarks on their card
-  tools/gpu_reverse_session.sh collect "${2:-300}" 2>&1 | tee "$logs/reverse-collect.txt"
-  export CUDA_VISIBLE_DEVICES=0
-  bench=$logs/bench; mkdir -p "$bench"
-  echo "== counting-toy step, flip estimator (issue 3)"
-  timeout 120 python3 benchmarks/rosa_flip_step.py --device cuda --repeats 10 2>&1 | tee "$bench/flip_step.txt" | tail -n 4
-  echo "== generation, incremental vs full recompute (issue 7)"
-  timeout 200 python3 benchmarks/generate.py --device cuda --batch 1 64 --json "$bench/generate.json" \
-    > "$bench/generate.txt" 2>&1; tail -n 8 "$bench/generate.txt"
-  if [ -f benchmarks/train_step.py ]; then
-    echo "== training step, one GPU (issue 9)"
-    timeout 200 python3 benchmarks/train_step.py --ctx 512 --json "$bench/train_step.json" \
-      > "$bench/train_step.txt" 2>&1; tail -n 12 "$bench/train_step.txt"
-  fi
-  tar -czf "$out/bench.tar.gz" -C "$bench" .
-  ls -la "$out"
   ;;
 finish)
-  tools/gpu_lm_session.sh collect "${2:-500}" 2>&1 | tee "$logs/lm-collect.txt"
-  status=${PIPESTATUS[0]}
-  tar -czf "$out/heron-logs.tar.gz" -C "$logs" --exclude=bench . 2>/dev/null
+  wait_s=${2:-420}
+  tools/gpu_reverse_session.sh collect "$wait_s" 2>&1 | tee "$logs/reverse-collect.txt"
+  env "${LM_ENV[@]}" FORCE=1 tools/gpu_lm_session.sh collect 60 2>&1 | tail -n 40 | tee "$logs/lm-collect.txt"
+  for name in train-step-one generate gpu-tests; do
+    for _ in $(seq 1 24); do [ -f "$logs/$name.done" ] && break; sleep 5; done
+    [ -f "$logs/$name.done" ] || echo "$name: still running, packing what exists"
+  done
+  pkill -f "[b]enchmarks/generate.py" ; pkill -f "[p]ytest -q -p no:cacheprovider -m gpu"
+  OUT=$logs/train_step PARTS=multi,lossN,fsdp tools/gpu_train_step.sh 2>&1 | tail -n 30
+  cp "$logs"/bench-*.log "$logs"/*.txt "$logs/bench/" 2>/dev/null
+  tar -czf "$out/bench.tar.gz" -C "$logs" bench train_step
+  echo "gpu tests: $(tail -n 1 "$logs/bench/gpu-tests.txt" 2>/dev/null)"
+  tail -n 6 "$logs/bench/generate_b1.txt" 2>/dev/null
   ls -la "$out"
-  exit "$status"
   ;;
 *)
   echo "unknown phase $phase" >&2; exit 2 ;;

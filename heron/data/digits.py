@@ -338,8 +338,9 @@ class _DigitSource(ABC):
         self.score_all = bool(score_all)
 
     @abstractmethod
-    def _rows(self, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-        """``batch_size`` full samples of ``seq_len + 1`` token ids, drawn from ``generator``."""
+    def _rows(self, batch_size: int, generator: torch.Generator) -> list[list[int]] | torch.Tensor:
+        """``batch_size`` full samples of ``seq_len + 1`` token ids (rows of ints or an int64
+        tensor ``[B, seq_len + 1]``), drawn from ``generator``."""
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs [B, seq_len]``, ``targets [B, seq_len]`` (next tokens; ``-100`` outside the
@@ -347,7 +348,8 @@ class _DigitSource(ABC):
         _check_positive("batch_size", batch_size)
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        tokens = torch.tensor(self._rows(batch_size, generator), dtype=torch.long)
+        rows = self._rows(batch_size, generator)
+        tokens = rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
         inputs, targets = tokens[:, :-1], tokens[:, 1:].clone()
         if not self.score_all:
             targets[~scored_positions(tokens, self.task)] = -100
@@ -361,13 +363,23 @@ class ReverseDigits(_DigitSource):
     task = "reverse"
     vocab_size = len(REVERSE_ALPHABET)
 
-    def _rows(self, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    def _rows(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        # Built with index arithmetic instead of one Python string per row: at batch 256 the
+        # string path took ~12 ms per batch, a fifth of an H100 training step of the 40K model.
+        # Same draws and same tokens as reverse_tokens() (tests/data/test_digits.py checks it).
         counts = torch.randint(1, self.max_digits + 1, (batch_size,), generator=generator)
         numbers = _random_numbers(counts, self.max_digits, generator)
-        return [
-            reverse_tokens(_digits_to_int(numbers[row], int(counts[row])), self.seq_len + 1)
-            for row in range(batch_size)
-        ]
+        width, length = self.max_digits, self.seq_len + 1
+        position = torch.arange(length)[None, :]
+        digits = counts[:, None]
+        # digits(n) at 0..d-1 read numbers[width-d+p]; the reversed digits at d+1..2d read
+        # numbers[width+d-p]; clamping keeps the gathers in range where the mask discards them.
+        forward = numbers.gather(1, (width - digits + position).clamp(0, width - 1))
+        backward = numbers.gather(1, (width + digits - position).clamp(0, width - 1))
+        tokens = torch.full((batch_size, length), REVERSE_ALPHABET.index("#"), dtype=torch.long)
+        tokens = torch.where(position < digits, forward, tokens)
+        tokens = torch.where(position == digits, REVERSE_ALPHABET.index(","), tokens)
+        return torch.where((position > digits) & (position <= 2 * digits), backward, tokens)
 
 
 class ArithDigits(_DigitSource):

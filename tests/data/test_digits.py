@@ -225,3 +225,18 @@ def test_evaluate_batches_and_scores():
     assert predicted.shape == (tokens.shape[0], tokens.shape[1] - 1)
     assert score.correct == score.scored  # position 0 is never scored for reversal
     assert sorted(score.per_digit) == list(range(1, 11))
+
+
+@pytest.mark.parametrize("max_digits", [1, 7, 60, 120])
+def test_reverse_rows_match_reverse_tokens(max_digits):
+    """The vectorised sampler builds exactly reverse_tokens() of the numbers it draws."""
+    from heron.data.digits import _random_numbers
+
+    source = ReverseDigits(max_digits)
+    rows = source._rows(300, torch.Generator().manual_seed(11))
+    replay = torch.Generator().manual_seed(11)
+    counts = torch.randint(1, max_digits + 1, (300,), generator=replay)
+    numbers = _random_numbers(counts, max_digits, replay)
+    for row in range(300):
+        digits = "".join(str(d) for d in numbers[row, max_digits - int(counts[row]) :].tolist())
+        assert rows[row].tolist() == reverse_tokens(int(digits), source.seq_len + 1)
