@@ -69,11 +69,12 @@ job_args() {  # NAME -> TASK ARGS... in the array ARGS
                        rosa=qkv$COPY_BITS rosa_tau=0.1) ;;
     copy-rwkv7)  ARGS=("${copy[@]}" --model-config "${small[@]}" ${small:+head_size=16} rosa=null deep_embed=false dim_ffn=1541) ;;
     music-rosa)  ARGS=(abc --config "$SRC/examples/music/config.toml" "${music_tiny[@]}")
-                 [ "$TINY" = 1 ] && ARGS+=(--model-config n_layer=1 n_embd=32 head_size=16) ;;
+                 if [ "$TINY" = 1 ]; then ARGS+=(--model-config n_layer=1 n_embd=32 head_size=16); fi ;;
     music-rwkv7) ARGS=(abc --config "$SRC/examples/music/config_rwkv7.json" "${music_tiny[@]}")
-                 [ "$TINY" = 1 ] && ARGS+=(--model-config n_layer=1 n_embd=32 head_size=16) ;;
+                 if [ "$TINY" = 1 ]; then ARGS+=(--model-config n_layer=1 n_embd=32 head_size=16); fi ;;
     *) echo "unknown job $1"; return 1 ;;
   esac
+  return 0  # (a failed test as the last command of a branch must not read as a failed job)
 }
 # the music runs first, so make_examples (GPU C) overlaps the second copy trainings.
 # LM_CHAIN_A/B/C (space-separated job names) replace a chain; an empty chain starts nothing.
@@ -89,7 +90,7 @@ log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 train_job() {  # NAME: probe, size the schedule, train with the time limit, export if stopped early
   local name=$1 run=$S/runs/$1 probe=$S/runs/$1-probe
-  job_args "$name" || return 1
+  job_args "$name" || { log "$name: unknown job"; echo 1 > "$S/status/$name.rc"; return 1; }
   local common=(--device "$DEVICE" --no-progress --no-tensorboard)
   log "$name: probe ($PROBE_STEPS steps) on CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"
   rm -rf "$probe"

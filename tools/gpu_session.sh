@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}  # one thread per core spins in tiny CPU ops (see gpu_reverse_session.sh)
 [ -d "$PWD/.gpu_shared" ] && export HERON_SHARED=${HERON_SHARED:-$PWD/.gpu_shared}  # ../shared does not travel
 logs=/tmp/heron-session
 out=${OUT:-/tmp/out}
