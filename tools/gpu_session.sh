@@ -5,7 +5,8 @@
 #
 #   tools/gpu_session.sh setup REVERSE_MINUTES   # build extensions, launch trainings and benchmarks
 #   tools/gpu_session.sh wait SECONDS            # progress while they run
-#   tools/gpu_session.sh finish [WAIT_S]         # wait for everything, multi-GPU benchmarks, pack $OUT
+#   tools/gpu_session.sh collect [WAIT_S]        # reversal scores and music samples into $OUT
+#   tools/gpu_session.sh finish [POLLS]          # multi-GPU benchmarks (stops the one-GPU ones), pack $OUT
 #
 # GPU map (every run alone on its card):
 #   0  digit reversal, the recipe (tools/gpu_reverse_session.sh, REVERSE_MINUTES of training)
@@ -25,7 +26,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}  # one thread per core spins in tin
 logs=/tmp/heron-session
 out=${OUT:-/tmp/out}
 mkdir -p "$logs" "$out"
-phase=${1:?usage: gpu_session.sh setup MINUTES | wait SECONDS | finish [WAIT_S]}
+phase=${1:?usage: gpu_session.sh setup MINUTES | wait SECONDS | collect [WAIT_S] | finish [POLLS]}
 LM_ENV=(GPU_B=2 GPU_C=3 "LM_CHAIN_A=" "LM_CHAIN_B=music-rosa eval:music" "LM_CHAIN_C=music-rwkv7"
         TRAIN_MIN=${TRAIN_MIN:-9})
 
@@ -92,15 +93,18 @@ wait)
   end=$((SECONDS + ${2:?seconds}))
   while [ $SECONDS -lt $end ]; do sleep 60; echo "== $(date +%T)"; progress; done
   ;;
-finish)
-  wait_s=${2:-420}
-  tools/gpu_reverse_session.sh collect "$wait_s" 2>&1 | tee "$logs/reverse-collect.txt"
+collect)  # the trainings: reversal scores and music samples into $OUT (call again if it exits 3)
+  tools/gpu_reverse_session.sh collect "${2:-420}" 2>&1 | tee "$logs/reverse-collect.txt"
+  [ "${PIPESTATUS[0]}" = 3 ] && exit 3
   env "${LM_ENV[@]}" FORCE=1 tools/gpu_lm_session.sh collect 60 2>&1 | tail -n 40 | tee "$logs/lm-collect.txt"
-  for name in train-step-one generate gpu-tests; do
-    for _ in $(seq 1 24); do [ -f "$logs/$name.done" ] && break; sleep 5; done
-    [ -f "$logs/$name.done" ] || echo "$name: still running, packing what exists"
-  done
+  ls -la "$out"
+  ;;
+finish)  # stop the one-GPU benchmarks, then the multi-GPU parts on every card; pack $OUT
+  for _ in $(seq 1 "${2:-12}"); do [ -f "$logs/train-step-one.done" ] && break; sleep 5; done
+  # the multi-GPU parts need every card: stop what still runs
+  pkill -f "[g]pu_train_step.sh"; pkill -f "[b]enchmarks/train_step.py"
   pkill -f "[b]enchmarks/generate.py" ; pkill -f "[p]ytest -q -p no:cacheprovider -m gpu"
+  sleep 3
   OUT=$logs/train_step PARTS=multi,lossN,fsdp tools/gpu_train_step.sh 2>&1 | tail -n 30
   cp "$logs"/bench-*.log "$logs"/*.txt "$logs/bench/" 2>/dev/null
   tar -czf "$out/bench.tar.gz" -C "$logs" bench train_step

@@ -11,7 +11,7 @@
 # Every part is bounded by `timeout` and may fail without stopping the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 log="$out/train_step.log"; touch "$log"
@@ -27,38 +27,38 @@ part() {  # part SECONDS TITLE COMMAND...
   timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
   local rc=$?; echo "=== $title: exit $rc" | tee -a "$log"
 }
-run_n() { local n=$1; shift; python3 -m torch.distributed.run --standalone --nproc_per_node="$n" "$@"; }
+# (torchrun through python3 -m: `timeout` cannot run a shell function)
 
 # 0. build the CUDA extensions (WKV7, ROSA) once, outside the timed parts
 want build && part 120 "build extensions" python3 $bench --configs rwkv8-rosa --ctx 128 --batch 2 --steps 1 --warmup 1 --no-breakdown
 # 1. one GPU: the three configurations at ctx 512 (the baseline of the scaling figures)
 want one && part 90 "1 GPU ctx 512" python3 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --json "$out/one_gpu.json"
+want loss1 && part 50 "loss curve 1 GPU" python3 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w1.csv"
 # 1b. RWKV-7 at batch 32, eager and compiled (does torch.compile pay here?)
 if want compile; then
-  part 60 "1 GPU ctx 512 batch 32 eager" python3 $bench --configs rwkv7 --ctx 512 --batch 32 --steps 10 --warmup 3 --no-breakdown
-  part 180 "1 GPU ctx 512 batch 32 compiled" python3 $bench --configs rwkv7 --ctx 512 --batch 32 --steps 10 --warmup 3 \
+  part 45 "1 GPU ctx 512 batch 32 eager" python3 $bench --configs rwkv7 --ctx 512 --batch 32 --steps 10 --warmup 3 --no-breakdown
+  part 150 "1 GPU ctx 512 batch 32 compiled" python3 $bench --configs rwkv7 --ctx 512 --batch 32 --steps 10 --warmup 3 \
     --no-breakdown --compile
 fi
+# 1c. ctx 4096 on one GPU
+want ctx4096 && part 90 "1 GPU ctx 4096" python3 $bench --ctx 4096 --batch 2 --steps 5 --warmup 2 --chunked-ce \
+    --json "$out/one_gpu_4096.json"
 # 2. several GPUs, DDP, per-GPU batch fixed
 if want multi && [ "$gpus" -ge 2 ]; then
-  part 45 "2 GPUs DDP ctx 512" run_n 2 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
+  part 45 "2 GPUs DDP ctx 512" python3 -m torch.distributed.run --standalone --nproc_per_node=2 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
     --baseline "$out/one_gpu.json" --json "$out/multi_gpu_2.json"
 fi
 if want multi && [ "$gpus" -ge 4 ]; then
-  part 45 "4 GPUs DDP ctx 512" run_n 4 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
+  part 45 "4 GPUs DDP ctx 512" python3 -m torch.distributed.run --standalone --nproc_per_node=4 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
     --baseline "$out/one_gpu.json" --json "$out/multi_gpu.json"
 fi
-# 3. loss curves: the same global batch on 1, 2 and 4 GPUs, 200 steps each
-want loss1 && part 50 "loss curve 1 GPU" python3 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w1.csv"
-want lossN && [ "$gpus" -ge 2 ] && part 40 "loss curve 2 GPUs" run_n 2 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w2.csv"
-want lossN && [ "$gpus" -ge 4 ] && part 40 "loss curve 4 GPUs" run_n 4 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w4.csv"
+# 3. loss curves: the same global batch on 2 and 4 GPUs as on one, 200 steps each
+want lossN && [ "$gpus" -ge 2 ] && part 40 "loss curve 2 GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node=2 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w2.csv"
+want lossN && [ "$gpus" -ge 4 ] && part 40 "loss curve 4 GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node=4 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w4.csv"
 # 4. FSDP2 on every GPU: RWKV-7 L24-D2048 and RWKV-8 L12-D768 (DeepEmbed sharded)
 n=$(( gpus >= 4 ? 4 : (gpus >= 1 ? gpus : 1) ))
-want fsdp && part 90 "FSDP2 $n GPUs" run_n "$n" $bench --parallel fsdp --configs rwkv7-L24-D2048,rwkv8 --ctx 512 --batch 8 \
+want fsdp && part 90 "FSDP2 $n GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node="$n" $bench --parallel fsdp --configs rwkv7-L24-D2048,rwkv8 --ctx 512 --batch 8 \
   --steps 6 --warmup 2 --no-breakdown --json "$out/fsdp.json"
-# 5. ctx 4096 on one GPU
-want ctx4096 && part 120 "1 GPU ctx 4096" python3 $bench --ctx 4096 --batch 2 --steps 5 --warmup 2 --chunked-ce \
-    --json "$out/one_gpu_4096.json"
 # keep at most 8 files: fold the 2-GPU JSON and the ctx-4096 JSON into the log
 for extra in multi_gpu_2.json one_gpu_4096.json; do
   [ -f "$out/$extra" ] && { echo "=== $extra"; cat "$out/$extra"; } >> "$log" && rm -f "$out/$extra"
