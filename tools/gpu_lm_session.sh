@@ -195,13 +195,7 @@ show_status() {
 }
 
 ensure_packages() {
-  if ! python3 -c "import music21" 2>/dev/null; then
-    if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-      log "installing $(ls "$REPO"/.whl | tr '\n' ' ') into $S/site"
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S/site" \
-        "$REPO"/.whl/*.whl || return 1
-    fi
-  fi
+  "$REPO/tools/ensure_wheels.sh" "$S/site" > /dev/null || return 1
   python3 - <<'PY' || return 1
 import importlib, sys
 missing = []

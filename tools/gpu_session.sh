@@ -47,7 +47,8 @@ bench_chain() {  # NAME GPU WAIT_CONDITION_FUNCTION COMMAND...
     for _ in \$(seq 1 600); do $ready && break; sleep 5; done
     echo \"[\$(date -u +%T)] card $gpu free: $name\"
     CUDA_VISIBLE_DEVICES=$gpu $*
-    echo \"[\$(date -u +%T)] $name done (exit \$?)\"
+    rc=\$?
+    echo \"[\$(date -u +%T)] $name done (exit \$rc)\"
     touch '$logs/$name.done'
   " > "$logs/bench-$name.log" 2>&1 < /dev/null &
 }
