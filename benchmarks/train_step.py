@@ -246,6 +246,8 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     row = {
         "config": name, "model": values, "ctx": T, "batch_per_process": B, "processes": context.world_size,
         "parallel": args.parallel if context.enabled else "single", "compile": args.compile,
+        # DDP decides it from the model (heron.train.distributed.may_leave_parameters_unused)
+        "find_unused_parameters": getattr(parallel.root, "find_unused_parameters", None),
         "grad_checkpointing": args.grad_checkpointing, "chunked_ce": args.chunked_ce,
         "parameters": parameters, "matmul_parameters": flop_parameters, "device": device_name(device),
         "step_ms": step_s * 1000, "tokens_per_s": tokens_per_s, "peak_memory_mb_per_process": peak_mb,

@@ -106,15 +106,63 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torch.device) -> torch.nn.Module:
-    """DDP around ``model`` when several processes run. ``find_unused_parameters`` because the
-    official task layout keeps parameters that layer 0 never uses (``v0 v1 v2``)."""
+def may_leave_parameters_unused(model: torch.nn.Module) -> bool:
+    """Whether a training forward of ``model`` (or of the loss wrapper holding it as ``.model``)
+    can leave a trainable parameter out of the autograd graph, so that DDP must be built with
+    ``find_unused_parameters=True``.
+
+    That option is not free: after every forward DDP walks the whole autograd graph to find the
+    parameters that will get no gradient (and warns when it finds none), which costs multi-GPU
+    scaling. It is also not optional when a parameter is unused: DDP then waits for a gradient
+    that never comes and fails at the next step. So decide from the model:
+
+    - heron's own models (``RWKV8``, ``ROSALM``, ``CountingToy``) use every parameter in every
+      training forward — no module is skipped, the ROSA estimators return a gradient (zeros at
+      worst) for every input, DeepEmbed and the chunked cross-entropy read their tables and head
+      on every step — except one layout: the official task checkpoints keep ``v0 v1 v2`` in
+      block 0's time-mix (``layer0_value_lora``), which layer 0 never reads (it *produces*
+      ``v_first``). Only then is the option needed.
+    - any other model (a task's own module, a test's toy): we cannot tell, so keep the safe
+      setting.
+    """
+    from heron.train.losses import LossModel
+
+    if isinstance(model, LossModel):
+        model = model.model
+    known = _known_model_classes()
+    if not isinstance(model, known):
+        return True
+    from heron.layers.time_mix import TimeMix
+
+    for module in model.modules():
+        if isinstance(module, TimeMix) and not module.mixes_value_with_first_layer:
+            unread = [getattr(module, name) for name in ("v0", "v1", "v2") if hasattr(module, name)]
+            if any(p.requires_grad for p in unread):
+                return True
+    return False
+
+
+def _known_model_classes() -> tuple[type, ...]:
+    from heron.models.rosa_lm import ROSALM
+    from heron.models.rwkv8 import RWKV8
+    from heron.models.toys import CountingToy
+
+    return RWKV8, ROSALM, CountingToy
+
+
+def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torch.device,
+               find_unused_parameters: bool | None = None) -> torch.nn.Module:
+    """DDP around ``model`` when several processes run. ``find_unused_parameters``: None decides
+    from the model (:func:`may_leave_parameters_unused`: only the official task layout, whose
+    block 0 keeps the unused ``v0 v1 v2``, and models heron does not know need it)."""
     if not context.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    if find_unused_parameters is None:
+        find_unused_parameters = may_leave_parameters_unused(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,12 +195,43 @@ def apply_grad_checkpointing(model: torch.nn.Module) -> None:
         block.forward = checkpointed
 
 
-def apply_compile(model: torch.nn.Module) -> None:
+def compile_options() -> dict[str, object]:
+    """Inductor options for :func:`apply_compile` on this version of torch.
+
+    torch 2.10 turned on Inductor's "mix-order reduction" (Triton back ends, i.e. GPUs; the CPU
+    back end never uses it), which fuses a reduction over the rows of a tensor with one over its
+    columns. A block's backward is full of such pairs: a LayerNorm / ``F.normalize`` backward
+    sums over the channels of each position, while the gradient of a broadcast parameter of
+    shape ``[1, 1, C]`` (``x_r ... x_g``, ``k_k``, the channel-mix ``x_k``) sums over the
+    positions. torch 2.10/2.11 return the fused kernel's column sums with the reduction's flat
+    shape ``[C]`` instead of the buffer's declared ``[1, 1, C]`` (pytorch/pytorch#178080, fixed
+    by #178098: 2.13's ``SIMDScheduling._codegen_mix_order_reduction`` restores the shape with a
+    ``.view``), so the compiled backward fails with "CompiledFunctionBackward returned an invalid
+    gradient at index N - got [C] but expected shape compatible with [1, 1, C]" — the error of
+    ``benchmarks/train_step.py --compile`` with torch 2.11 on an H100. On those versions (2.12
+    included: not checked) we turn the fusion off for our compiled blocks only; the two
+    reductions then run as separate kernels.
+    """
+    from torch.torch_version import TorchVersion
+
+    version = TorchVersion(torch.__version__)
+    if (2, 10) <= version < (2, 13):
+        return {"triton.mix_order_reduction": False}
+    return {}
+
+
+def apply_compile(model: torch.nn.Module, backend: str = "inductor") -> None:
     """``torch.compile`` every block in place (``Module.compile``: names and state-dict keys
-    unchanged), or the whole model when it has no blocks."""
+    unchanged), or the whole model when it has no blocks; :func:`compile_options` says which
+    Inductor options this torch needs. ``backend``: torch.compile's (tests trace with
+    ``"aot_eager"``: the same graphs and autograd, without Inductor's code generation)."""
     blocks = model_blocks(model)
+    options = compile_options() if backend == "inductor" else {}
     for module in blocks if blocks is not None else [model]:
-        module.compile()
+        kwargs = {} if backend == "inductor" else {"backend": backend}
+        if options:
+            kwargs["options"] = dict(options)
+        module.compile(**kwargs)
 
 
 _FSDP_PREFIX = "model."  # the trained model is the ``model`` submodule of the loss wrapper

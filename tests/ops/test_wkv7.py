@@ -202,6 +202,23 @@ def test_backends_agree():
         assert relative_l2(s, results["reference"][1]) < 1e-5, name
 
 
+@pytest.mark.parametrize("backend", ["auto", "chunked", "reference"])
+@pytest.mark.parametrize("T", [3, 40])
+def test_autocast_keeps_float32_arithmetic(backend, T):
+    # Under autocast the model hands bfloat16 inputs over; the matrix products inside must stay
+    # float32 (the chunked path's in-place baddbmm_ used to refuse autocast's bfloat16 operands).
+    inputs = [x.float().to(torch.bfloat16).requires_grad_() for x in make_inputs(2, T, 2, 16, seed=21)[:6]]
+    y, s = wkv7(*inputs, return_state=True, backend=backend)
+    grads = torch.autograd.grad(y.float().sum() + s.sum(), inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto, s_auto = wkv7(*inputs, return_state=True, backend=backend)
+    grads_auto = torch.autograd.grad(y_auto.float().sum() + s_auto.sum(), inputs)  # backward outside, as usual
+    assert y_auto.dtype == torch.bfloat16 and s_auto.dtype == torch.float32
+    assert torch.equal(y_auto, y) and torch.equal(s_auto, s)
+    for g_auto, g in zip(grads_auto, grads):
+        assert g_auto.shape == g.shape and torch.equal(g_auto, g)
+
+
 def test_validation_errors():
     r, w, k, v, a, b, state = (x.float() for x in make_inputs(2, 8, 2, 16, seed=15))
     with pytest.raises(TypeError, match="w must be a torch.Tensor"):

@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from . import cuda as _cuda
-from .chunked import wkv7_chunked
+from .chunked import without_autocast, wkv7_chunked
 from .convert import fla_log_decay_to_w, state_from_fla, state_to_fla, w_to_fla_log_decay
 from .reference import wkv7_reference
 from .step import wkv7_step, wkv7_steps
@@ -117,9 +117,11 @@ def wkv7(r, w, k, v, a, b, state=None, return_state=False, *, backend="auto"):
             raise ValueError(f"wkv7: {reason}")
         y, final_state = _cuda.wkv7_cuda(*tensors, state)
     elif backend == "reference":
-        y, final_state = wkv7_reference(*tensors, state)
+        with without_autocast(r.device):  # float32 arithmetic, as promised, under autocast too
+            y, final_state = wkv7_reference(*tensors, state)
     elif backend == "step":
-        y, final_state = wkv7_steps(*tensors, _initial_state(r, state))
+        with without_autocast(r.device):
+            y, final_state = wkv7_steps(*tensors, _initial_state(r, state))
     else:
         y, final_state = _chunked(*tensors, state)
     return (y, final_state) if return_state else y

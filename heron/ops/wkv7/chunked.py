@@ -32,6 +32,8 @@ whatever the decay.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 DEFAULT_CHUNK_LENGTH = 16
@@ -69,7 +71,22 @@ def wkv7_chunked(
     Arithmetic in float64 for float64 inputs, else float32; ``y`` has the input dtype and the
     state ``[B, H, N_v, N_k]`` is float32 (float64). Differentiable through autograd in every
     input including ``state``. Inputs are assumed validated (see ``heron.ops.wkv7.wkv7``).
+
+    Autocast is off inside: it would run the matrix products below in bfloat16/float16 against
+    the float32 state (the in-place ``baddbmm_`` then refuses the mixed dtypes).
     """
+    with without_autocast(r.device):
+        return _wkv7_chunked(r, w, k, v, a, b, state, chunk_length, force_pairwise)
+
+
+def without_autocast(device: torch.device):
+    """A context that turns autocast off on ``device`` (nothing where it has no autocast)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _wkv7_chunked(r, w, k, v, a, b, state, chunk_length, force_pairwise):
     B, T, H, N = r.shape
     compute = torch.float64 if r.dtype == torch.float64 else torch.float32
     device = r.device

@@ -25,6 +25,7 @@ def wkv7_reference(
     """
     B, T, H, N = r.shape
     compute = torch.float64 if r.dtype == torch.float64 else torch.float32
+    out_dtype = r.dtype
     r, w, k, v, a, b = (t.to(compute) for t in (r, w, k, v, a, b))
     if state is None:
         S = torch.zeros(B, H, N, N, dtype=compute, device=r.device)
@@ -42,4 +43,4 @@ def wkv7_reference(
         )
         ys.append(torch.einsum("bhij,bhj->bhi", S, r[:, t]))
     y = torch.stack(ys, dim=1) if ys else r.new_zeros(B, 0, H, N)
-    return y, S
+    return y.to(out_dtype), S
