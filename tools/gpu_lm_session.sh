@@ -53,6 +53,7 @@ TRAIN_S=$(python3 -c "print(int(float('$TRAIN_MIN') * 60))")
 # with dim_ffn 1696: 38,090,752 (33,554,432 of each are embedding + head).
 # ROSA estimator floor tau = 0.1 (docs/benchmarks/training.md: 1e-3 gives gradient norms 5-100).
 job_args() {  # NAME -> TASK ARGS... in the array ARGS
+  local copy_extra=(); read -ra copy_extra <<< "${COPY_EXTRA:-}"  # more --model-config fields, ROSA LMs only
   local copy=(text --lr 1e-3 --lr-final 1e-5 --warmup 100 --seed 0)
   local music_tiny=()
   if [ "$TINY" = 1 ]; then
@@ -64,9 +65,10 @@ job_args() {  # NAME -> TASK ARGS... in the array ARGS
     local small=()
   fi
   case $1 in
-    copy-rosalm) ARGS=("${copy[@]}" --model rosa_lm --model-config "${small[@]}" dim_ffn=1696 bits=$COPY_BITS rosa_tau=0.1) ;;
+    copy-rosalm) ARGS=("${copy[@]}" --model rosa_lm --model-config "${small[@]}" dim_ffn=1696 bits=$COPY_BITS rosa_tau=0.1
+                       "${copy_extra[@]}") ;;
     copy-rwkv8)  ARGS=("${copy[@]}" --model-config "${small[@]}" ${small:+head_size=16} deep_embed=false
-                       rosa=qkv$COPY_BITS rosa_tau=0.1) ;;
+                       rosa=qkv$COPY_BITS rosa_tau=0.1 "${copy_extra[@]}") ;;
     copy-rwkv7)  ARGS=("${copy[@]}" --model-config "${small[@]}" ${small:+head_size=16} rosa=null deep_embed=false dim_ffn=1541) ;;
     music-rosa)  ARGS=(abc --config "$SRC/examples/music/config.toml" "${music_tiny[@]}")
                  if [ "$TINY" = 1 ]; then ARGS+=(--model-config n_layer=1 n_embd=32 head_size=16); fi ;;

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# One GPU session for the runs that need a card (issues 6, 7, 8, 9), on a 4-GPU machine whose
-# commands are limited to 10 minutes: the trainings run in the background (setsid), so the
-# session is a few short commands:
+# One GPU session for the runs that need a card (issues 6-9), on a 4-GPU machine whose commands
+# are limited to 10 minutes: the trainings run in the background (setsid), so the session is a
+# few short commands:
 #
-#   tools/gpu_session.sh setup REVERSE_MINUTES   # build extensions, launch trainings and benchmarks
-#   tools/gpu_session.sh wait SECONDS            # progress while they run
-#   tools/gpu_session.sh collect [WAIT_S]        # reversal scores and music samples into $OUT
-#   tools/gpu_session.sh finish [POLLS]          # multi-GPU benchmarks (stops the one-GPU ones), pack $OUT
+#   PLAN=... tools/gpu_session.sh setup [REVERSE_MINUTES]  # build extensions, launch runs and benchmarks
+#   PLAN=... tools/gpu_session.sh wait SECONDS             # progress while they run
+#   PLAN=... tools/gpu_session.sh collect [WAIT_S]         # training results into $OUT
+#   PLAN=... tools/gpu_session.sh finish [POLLS]           # multi-GPU benchmarks (stops the one-GPU ones), pack $OUT
 #
-# GPU map (every run alone on its card):
+# PLAN=reverse-music (the 2026-11-27 session; every run alone on its card):
 #   0  digit reversal, the recipe (tools/gpu_reverse_session.sh, REVERSE_MINUTES of training)
 #   1  its ROSA-free twin, then the one-GPU training-step benchmarks (tools/gpu_train_step.sh)
 #   2  music, RWKV-8 + ROSA (tools/gpu_lm_session.sh), then the samples and evaluation of both
 #      music models (examples/music/make_examples.py), then the GPU tests
 #   3  music, RWKV-7 only, then the generation benchmark (incremental vs full recompute)
-#   all  at `finish`, once the cards are free: 2/4-GPU DDP, loss curves, FSDP2
+# PLAN=copy-scale (issue 7's copy LMs and issue 9's throughput):
+#   0/1/2  the pure ROSA LM, the RWKV-8 + ROSA LM and the RWKV-7 LM on the demo corpus
+#          (tools/gpu_lm_session.sh; COPY_EXTRA adds --model-config fields to the two ROSA
+#          LMs), each followed by its copy evaluation
+#   3  the one-GPU training-step benchmarks (incl. --compile and ctx 4096), then the GPU tests
+# Both: at `finish`, once the cards are free, 2/4-GPU DDP, the loss curves and FSDP2.
 # Needs only PYTHONPATH (no install); music21 comes from ./.whl (carry it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +32,15 @@ logs=/tmp/heron-session
 out=${OUT:-/tmp/out}
 mkdir -p "$logs" "$out"
 phase=${1:?usage: gpu_session.sh setup MINUTES | wait SECONDS | collect [WAIT_S] | finish [POLLS]}
-LM_ENV=(GPU_B=2 GPU_C=3 "LM_CHAIN_A=" "LM_CHAIN_B=music-rosa eval:music" "LM_CHAIN_C=music-rwkv7"
-        TRAIN_MIN=${TRAIN_MIN:-9})
+PLAN=${PLAN:-copy-scale}
+case $PLAN in
+  reverse-music) LM_ENV=(GPU_B=2 GPU_C=3 "LM_CHAIN_A=" "LM_CHAIN_B=music-rosa eval:music" "LM_CHAIN_C=music-rwkv7"
+                         TRAIN_MIN=${TRAIN_MIN:-9}) ;;
+  copy-scale)    LM_ENV=(GPU_A=0 GPU_B=1 GPU_C=2 "LM_CHAIN_A=copy-rosalm eval:copy-rosalm"
+                         "LM_CHAIN_B=copy-rwkv8 eval:copy-rwkv8" "LM_CHAIN_C=copy-rwkv7 eval:copy-rwkv7"
+                         TRAIN_MIN=${TRAIN_MIN:-9} "COPY_EXTRA=${COPY_EXTRA:-}") ;;
+  *) echo "PLAN must be reverse-music or copy-scale, got $PLAN" >&2; exit 2 ;;
+esac
 
 progress() {
   for f in /tmp/heron-reverse/reverse*.log; do
@@ -55,7 +67,7 @@ bench_chain() {  # NAME GPU WAIT_CONDITION_FUNCTION COMMAND...
 
 case "$phase" in
 setup)
-  minutes=${2:?reverse minutes}
+  minutes=${2:-15}
   rm -rf "$logs"/*.done "$logs"/bench-*.log "$logs"/bench
   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -75,18 +87,24 @@ setup)
       tests/ops/test_rosa_cuda.py 2>&1 | tail -n 3 | tee "$logs/rosa-cuda-tests.txt"
   fi
   # 3. the trainings
-  REVERSE_GPU=0 TWIN_GPU=1 tools/gpu_reverse_session.sh start "$minutes" 2>&1 | tee "$logs/reverse-start.txt"
+  [ "$PLAN" = reverse-music ] && REVERSE_GPU=0 TWIN_GPU=1 tools/gpu_reverse_session.sh start "$minutes" 2>&1 \
+    | tee "$logs/reverse-start.txt"
   env "${LM_ENV[@]}" tools/gpu_lm_session.sh start 2>&1 | tee "$logs/lm-start.txt"
   # 4. benchmarks and tests on the cards the trainings leave
   mkdir -p "$logs/bench" "$logs/train_step"
-  bench_chain train-step-one 1 "! pgrep -f '[r]everse-no-rosa' > /dev/null" \
-    "OUT=$logs/train_step PARTS=one,compile,loss1,ctx4096 tools/gpu_train_step.sh"
-  bench_chain generate 3 "[ -f /tmp/heron-lm-session/status/music-rwkv7.rc ]" \
-    "timeout 240 python3 benchmarks/generate.py --device cuda --batch 1 --json $logs/bench/generate_b1.json" \
-    "> $logs/bench/generate_b1.txt 2>&1; timeout 300 python3 benchmarks/generate.py --device cuda --batch 64" \
-    "--full-samples 2 --json $logs/bench/generate_b64.json > $logs/bench/generate_b64.txt 2>&1"
-  bench_chain gpu-tests 2 "[ -f /tmp/heron-lm-session/status/chain-B.done ]" \
-    "timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests > $logs/bench/gpu-tests.txt 2>&1"
+  gpu_tests="timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests > $logs/bench/gpu-tests.txt 2>&1"
+  if [ "$PLAN" = reverse-music ]; then
+    bench_chain train-step-one 1 "! pgrep -f '[r]everse-no-rosa' > /dev/null" \
+      "OUT=$logs/train_step PARTS=one,compile,loss1,ctx4096 tools/gpu_train_step.sh"
+    bench_chain generate 3 "[ -f /tmp/heron-lm-session/status/music-rwkv7.rc ]" \
+      "timeout 240 python3 benchmarks/generate.py --device cuda --batch 1 --json $logs/bench/generate_b1.json" \
+      "> $logs/bench/generate_b1.txt 2>&1; timeout 300 python3 benchmarks/generate.py --device cuda --batch 64" \
+      "--full-samples 2 --json $logs/bench/generate_b64.json > $logs/bench/generate_b64.txt 2>&1"
+    bench_chain gpu-tests 2 "[ -f /tmp/heron-lm-session/status/chain-B.done ]" "$gpu_tests"
+  else
+    bench_chain train-step-one 3 true \
+      "OUT=$logs/train_step PARTS=one,loss1,compile,ctx4096 tools/gpu_train_step.sh; $gpu_tests"
+  fi
   sleep 10
   progress
   ;;
@@ -94,10 +112,15 @@ wait)
   end=$((SECONDS + ${2:?seconds}))
   while [ $SECONDS -lt $end ]; do sleep 60; echo "== $(date +%T)"; progress; done
   ;;
-collect)  # the trainings: reversal scores and music samples into $OUT (call again if it exits 3)
-  tools/gpu_reverse_session.sh collect "${2:-420}" 2>&1 | tee "$logs/reverse-collect.txt"
-  [ "${PIPESTATUS[0]}" = 3 ] && exit 3
-  env "${LM_ENV[@]}" FORCE=1 tools/gpu_lm_session.sh collect 60 2>&1 | tail -n 40 | tee "$logs/lm-collect.txt"
+collect)  # the trainings' results into $OUT (call again if it exits 3)
+  if [ "$PLAN" = reverse-music ]; then
+    tools/gpu_reverse_session.sh collect "${2:-420}" 2>&1 | tee "$logs/reverse-collect.txt"
+    [ "${PIPESTATUS[0]}" = 3 ] && exit 3
+    env "${LM_ENV[@]}" FORCE=1 tools/gpu_lm_session.sh collect 60 2>&1 | tail -n 40 | tee "$logs/lm-collect.txt"
+  else
+    env "${LM_ENV[@]}" tools/gpu_lm_session.sh collect "${2:-420}" 2>&1 | tail -n 40 | tee "$logs/lm-collect.txt"
+    [ "${PIPESTATUS[0]}" = 3 ] && exit 3
+  fi
   ls -la "$out"
   ;;
 finish)  # stop the one-GPU benchmarks, then the multi-GPU parts on every card; pack $OUT
