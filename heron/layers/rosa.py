@@ -32,7 +32,7 @@ from ..ops.rosa.grad import (
     rosa_qkv_channels,
 )
 
-__all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV"]
+__all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV", "QK_INITS", "check_qk_init"]
 
 
 @dataclass
@@ -92,6 +92,16 @@ class ROSAState:
 
         x_prev = data.get("x_prev")
         return cls(OnlineROSA.from_state_dict(data["automaton"]), None if x_prev is None else x_prev.to(device))
+
+
+QK_INITS = ("independent", "tied")
+
+
+def check_qk_init(value, name: str = "qk_init") -> str:
+    """Validate a ROSA-QKV key initialisation (:data:`QK_INITS`); ``name`` names it in the error."""
+    if not isinstance(value, str) or value not in QK_INITS:
+        raise ValueError(f"{name} must be one of {', '.join(repr(v) for v in QK_INITS)}, got {value!r}")
+    return value
 
 
 def _new_automaton(num_streams: int):
@@ -309,6 +319,12 @@ class ROSAQKV(nn.Module):
         out = o(rosa_qkv(q(q), k(k), v(v)))
 
     ``shift(x)[t] = x[t-1]`` with ``state.x_prev`` (or zeros) at ``t = 0``.
+
+    ``qk_init``: ``"independent"`` (official: ``q`` and ``k`` are drawn independently, so at
+    initialisation a channel's query bits have nothing to do with its key bits) or ``"tied"``
+    (``k`` starts as a copy of ``q`` and ``x_k`` as a copy of ``x_q``, so every channel starts as
+    token ROSA on its own bit stream; the two still train separately). Only the initial values
+    differ; no extra random numbers are drawn, so the other parameters are the same for a seed.
     """
 
     def __init__(
@@ -319,8 +335,10 @@ class ROSAQKV(nn.Module):
         tau: float = 1e-3,
         window: int = DEFAULT_WINDOW,
         no_match: str | None = None,
+        qk_init: str = "independent",
     ):
         super().__init__()
+        self.qk_init = check_qk_init(qk_init)
         self.n_embd, self.bits = n_embd, bits
         self.rosa_qkv = ROSAQKVOp(n_embd, bits, estimator, tau, window, no_match)
         self.x_q = nn.Parameter(torch.zeros(1, 1, n_embd))
@@ -330,6 +348,19 @@ class ROSAQKV(nn.Module):
         self.k = nn.Linear(n_embd, n_embd)
         self.v = nn.Linear(n_embd, n_embd)
         self.o = nn.Linear(n_embd, n_embd)
+        if self.qk_init == "tied":
+            self.tie_qk_()
+
+    def extra_repr(self) -> str:
+        return f"qk_init={self.qk_init!r}" if self.qk_init != "independent" else ""
+
+    @torch.no_grad()
+    def tie_qk_(self) -> "ROSAQKV":
+        """Set the key path to the query path (``k <- q``, ``x_k <- x_q``), in place."""
+        self.k.weight.copy_(self.q.weight)
+        self.k.bias.copy_(self.q.bias)
+        self.x_k.copy_(self.x_q)
+        return self
 
     def forward(self, x: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
         check_activation("x", x, self.n_embd, self.bits)

@@ -49,10 +49,13 @@ TASK_WEIGHT_DECAY = 0.01
 
 def _reset_rosa_qkv_block(module: nn.Module) -> None:
     """The ROSA-QKV block's official values (spec/ROSA.md §3): ``x_q = x_k = x_v = 0``,
-    ``rosa_qkv.emb = 1``; its Linear layers were reset to torch's defaults already."""
+    ``rosa_qkv.emb = 1``; its Linear layers were reset to torch's defaults already. A block built
+    with ``qk_init="tied"`` then copies its query path into its key path again."""
     for name in ("x_q", "x_k", "x_v"):
         getattr(module, name).zero_()
     module.rosa_qkv.emb.fill_(1.0)
+    if getattr(module, "qk_init", "independent") == "tied":
+        module.tie_qk_()
 
 
 def _reset_post_order(module: nn.Module) -> None:

@@ -30,6 +30,7 @@ from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_id
 __all__ = ["ROSALMConfig", "ROSALM", "ROSALMState", "ROSALMBlockState"]
 
 
+
 @dataclass
 class ROSALMConfig:
     """Shape of a pure ROSA LM.
@@ -40,6 +41,10 @@ class ROSALMConfig:
       (:mod:`heron.ops.rosa.grad`). The default is the cheap ``"window"`` estimator (the bit-flip
       finite difference truncated to ``rosa_window`` positions, O(T * window) per stream), since
       an LM trains on long contexts; ``"flip"`` is the official O(T^2) one.
+    - ``rosa_qk_init``: ``"independent"`` (official: the ROSA blocks' ``q`` and ``k`` projections
+      are drawn independently) or ``"tied"`` (each block's ``k`` and ``x_k`` start equal to its
+      ``q`` and ``x_q``, so every channel starts as token ROSA on its own bit stream; see
+      :class:`heron.layers.rosa.ROSAQKV` and docs/models.md).
     """
 
     n_layer: int
@@ -51,6 +56,7 @@ class ROSALMConfig:
     rosa_tau: float = 1e-3
     rosa_window: int = 16
     layer_norm_eps: float = 1e-5
+    rosa_qk_init: str = "independent"
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "vocab_size"):
@@ -70,6 +76,9 @@ class ROSALMConfig:
         for name in ("rosa_tau", "layer_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ROSALMConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        from heron.layers.rosa import check_qk_init
+
+        check_qk_init(self.rosa_qk_init, "ROSALMConfig.rosa_qk_init")
 
     # The channel-mix layer reads these from its config: the pure ROSA LM uses the RWKV-7 one.
     @property
@@ -187,7 +196,8 @@ class ROSALMBlock(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd, eps=eps)
         self.ln3 = nn.LayerNorm(config.n_embd, eps=eps)
         self.rosa = _rosa_block_class()(config.n_embd, bits=config.bits, estimator=config.rosa_estimator,
-                                        tau=config.rosa_tau, window=config.rosa_window)
+                                        tau=config.rosa_tau, window=config.rosa_window,
+                                        qk_init=config.rosa_qk_init)
         self.ffn = ChannelMix(config, layer_id)
 
     def forward(self, x, state: ROSALMBlockState | None, return_state: bool):

@@ -45,7 +45,9 @@ class RWKV8Config:
     - ``dim_ffn``: channel-mix width, default ``4 * n_embd``.
     - ``lora_rank_decay / _iclr / _value / _gate``: time-mix LoRA ranks, defaults from spec §5.
     - ``rosa``: ``None`` or ``"qkv1"`` / ``"qkv4"``: a ROSA-QKV block (``ln3``, ``rosa``) beside
-      every time-mix; ``rosa_estimator``/``rosa_tau`` configure its gradient estimator.
+      every time-mix; ``rosa_estimator``/``rosa_tau`` configure its gradient estimator;
+      ``rosa_qk_init`` its initial key projection: ``"independent"`` (official) or ``"tied"``
+      (``k``/``x_k`` start equal to ``q``/``x_q``; see :class:`heron.layers.rosa.ROSAQKV`).
     - ``deep_embed``: x080 channel-mix with the ``enn`` table (else the RWKV-7 channel-mix);
       ``deep_embed_on_cpu`` keeps the table in CPU memory whatever device the model moves to.
     - ``ln0``: LayerNorm right after the embedding (rc00 layout; the task models have none).
@@ -73,6 +75,7 @@ class RWKV8Config:
     layer0_value_lora: bool = False
     layer_norm_eps: float = 1e-5
     ln_x_eps: float = 64e-5
+    rosa_qk_init: str = "independent"
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "vocab_size", "head_size"):
@@ -95,6 +98,9 @@ class RWKV8Config:
             raise ValueError(f"RWKV8Config.rosa must be None, 'qkv1' or 'qkv4', got {self.rosa!r}")
         if self.rosa == "qkv4" and self.n_embd % 4 != 0:
             raise ValueError(f"RWKV8Config.n_embd must be a multiple of 4 for rosa='qkv4', got {self.n_embd}")
+        from heron.layers.rosa import check_qk_init
+
+        check_qk_init(self.rosa_qk_init, "RWKV8Config.rosa_qk_init")
         if self.deep_embed_on_cpu and not self.deep_embed:
             raise ValueError("RWKV8Config.deep_embed_on_cpu needs deep_embed=True")
         for name in ("layer_norm_eps", "ln_x_eps", "rosa_tau"):
@@ -335,7 +341,8 @@ class Block(nn.Module):
         if self.has_rosa:
             self.ln3 = nn.LayerNorm(config.n_embd, eps=eps)
             self.rosa = _rosa_block_class()(config.n_embd, bits=config.rosa_bits,
-                                            estimator=config.rosa_estimator, tau=config.rosa_tau)
+                                            estimator=config.rosa_estimator, tau=config.rosa_tau,
+                                            qk_init=config.rosa_qk_init)
 
     def forward(self, x, token_ids, v_first, state: BlockState | None, return_state: bool):
         if hasattr(self, "ln0"):

@@ -1,0 +1,206 @@
+"""CPU probe of copy ability (issue 7): tiny LMs trained on synthetic data where copying is the
+only way to predict, then scored with the copy protocol of heron/generate/copy_eval.py.
+
+Data: every training sequence is a segment of ``L`` uniformly random tokens (``L`` drawn from
+``--seg-min .. --seg-max`` per sequence) repeated until ``--seq-len + 1`` tokens; the loss covers
+every position. The first ``L - 1`` targets of a row are unpredictable; the rest (the "copy
+positions") are predictable only by retrieving what followed the same token earlier. The printed
+``copy_loss`` / ``copy_acc`` are the teacher-forced loss and argmax accuracy on copy positions of a
+held-out batch (chance: ln V nats, 1 / V).
+
+Evaluation: :func:`heron.generate.copy_eval.copy_eval` with the pool = the whole vocabulary:
+``--copy-length`` random tokens + their first ``--copy-cue``, greedy decoding of the rest (RNN
+mode), share of correct tokens over ``--trials`` trials.
+
+Models (``--models``, comma-separated):
+- ``rosa``: pure ROSA LM (:class:`heron.models.ROSALM`, torch-default init as ``heron train
+  --model rosa_lm`` builds it);
+- ``rwkv8``: RWKV-8 + ROSA-QKV (:class:`heron.models.RWKV8`, ``rosa="qkv1"`` or ``"qkv4"`` by
+  ``--bits``, ``deep_embed=False``, LM init recipe as ``heron train text`` does);
+- ``rwkv7``: the same RWKV-8 without ROSA (``rosa=None``).
+Every (model, ``--qk-init``) pair trains with the same seed (so the same data and the same
+initial values apart from the key projection); optimiser = the LM recipe's AdamW
+(:func:`heron.models.init.make_lm_optimizer`), linear warm-up then cosine to ``--lr-final``,
+grad-norm clip 1.
+
+Example (the figures of docs/benchmarks/copy.md, "CPU probe: synthetic copying"):
+
+    OMP_NUM_THREADS=1 python benchmarks/copy_probe.py --models rosa,rwkv8,rwkv7 \\
+        --qk-init independent,tied --steps 300
+
+Prints one line per evaluation and a final table; ``--json FILE`` writes every curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from heron.generate.copy_eval import copy_eval
+from heron.models import ROSALM, RWKV8, ROSALMConfig, RWKV8Config
+from heron.models.init import LM_GRAD_CLIP, init_lm_recipe, lm_learning_rate, make_lm_optimizer
+
+
+def copy_batch(batch_size: int, seq_len: int, vocab_size: int, seg_min: int, seg_max: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inputs [B, T], targets [B, T], copy_mask [B, T])``: each row a random segment repeated."""
+    lengths = torch.randint(seg_min, seg_max + 1, (batch_size,), generator=generator)
+    tokens = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator)
+    position = torch.arange(seq_len + 1)
+    source = position.unsqueeze(0) % lengths.unsqueeze(1)          # index into the segment
+    rows = tokens.gather(1, source)
+    copy_mask = position[1:].unsqueeze(0) >= lengths.unsqueeze(1)  # target t+1 repeats an earlier token
+    return rows[:, :-1], rows[:, 1:], copy_mask
+
+
+def build_model(kind: str, args, qk_init: str) -> torch.nn.Module:
+    torch.manual_seed(args.seed)
+    common = dict(n_layer=args.layers, n_embd=args.dim, vocab_size=args.vocab, rosa_estimator=args.estimator,
+                  rosa_tau=args.tau, rosa_qk_init=qk_init)
+    if kind == "rosa":
+        return ROSALM(ROSALMConfig(bits=args.bits, rosa_window=args.window, **common))
+    if kind in ("rwkv8", "rwkv7"):
+        rosa = f"qkv{args.bits}" if kind == "rwkv8" else None
+        model = RWKV8(RWKV8Config(head_size=args.head_size, rosa=rosa, deep_embed=False, **common))
+        return init_lm_recipe(model)
+    raise ValueError(f"--models: unknown model {kind!r} (rosa, rwkv8, rwkv7)")
+
+
+@torch.no_grad()
+def first_repeat_accuracy(model, args, rows: int = 64) -> list[float]:
+    """Teacher-forced argmax accuracy at offsets ``0 .. L-1`` of the first repeat of an
+    ``L = --copy-length`` segment (the situation of the generation test, where offset ``cue`` is
+    the first generated token)."""
+    generator = torch.Generator().manual_seed(args.seed + 20_011)
+    segment = torch.randint(0, args.vocab, (rows, args.copy_length), generator=generator)
+    sequence = torch.cat([segment, segment], dim=1)
+    logits = model(sequence[:, :-1])
+    correct = logits.argmax(-1)[:, args.copy_length - 1:] == segment
+    return correct.double().mean(dim=0).tolist()
+
+
+@torch.no_grad()
+def teacher_forced(model, batch) -> tuple[float, float]:
+    inputs, targets, mask = batch
+    logits = model(inputs).float()
+    loss = F.cross_entropy(logits[mask], targets[mask]).item()
+    accuracy = (logits.argmax(-1)[mask] == targets[mask]).double().mean().item()
+    return loss, accuracy
+
+
+def run(kind: str, qk_init: str, args) -> dict:
+    model = build_model(kind, args, qk_init)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = make_lm_optimizer(model, args.lr)
+    data = torch.Generator().manual_seed(args.seed)
+    held_out = copy_batch(args.eval_batch, args.seq_len, args.vocab, args.seg_min, args.seg_max,
+                          torch.Generator().manual_seed(args.seed + 10_007))
+    pool = torch.arange(args.vocab)
+    curve, start = [], time.time()
+    for step in range(args.steps):
+        lr = lm_learning_rate(step, args.steps, args.lr, args.lr_final, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        inputs, targets, _ = copy_batch(args.batch_size, args.seq_len, args.vocab, args.seg_min, args.seg_max, data)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), LM_GRAD_CLIP)
+        optimizer.step()
+        last = step + 1 == args.steps
+        if last or (args.eval_every and (step + 1) % args.eval_every == 0):
+            model.eval()
+            copy_loss, copy_acc = teacher_forced(model, held_out)
+            point = {"step": step + 1, "train_loss": loss.item(), "copy_loss": copy_loss, "copy_acc": copy_acc,
+                     "seconds": time.time() - start}
+            if last or args.copy_every_eval:
+                result = copy_eval(model, pool, trials=args.trials, length=args.copy_length, cue=args.copy_cue,
+                                   seed=args.seed, batch_size=args.trials)
+                point["copy_token_accuracy"] = result.token_accuracy
+                point["copy_exact"] = result.exact_share
+            if last:
+                point["first_repeat_acc"] = first_repeat_accuracy(model, args)
+                for cue in args.extra_cues:
+                    result = copy_eval(model, pool, trials=args.trials, length=args.copy_length, cue=cue,
+                                       seed=args.seed, batch_size=args.trials)
+                    point[f"copy_token_accuracy_cue{cue}"] = result.token_accuracy
+            model.train()
+            curve.append(point)
+            extra = (f" copy-eval {100 * point['copy_token_accuracy']:.1f}%"
+                     if "copy_token_accuracy" in point else "")
+            for cue in args.extra_cues if last else ():
+                extra += f" (cue {cue}: {100 * point[f'copy_token_accuracy_cue{cue}']:.1f}%)"
+            if last:
+                first = point["first_repeat_acc"]
+                extra += " first-repeat acc at offsets 0..8: " + " ".join(f"{a:.2f}" for a in first[:9])
+            print(f"{kind:5s} {qk_init:11s} step {step + 1:4d} loss {loss.item():.3f} copy_loss {copy_loss:.3f} "
+                  f"copy_acc {100 * copy_acc:.1f}%{extra} ({point['seconds']:.0f} s)", flush=True)
+    return {"model": kind, "qk_init": qk_init, "parameters": params, "curve": curve, **curve[-1]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="See the module docstring / docs/benchmarks/copy.md for the protocol.")
+    parser.add_argument("--models", default="rosa,rwkv8,rwkv7", help="comma-separated: rosa, rwkv8, rwkv7")
+    parser.add_argument("--qk-init", default="independent,tied",
+                        help="comma-separated ROSA-QKV key inits to compare (independent, tied); rwkv7 runs once")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seg-min", type=int, default=8, help="shortest repeated segment")
+    parser.add_argument("--seg-max", type=int, default=48, help="longest repeated segment")
+    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=64, help="n_embd")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--head-size", type=int, default=16, help="RWKV time-mix head size")
+    parser.add_argument("--bits", type=int, default=1, choices=(1, 4), help="ROSA-QKV symbol width")
+    parser.add_argument("--estimator", default="window", choices=("window", "flip", "value"))
+    parser.add_argument("--window", type=int, default=16, help="window estimator span (ROSA LM only)")
+    parser.add_argument("--tau", type=float, default=0.1, help="estimator denominator floor")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-final", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-batch", type=int, default=32)
+    parser.add_argument("--copy-every-eval", action="store_true", help="run the generation test at every eval")
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--copy-length", type=int, default=32)
+    parser.add_argument("--copy-cue", type=int, default=4)
+    parser.add_argument("--extra-cues", default="8,16",
+                        help="comma-separated further cue lengths for the final generation test ('' = none)")
+    parser.add_argument("--json", help="write every curve to this file")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seg_min <= args.seg_max <= args.seq_len:
+        parser.error("need 1 <= --seg-min <= --seg-max <= --seq-len")
+    args.extra_cues = [int(cue) for cue in args.extra_cues.split(",") if cue.strip()]
+    if any(not 1 <= cue < args.copy_length for cue in [args.copy_cue, *args.extra_cues]):
+        parser.error("cues must lie in 1 .. --copy-length - 1")
+    results = []
+    for kind in args.models.split(","):
+        inits = ["independent"] if kind == "rwkv7" else args.qk_init.split(",")
+        for qk_init in inits:
+            results.append(run(kind, qk_init, args))
+    cues = "".join(f" {'cue ' + str(cue):>7s}" for cue in args.extra_cues)
+    print(f"\n{'model':6s} {'qk_init':11s} {'params':>8s} {'copy_loss':>9s} {'copy_acc':>8s} "
+          f"{'copy-eval':>9s} {'exact':>6s}{cues} {'time':>6s}")
+    for r in results:
+        cues = "".join(f" {100 * r[f'copy_token_accuracy_cue{cue}']:6.1f}%" for cue in args.extra_cues)
+        print(f"{r['model']:6s} {r['qk_init']:11s} {r['parameters']:8d} {r['copy_loss']:9.3f} "
+              f"{100 * r['copy_acc']:7.1f}% {100 * r['copy_token_accuracy']:8.1f}% {100 * r['copy_exact']:5.0f}%"
+              f"{cues} {r['seconds']:5.0f}s")
+    print(f"(chance: copy_loss ln V = {math.log(args.vocab):.3f}, accuracy {100 / args.vocab:.2f}%)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "results": results}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
