@@ -61,7 +61,7 @@ ROSA_FLIP_HD uint32_t dp_row(const Warp& warp, int32_t (&M)[N], int32_t i, int32
 #pragma unroll
   for (int c = 0; c < N; ++c) {
     const int32_t d = warp.first_diagonal() + c * warp.diagonal_stride();
-    if (d >= limit) continue;
+    if (d >= limit) break;  // d grows with c: a windowed key flip stops after its few diagonals
     const int32_t j = i - d;
     int32_t key = -1;  // j < 0: no key, never equal to a symbol
     if (j >= 0) key = j == flip_pos ? flipped_key : (int32_t)keys[j];
