@@ -7,6 +7,7 @@ Configurations (L12-D768, vocabulary 65536, head size 64, ``--configs``):
     rwkv7            RWKV8Config(rosa=None, deep_embed=False): the RWKV-7 model
     rwkv8            deep_embed=True (x080 channel-mix with the DeepEmbed tables)
     rwkv8-rosa       deep_embed=True, rosa="qkv1", rosa_estimator="window" (ROSA-QKV 1-bit)
+    rwkv8-rosa-value deep_embed=True, rosa="qkv4", rosa_estimator="value", rosa_qk_init="tied"
     rwkv7-L24-D2048  RWKV-7, 24 layers, width 2048 (the FSDP2 configuration)
 
 Per configuration it prints tokens/s (all processes), the step time, a breakdown (WKV kernels
@@ -57,6 +58,9 @@ CONFIGS = {
     "rwkv7": dict(BASE, rosa=None, deep_embed=False),
     "rwkv8": dict(BASE, rosa=None, deep_embed=True),
     "rwkv8-rosa": dict(BASE, rosa="qkv1", rosa_estimator="window", deep_embed=True),
+    # the cheapest estimator (O(T) per stream, plain PyTorch) with the tied keys it needs to copy
+    # (docs/benchmarks/copy.md): the ROSA forward is then the only ROSA kernel of the step
+    "rwkv8-rosa-value": dict(BASE, rosa="qkv4", rosa_estimator="value", rosa_qk_init="tied", deep_embed=True),
     "rwkv7-L24-D2048": dict(BASE, n_layer=24, n_embd=2048, rosa=None, deep_embed=False),
 }
 TINY = dict(n_layer=2, n_embd=64, vocab_size=512, head_size=16)
@@ -73,7 +77,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="rwkv7,rwkv8,rwkv8-rosa",
+    parser.add_argument("--configs", default="rwkv7,rwkv8,rwkv8-rosa,rwkv8-rosa-value",
                         help=f"comma-separated, from {', '.join(CONFIGS)} (default: %(default)s)")
     parser.add_argument("--ctx", type=int, nargs="+", default=None,
                         help="context length(s) (default 512; 64 with --tiny)")
@@ -323,7 +327,7 @@ def report(rows: list[dict], args, baseline: dict | None) -> None:
             ratio = row["tokens_per_s"] / TARGET_RWKV7_TOKENS_PER_S
             targets.append(f"target >= {_fmt_tokens(TARGET_RWKV7_TOKENS_PER_S)} tokens/s on one H100 at ctx 512 "
                            f"bf16: ratio {ratio:.2f}")
-        if row["config"] == "rwkv8-rosa" and ("rwkv7", row["ctx"]) in by_key:
+        if row["config"].startswith("rwkv8-rosa") and ("rwkv7", row["ctx"]) in by_key:
             ratio = row["tokens_per_s"] / by_key[("rwkv7", row["ctx"])]["tokens_per_s"]
             targets.append(f"target >= {TARGET_ROSA_FRACTION}x RWKV-7: {ratio:.2f}x")
         if baseline and row["processes"] > 1:

@@ -16,8 +16,9 @@
 #   3  music, RWKV-7 only, then the generation benchmark (incremental vs full recompute)
 # PLAN=copy-scale (issue 7's copy LMs and issue 9's throughput):
 #   0/1/2  the pure ROSA LM, the RWKV-8 + ROSA LM and the RWKV-7 LM on the demo corpus
-#          (tools/gpu_lm_session.sh; by default 4-bit ROSA with rosa_qk_init=tied, the settings
-#          the CPU copy probe chose, docs/benchmarks/copy.md; COPY_BITS / COPY_EXTRA change them),
+#          (tools/gpu_lm_session.sh; by default 4-bit ROSA, rosa_qk_init=tied and the value
+#          estimator, the settings the CPU copy probe chose, docs/benchmarks/copy.md;
+#          COPY_BITS / COPY_EXTRA change them),
 #          each followed by its copy evaluation
 #   3  the one-GPU training-step benchmarks (incl. --compile and ctx 4096), then the GPU tests
 # Both: at `finish`, once the cards are free, 2/4-GPU DDP, the loss curves and FSDP2.
@@ -40,7 +41,7 @@ case $PLAN in
   copy-scale)    LM_ENV=(GPU_A=0 GPU_B=1 GPU_C=2 "LM_CHAIN_A=copy-rosalm eval:copy-rosalm"
                          "LM_CHAIN_B=copy-rwkv8 eval:copy-rwkv8" "LM_CHAIN_C=copy-rwkv7 eval:copy-rwkv7"
                          TRAIN_MIN=${TRAIN_MIN:-9} COPY_BITS=${COPY_BITS:-4}
-                         "COPY_EXTRA=${COPY_EXTRA-rosa_qk_init=tied}") ;;
+                         "COPY_EXTRA=${COPY_EXTRA-rosa_qk_init=tied rosa_estimator=value}") ;;
   *) echo "PLAN must be reverse-music or copy-scale, got $PLAN" >&2; exit 2 ;;
 esac
 
