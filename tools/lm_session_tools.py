@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -22,21 +21,10 @@ import time
 from pathlib import Path
 
 
-def _rows(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        out = []
-        for row in csv.DictReader(handle):
-            try:
-                out.append({k: float(v) for k, v in row.items() if v not in ("", None)})
-            except ValueError:
-                continue
-        return out
-
-
 def cmd_steps(args) -> int:
-    rows = _rows(Path(args.probe) / "train.csv")
+    from heron.train.plot import read_rows
+
+    rows = read_rows(Path(args.probe) / "train.csv")
     if len(rows) < 3:
         print(f"probe {args.probe}: fewer than 3 logged rows", file=sys.stderr)
         return 1
@@ -72,7 +60,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from heron.train.plot import plot_runs
+    from heron.train.plot import plot_runs, read_rows
 
     out = Path(args.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
@@ -84,7 +72,7 @@ def cmd_report(args) -> int:
         run = Path(run)
         runs[name] = run
         slug = run.name
-        train, evaluation = _rows(run / "train.csv"), _rows(run / "eval.csv")
+        train, evaluation = read_rows(run / "train.csv"), read_rows(run / "eval.csv")
         for csv_name in ("train.csv", "eval.csv"):
             if (run / csv_name).is_file():
                 shutil.copyfile(run / csv_name, out / "curves" / f"{slug}-{csv_name}")
@@ -118,7 +106,7 @@ def cmd_report(args) -> int:
             "seconds_per_step_probe": config.get("seconds_per_step"),
             "command": config.get("command"),
         })
-    plot_runs(runs, out / "curves.png", args.title, read=_rows)
+    plot_runs(runs, out / "curves.png", args.title)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     summary = {"date": date, "device": args.device, "models": table}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -22,18 +22,24 @@ def _read(path: Path) -> dict[str, list[float]]:
 
 
 def read_rows(path: str | Path) -> list[dict[str, float]]:
-    """The rows of a run's CSV as floats (empty cells left out); ``[]`` when the file is absent."""
+    """The rows of a run's CSV as floats (empty cells left out); ``[]`` when the file is absent.
+    A row that does not parse (the last line of a CSV a run is still writing) is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
+    rows = []
     with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+        for row in csv.DictReader(handle):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+            except (TypeError, ValueError):
+                continue
+    return rows
 
 
-def plot_runs(runs: dict[str, Path], png: str | Path, title: str, read=read_rows) -> Path:
+def plot_runs(runs: dict[str, Path], png: str | Path, title: str) -> Path:
     """Training loss and validation ``eval_bits_per_token`` of several runs (``{label: run_dir}``),
-    in bits per token, against optimiser steps (left) and seconds of training (right). ``read``:
-    the CSV reader (default :func:`read_rows`)."""
+    in bits per token, against optimiser steps (left) and seconds of training (right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +49,7 @@ def plot_runs(runs: dict[str, Path], png: str | Path, title: str, read=read_rows
     colours = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple")
     key = "eval_bits_per_token"
     for (name, run), colour in zip(runs.items(), colours):
-        train, evaluation = read(Path(run) / "train.csv"), read(Path(run) / "eval.csv")
+        train, evaluation = read_rows(Path(run) / "train.csv"), read_rows(Path(run) / "eval.csv")
         if train:
             bits = [row["loss"] / math.log(2) for row in train]
             by_step.plot([row["step"] for row in train], bits, color=colour, alpha=0.3, linewidth=0.8,
