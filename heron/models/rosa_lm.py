@@ -30,7 +30,6 @@ from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_id
 __all__ = ["ROSALMConfig", "ROSALM", "ROSALMState", "ROSALMBlockState"]
 
 
-
 @dataclass
 class ROSALMConfig:
     """Shape of a pure ROSA LM.

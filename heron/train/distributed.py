@@ -226,11 +226,12 @@ def apply_compile(model: torch.nn.Module, backend: str = "inductor") -> None:
     Inductor options this torch needs. ``backend``: torch.compile's (tests trace with
     ``"aot_eager"``: the same graphs and autograd, without Inductor's code generation)."""
     blocks = model_blocks(model)
-    options = compile_options() if backend == "inductor" else {}
+    if backend != "inductor":
+        kwargs = {"backend": backend}
+    else:
+        options = compile_options()
+        kwargs = {"options": options} if options else {}
     for module in blocks if blocks is not None else [model]:
-        kwargs = {} if backend == "inductor" else {"backend": backend}
-        if options:
-            kwargs["options"] = dict(options)
         module.compile(**kwargs)
 
 
