@@ -12,8 +12,10 @@ Configurations (L12-D768, vocabulary 65536, head size 64, ``--configs``):
 
 Per configuration it prints tokens/s (all processes), the step time, a breakdown (WKV kernels
 forward+backward, ROSA forward, ROSA backward, the rest; from ``torch.profiler`` over two extra
-steps: each outermost matching op counts max(host time, device time)), the peak memory per
-process and the MFU = 6 * N * tokens/s / (989 TFLOP/s * GPUs), N = the parameters of the matrix
+steps: each outermost matching host op counts max(host time, device time of the kernels it
+launched); kernels are not counted on their own, so nothing is counted twice), the host-device
+synchronisations per step (CUDA synchronise calls; on the CPU the tensor values read by the
+host), the peak memory per process and the MFU = 6 * N * tokens/s / (989 TFLOP/s * GPUs), N = the parameters of the matrix
 products (every parameter except the token-embedding and DeepEmbed lookup tables; the head
 counts; the WKV recurrence and ROSA are not counted). 989 TFLOP/s is the H100 SXM bf16 dense
 peak. Targets printed beside the figures: RWKV-7 >= 150k tokens/s on one H100 at ctx 512;
@@ -152,10 +154,21 @@ def _time(event, name):
     return float(getattr(event, name, 0.0) or 0.0)
 
 
+def _is_host_event(event) -> bool:
+    """Host-side ops; a kernel (device event) is counted through the host op that launched it
+    (whose device time includes it), never on its own: a kernel named like its op (``rosa``,
+    ``wkv7``) would otherwise be counted twice."""
+    from torch._C._autograd import DeviceType
+
+    return getattr(event, "device_type", DeviceType.CPU) == DeviceType.CPU
+
+
 def breakdown_from_profile(prof, steps: int) -> dict[str, float]:
-    """Milliseconds per step per category (outermost matching op: max of host and device time)."""
+    """Milliseconds per step per category (outermost matching host op: max of host and device time)."""
     totals = {label: 0.0 for label, _ in CATEGORIES}
     for event in prof.events():
+        if not _is_host_event(event):
+            continue
         name = event.name.lower()
         label = next((label for label, test in CATEGORIES if test(name)), None)
         if label is None:
@@ -171,6 +184,21 @@ def breakdown_from_profile(prof, steps: int) -> dict[str, float]:
         device_us = _time(event, "device_time_total" if hasattr(event, "device_time_total") else "cuda_time_total")
         totals[label] += max(_time(event, "cpu_time_total"), device_us)
     return {label: value / 1000.0 / steps for label, value in totals.items()}
+
+
+CUDA_SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def syncs_from_profile(prof, steps: int, cuda: bool) -> dict[str, float]:
+    """Per step, on a GPU: ``cuda_syncs``, the CUDA synchronise calls (every ``item()`` of a CUDA
+    tensor makes one), less the one the profiling loop makes at its end. On the CPU:
+    ``value_reads``, the ``item()``/``tolist()``/``int(tensor)`` calls (of any tensor, so an upper
+    bound on what would synchronise on a GPU; the optimiser's CPU step counters are among them)."""
+    if cuda:
+        calls = sum(1 for event in prof.events() if event.name in CUDA_SYNC_CALLS)
+        return {"cuda_syncs": max(calls - 1, 0) / steps}
+    reads = sum(1 for event in prof.events() if event.name == "aten::_local_scalar_dense")
+    return {"value_reads": reads / steps}
 
 
 def _label_wkv7() -> None:
@@ -260,9 +288,11 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     if device.type == "cuda":
         row["mfu"] = 6 * flop_parameters * tokens_per_s / (H100_BF16_PEAK * context.world_size)
     if args.breakdown:
-        row["breakdown_ms"] = profile_breakdown(step, args, device, context)
+        row["breakdown_ms"], syncs = profile_breakdown(step, args, device, context)
         if isinstance(row["breakdown_ms"], dict):
             row["breakdown_ms"]["rest"] = row["step_ms"] - sum(row["breakdown_ms"].values())
+        if syncs is not None:
+            row["syncs_per_step"] = syncs
     del parallel, optimizer, model, batches
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -279,13 +309,13 @@ def profile_breakdown(step, args, device, context, steps: int = 2):
                 for i in range(steps):
                     step(i)
                 _sync(device)
-            return breakdown_from_profile(prof, steps)
+            return breakdown_from_profile(prof, steps), syncs_from_profile(prof, steps, device.type == "cuda")
         for i in range(steps):
             step(i)
         _sync(device)
-        return None
+        return None, None
     except Exception as exc:  # the breakdown is a diagnostic: never lose the throughput figures
-        return f"profiler failed: {type(exc).__name__}: {exc}"
+        return f"profiler failed: {type(exc).__name__}: {exc}", None
 
 
 def context_max(context, value: float, device) -> float:
@@ -322,6 +352,11 @@ def report(rows: list[dict], args, baseline: dict | None) -> None:
             print("    breakdown per step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()))
         elif parts:
             print(f"    breakdown: {parts}")
+        syncs = row.get("syncs_per_step")
+        if syncs and "cuda_syncs" in syncs:
+            print(f"    host-device syncs per step: {syncs['cuda_syncs']:g} CUDA synchronise calls")
+        elif syncs:
+            print(f"    tensor values read by the host per step: {syncs['value_reads']:g} (any device)")
         targets = []
         if row["config"] == "rwkv7" and row["processes"] == 1:
             ratio = row["tokens_per_s"] / TARGET_RWKV7_TOKENS_PER_S

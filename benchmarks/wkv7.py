@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from heron.ops.wkv7 import cuda as wkv7_cuda  # noqa: E402
 from heron.ops.wkv7 import w_to_fla_log_decay, wkv7, wkv7_chunked, wkv7_reference  # noqa: E402
 from heron.ops.wkv7.inputs import random_inputs  # noqa: E402
 
@@ -34,6 +35,17 @@ GPU_SHAPES = [
     ((8, 512, 32, 64), {}),
     ((8, 4096, 128, 16), {}),
 ]
+
+
+VARIANT_SETTINGS = ("FORWARD_ROWS_PER_THREAD", "BACKWARD_COLUMNS_PER_THREAD", "BACKSTEP_MAX_LOG_GROWTH")
+# fwd+bwd of other kernel settings, timed beside the defaults (labels name what differs).
+VARIANTS = {
+    "1 row/column per lane group": {"FORWARD_ROWS_PER_THREAD": 1, "BACKWARD_COLUMNS_PER_THREAD": 1},
+    "recomputing backward": {"BACKSTEP_MAX_LOG_GROWTH": 0.0},
+    "both (the second session's scheme)": {
+        "FORWARD_ROWS_PER_THREAD": 1, "BACKWARD_COLUMNS_PER_THREAD": 1, "BACKSTEP_MAX_LOG_GROWTH": 0.0,
+    },
+}
 
 
 def make_inputs(B, T, H, N, dtype, device, seed=0):
@@ -75,6 +87,24 @@ def bench_gpu(args):
         row["heron_fwdbwd_ms"] = triton.testing.do_bench(
             heron_forward_backward, grad_to_none=leaves, return_mode="median"
         )
+        # The kernels' other layouts and rules on the same inputs (module settings of
+        # heron.ops.wkv7.cuda: forward rows / backward columns per lane group, and the bound under
+        # which the backward steps back by dividing by the decay; 0 = always recompute).
+        row["variants_ms"] = {}  # label: (fwd, fwd+bwd)
+        defaults = {name: getattr(wkv7_cuda, name) for name in VARIANT_SETTINGS}
+        try:
+            for label, settings in VARIANTS.items():
+                for name, value in settings.items():
+                    setattr(wkv7_cuda, name, value)
+                row["variants_ms"][label] = (
+                    triton.testing.do_bench(heron_forward, return_mode="median"),
+                    triton.testing.do_bench(heron_forward_backward, grad_to_none=leaves, return_mode="median"),
+                )
+                for name, value in defaults.items():
+                    setattr(wkv7_cuda, name, value)
+        finally:
+            for name, value in defaults.items():
+                setattr(wkv7_cuda, name, value)
         state = torch.zeros(B, H, N, N, device=device, requires_grad=True)
 
         def heron_state_forward_backward():
@@ -117,7 +147,8 @@ def bench_gpu(args):
 def _format_row(row):
     text = (
         f"{row['shape']} {row['dtype']}: heron fwd {row['heron_fwd_ms']:.3f} ms, "
-        f"fwd+bwd {row['heron_fwdbwd_ms']:.3f} ms (with state in/out {row['heron_state_fwdbwd_ms']:.3f})"
+        f"fwd+bwd {row['heron_fwdbwd_ms']:.3f} ms (with state in/out {row['heron_state_fwdbwd_ms']:.3f}); "
+        + "; ".join(f"{label}: {fwd:.3f} / {fwdbwd:.3f}" for label, (fwd, fwdbwd) in row["variants_ms"].items())
     )
     if "fla_fwd_ms" in row:
         text += f"; fla fwd {row['fla_fwd_ms']:.3f}, fwd+bwd {row['fla_fwdbwd_ms']:.3f}"

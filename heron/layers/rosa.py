@@ -23,6 +23,7 @@ from torch import nn
 from ..ops.rosa.grad import (
     DEFAULT_WINDOW,
     EstimatorConfig,
+    _decode,
     channel_decode_table,
     check_activation,
     check_bits,
@@ -145,12 +146,6 @@ def _unstreams(streams: torch.Tensor, B: int, G: int) -> torch.Tensor:
     return streams.reshape(B, G, T).permute(0, 2, 1)
 
 
-def _decode(table: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
-    B, T, G = y.shape
-    index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, G * bits)
-    return table.gather(0, index).reshape(B, T, G * bits)
-
-
 def _check_width(n_embd, bits) -> tuple[int, int]:
     """Validate a channel layer's width and symbol size; returns ``(n_embd, bits)``."""
     bits = check_bits(bits)
@@ -184,18 +179,17 @@ class EmbROSA(nn.Module):
             raise TypeError(f"idx must hold integer token ids, got {idx.dtype}")
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape [B, T], got {tuple(idx.shape)}")
+        high = 0
         if idx.numel() > 0:
-            low, high = torch.aminmax(idx)
-            if int(low) < 0 or int(high) >= self.vocab_size:
-                raise ValueError(
-                    f"idx must hold token ids in [0, {self.vocab_size}), found [{int(low)}, {int(high)}]"
-                )
+            low, high = torch.stack(torch.aminmax(idx)).tolist()  # one read-back (one GPU sync)
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(f"idx must hold token ids in [0, {self.vocab_size}), found [{low}, {high}]")
         idx = idx.to(torch.int64)
         _check_state(state, "EmbROSA", idx.shape[0])
         if state is None and not return_state:
-            from ..ops.rosa import rosa
+            from ..ops.rosa import _rosa_qkv_trusted
 
-            y = rosa(idx)
+            y = _rosa_qkv_trusted(idx, idx, idx, high + 1)  # validated above: no second read-back
         else:
             automaton = state.automaton if state is not None else _new_automaton(idx.shape[0])
             y = automaton.extend(idx, idx, idx).to(idx.device)

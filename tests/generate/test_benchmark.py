@@ -45,3 +45,68 @@ def test_full_exact_mode(bench, tmp_path):
     except ImportError as exc:
         pytest.skip(f"model not available yet: {exc}")
     assert code == 0
+
+
+def _args(bench, *extra):
+    return bench.parse_args(["--layers", "12", "--width", "768", *extra])
+
+
+def test_incremental_steps_are_bounded_by_the_push_budget(bench):
+    args = _args(bench)
+    streams = 12 * 768  # issue shape: one automaton per 1-bit channel and layer
+    assert bench.incremental_steps(args, 1, streams) == 1024           # batch 1: every step measured
+    assert bench.incremental_steps(args, 64, streams) == 2 ** 26 // (64 * streams) == 113
+    assert bench.incremental_steps(args, 64, 0) == 1024                 # no automata (RWKV-8 alone)
+    assert bench.incremental_steps(args, 10 ** 6, streams) == bench.MIN_INCREMENTAL_STEPS
+    assert bench.incremental_steps(_args(bench, "--incremental-tokens", "7"), 64, streams) == 7
+    assert bench.incremental_steps(_args(bench, "--incremental-tokens", "5000"), 64, streams) == 1024
+
+
+def test_automaton_streams_count_rosa_channels(bench):
+    rosa_lm = pytest.importorskip("heron.models.rosa_lm")
+    model = rosa_lm.ROSALM(rosa_lm.ROSALMConfig(n_layer=3, n_embd=16, vocab_size=20, bits=4))
+    assert bench.automaton_streams(model) == 3 * 16 // 4
+
+
+def test_extrapolated_incremental_decode_and_summary(bench, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    try:
+        code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "5",
+                           "--tokens", "8", "--batch", "1", "2", "--incremental-tokens", "3", "--check", "5",
+                           "--json", str(out), "--no-warmup", "--no-progress"])
+    except ImportError as exc:
+        pytest.skip(f"model not available yet: {exc}")
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("x |") == 2
+    assert "batch 2: incremental" in printed and "3 of 8 decode steps measured, the rest extrapolated" in printed
+    results = json.loads(out.read_text())["results"]
+    for result in results:
+        assert result["incremental_measured_tokens"] == 3 and result["checked_tokens"] == 3
+        assert result["automaton_streams_per_row"] == 32
+        assert result["automaton_pushes_measured"] == result["batch"] * 32 * 3
+        # all 8 tokens are charged: the 5 not generated at the later measured steps' mean duration
+        step = result["incremental_extrapolated_step_s"]
+        assert 0 < step <= result["incremental_decode_measured_s"]
+        assert result["incremental_decode_s"] == pytest.approx(result["incremental_decode_measured_s"] + 5 * step)
+        assert len(result["incremental_step_ms_by_quarter"]) == 4
+        assert result["incremental_tokens_per_s"] == pytest.approx(
+            result["batch"] * 8 / (result["incremental_prefill_s"] + result["incremental_decode_s"]))
+        assert [length for length, _ in result["full_recompute_points"]] == [5, 8, 12]
+        assert "extrapolated" in result["incremental_kind"]
+
+
+def test_batch_that_does_not_fit_in_memory_is_skipped(bench, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "host_memory_available", lambda: 1 << 20)   # 1 MiB free
+    out = tmp_path / "result.json"
+    try:
+        code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "4",
+                           "--tokens", "4", "--batch", "1", "64", "--json", str(out), "--no-warmup", "--no-progress"])
+    except ImportError as exc:
+        pytest.skip(f"model not available yet: {exc}")
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("x |") == 1 and "| 64 | skipped: the online automata need" in printed
+    data = json.loads(out.read_text())
+    assert [r["batch"] for r in data["results"]] == [1]
+    assert data["skipped"][0]["batch"] == 64 and "host memory" in data["skipped"][0]["reason"]

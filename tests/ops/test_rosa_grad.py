@@ -263,6 +263,106 @@ def test_value_estimator_gives_qkv_value_gradient_only():
 
 
 # ------------------------------------------------------------------------------------------
+# the training hot path: no host reads, the value estimator's retrieval comes from the forward
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("kind", ["random", "constant", "periodic"])
+def test_forward_retrieval_equals_the_retrieval_kernel(bits, kind):
+    generator = torch.Generator().manual_seed(bits + 31)
+    B, T, G_ = 2, 40, 3
+    q, k = (_streams(kind, B * G_, T, bits, generator).reshape(B, G_, T).permute(0, 2, 1).contiguous()
+            for _ in range(2))
+    if kind == "random":
+        k[0, :, 0] = 0  # a constant key stream among random ones
+    for query, key in ((q, k), (k, k)):  # QKV and token ROSA (k is q: the token kernel)
+        got = G._retrieve(query, key, bits)
+        want = G.retrieval_indices(G._to_streams(query), G._to_streams(key), bits)
+        assert torch.equal(G._to_streams(got), want)
+        v = torch.randint(0, 2**bits, (B, T, G_), generator=generator)
+        assert torch.equal(G._retrieved_values(v, got), G._forward_symbols(query, key, v, bits))
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+def test_value_estimator_backward_runs_no_automaton(bits, monkeypatch):
+    generator = torch.Generator().manual_seed(40 + bits)
+    C = 2 * bits
+    q, k, v = (torch.randn(3, 17, C, dtype=torch.float64, generator=generator) for _ in range(3))
+    emb = torch.randn(C, dtype=torch.float64, generator=generator)
+    grad_out = torch.randn(3, 17, C, dtype=torch.float64, generator=generator)
+    config = G.EstimatorConfig("value")
+
+    def grads(retrieve):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v, emb)]
+        table = G.qkv_decode_table(inputs[3], bits, "zero")
+        out = G._QKVROSA.apply(*inputs[:3], table, bits, config, retrieve)
+        return [out, *torch.autograd.grad(out, inputs, grad_out)]
+
+    reference = grads(False)  # the backward computes the retrieval indices itself
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the value estimator's backward re-ran the automaton")
+
+    monkeypatch.setattr(G, "retrieval_indices", refuse)
+    for got, want in zip(grads(True), reference):
+        assert torch.equal(got, want)
+    # through the public op (which asks for the forward retrieval whenever v needs a gradient)
+    vg = v.clone().requires_grad_(True)
+    out = G.rosa_qkv_channels(q, k, vg, G.qkv_decode_table(emb, bits, "zero"), bits, config)
+    assert torch.equal(torch.autograd.grad(out, vg, grad_out)[0], reference[3])
+    # the channel op likewise (token ROSA: the forward retrieval runs the token kernel)
+    table = G.channel_decode_table(emb, -emb, bits, "symbol0")
+
+    def channel_grad(op):
+        x = q.clone().requires_grad_(True)
+        return torch.autograd.grad(op(x), x, grad_out)[0]
+
+    got = channel_grad(lambda x: G.rosa_channel(x, table, bits, config))
+    monkeypatch.undo()
+    assert torch.equal(got, channel_grad(lambda x: G._ChannelROSA.apply(x, table, bits, config, False)))
+
+
+@pytest.mark.parametrize("estimator", ["value", "window", "flip"])
+def test_layer_ops_read_no_tensor_values(estimator):
+    """No ``item()``/``tolist()``/``int(tensor)`` in forward or backward: each would be a
+    host-device synchronisation on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    generator = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 12, 8, generator=generator, requires_grad=True) for _ in range(3))
+    emb = torch.randn(8, generator=generator, requires_grad=True)
+    config = G.EstimatorConfig(estimator, window=4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = G.rosa_qkv_channels(q, k, v, G.qkv_decode_table(emb, 4, "zero"), 4, config)
+        out2 = G.rosa_channel(q, G.channel_decode_table(emb, -emb, 1, "zero"), 1, config)
+        (out.square().sum() + out2.sum()).backward()
+    reads = [e.name for e in prof.events() if e.name == "aten::_local_scalar_dense"]
+    assert reads == []
+
+
+def test_pack_symbols_equals_pack_bits():
+    from heron.ops.rosa import pack_bits
+
+    x = torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(3))
+    x[0, 0, :8] = 0.0
+    for bits in (1, 2, 3, 4, 6, 8):
+        got = G.pack_symbols(x, bits)
+        assert got.dtype == torch.int64 and torch.equal(got, pack_bits(x, bits))
+
+
+def test_cached_constants_made_in_inference_mode_serve_training():
+    G._CONSTANTS.clear()
+    x = torch.randn(1, 6, 4, generator=torch.Generator().manual_seed(1))
+    emb0 = torch.randn(4, requires_grad=True)
+    with torch.inference_mode():
+        G.rosa_channel(x, G.channel_decode_table(emb0, emb0 + 1, 2, "zero"), 2, G.EstimatorConfig("value"))
+    out = G.rosa_channel(x.requires_grad_(True), G.channel_decode_table(emb0, emb0 + 1, 2, "zero"), 2,
+                         G.EstimatorConfig("value"))
+    out.sum().backward()  # the cached bit table is saved by autograd: it must not be an inference tensor
+    assert emb0.grad is not None and x.grad is not None
+
+
+# ------------------------------------------------------------------------------------------
 # validation
 
 
@@ -372,3 +472,39 @@ def test_cuda_layer_gradients_equal_cpu():
         results.append([t.cpu() for t in (out, *torch.autograd.grad(out, (xd, e0, e1), grad_out.to(device)))])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [1, 4])
+def test_cuda_value_estimator_equals_cpu_without_host_syncs(bits):
+    from torch.profiler import ProfilerActivity, profile
+
+    from heron.layers.rosa import ROSAQKV
+
+    generator = torch.Generator().manual_seed(bits)
+    q = torch.randn(4, 64, 16, generator=generator)
+    qs, ks = (G.pack_symbols(t.cuda(), bits) for t in (q, q.roll(3, dims=1)))  # long matches
+    for query, key in ((qs, ks), (ks, ks)):  # QKV and token kernels against the retrieval kernel
+        want = G.retrieval_indices(G._to_streams(query), G._to_streams(key), bits)
+        assert torch.equal(G._to_streams(G._retrieve(query, key, bits)), want)
+
+    torch.manual_seed(0)
+    layer = ROSAQKV(32, bits=bits, estimator="value", qk_init="tied")
+    x = torch.randn(3, 48, 32, generator=generator)
+    results = []
+    for device in ("cpu", "cuda"):
+        layer = layer.to(device)
+        xd = x.to(device).requires_grad_(True)
+        for _ in range(2):  # warm up: build the kernels, fill the constant cache
+            layer(xd).square().sum().backward()
+        layer.zero_grad(set_to_none=True)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            out = layer(xd)
+            out.square().sum().backward()
+        syncs = [e.name for e in prof.events() if e.name in (
+            "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")]
+        if device == "cuda":
+            assert syncs == [], syncs
+        results.append([t.detach().to("cpu", copy=True) for t in (out, *(p.grad for p in layer.parameters()))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

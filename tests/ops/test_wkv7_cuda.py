@@ -45,9 +45,17 @@ def _errors(B, T, H, N, dtype, seed):
     return dict(zip(NAMES, values))
 
 
+@pytest.fixture(params=[1, 2], ids=["rows1", "rows2"])
+def forward_rows(request, monkeypatch):
+    """Both kernel layouts (one or two state rows / columns per lane group)."""
+    monkeypatch.setattr(wkv7_cuda, "FORWARD_ROWS_PER_THREAD", request.param)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD_COLUMNS_PER_THREAD", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("N,T", [(16, 1024), (32, 777), (64, 256), (64, 1000), (128, 512)])
-def test_cuda_matches_float64_reference(N, T, dtype):
+def test_cuda_matches_float64_reference(N, T, dtype, forward_rows):
     errors = _errors(2, T, 4, N, dtype, seed=N + T)
     output_tolerance, grad_tolerance = TOLERANCES[dtype]
     print(f"N={N} T={T} {dtype}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
@@ -70,7 +78,7 @@ def test_segment_length_matches_the_kernels():
 
 
 @pytest.mark.parametrize("T", [1, 2, 15, 17])
-def test_cuda_short_sequences_and_chaining(T):
+def test_cuda_short_sequences_and_chaining(T, forward_rows):
     B, H, N = 5, 3, 64
     inputs = [x.float() for x in make_inputs(B, 2 * T, H, N, device="cuda", seed=T)]
     y_ref, s_ref = wkv7_reference(*[x.double() for x in inputs])
@@ -117,3 +125,48 @@ def test_cuda_op_under_torch_compile():
     traced = torch.autograd.grad(compiled(*inputs), inputs)
     for g, g_ref in zip(traced, eager):
         assert relative_l2(g, g_ref) < 1e-6
+
+
+def _backward_with(inputs, grad_y, columns, max_log_growth):
+    """The kernels' gradients of (r, w, k, v, a, b, state) with a chosen backward rule."""
+    y, final_state, removal, checkpoints = wkv7_cuda.cuda_forward(*inputs, True, 2)
+    return wkv7_cuda.cuda_backward(*inputs[:6], removal, checkpoints, grad_y, None, columns, max_log_growth)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("N,T", [(16, 300), (32, 200), (64, 333), (128, 100)])
+def test_stepping_back_and_recomputing_agree(N, T, dtype):
+    # Both backward rules against the float64 reference on the same rounded inputs: stepping
+    # back through every segment (bound far above any segment's growth) and never (bound 0).
+    B, H = 2, 3
+    raw = make_inputs(B, T, H, N, dtype=torch.float64, device="cuda", seed=N * T)
+    inputs = [x.to(dtype).contiguous() for x in raw[:6]] + [raw[6].float().contiguous()]
+    grad_y = torch.randn(B, T, H, N, device="cuda", dtype=torch.float64).to(dtype)
+    reference_leaves = [x.double().requires_grad_() for x in inputs]
+    y_ref, _ = wkv7_reference(*reference_leaves)
+    grads_ref = torch.autograd.grad((y_ref * grad_y.double()).sum(), reference_leaves)
+    tolerance = TOLERANCES[dtype][1]
+    for columns in (1, 2):
+        for bound in (1e30, 0.0):
+            grads = _backward_with(inputs, grad_y, columns, bound)
+            errors = [relative_l2(g, g_ref) for g, g_ref in zip(grads, grads_ref)]
+            print(f"N={N} T={T} {dtype} columns={columns} bound={bound}: " + " ".join(f"{e:.2e}" for e in errors))
+            assert all(e < tolerance for e in errors), (columns, bound, errors)
+
+
+def test_strong_decay_segments_fall_back_to_recomputing():
+    # Segments whose decay nearly vanishes (exp(w) = 20 on some steps) would amplify rounding
+    # errors by e**20 per step if the backward divided by the decay; the default rule must
+    # recompute those segments and step back through the others, and stay exact in fp32.
+    B, T, H, N = 2, 160, 2, 64
+    inputs = [x.float().requires_grad_() for x in make_inputs(B, T, H, N, device="cuda", seed=11)[:6]]
+    with torch.no_grad():
+        inputs[1][:, 16:32] = 3.0  # the whole second segment
+        inputs[1][:, 70:72, :, :5] = 3.0  # two steps of five columns in the fifth
+    y, s = wkv7(*inputs, return_state=True, backend="cuda")
+    grads = torch.autograd.grad(y.square().sum() + s.sum(), inputs)
+    reference = [x.detach().double().requires_grad_() for x in inputs]
+    y_ref, s_ref = wkv7_reference(*reference)
+    grads_ref = torch.autograd.grad(y_ref.square().sum() + s_ref.sum(), reference)
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.isfinite(g).all() and relative_l2(g, g_ref) < 1e-4

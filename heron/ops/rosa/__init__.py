@@ -77,6 +77,10 @@ def _check_symbols(name: str, tensor) -> torch.Tensor:
 
 def _check_symbols_with_max(name: str, tensor) -> tuple[torch.Tensor, int]:
     """Validate an integer symbol tensor; return it as int64 and its largest symbol (-1 if empty)."""
+    return _check_symbol_tensors([(name, tensor)])[0]
+
+
+def _check_symbol_layout(name: str, tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer symbols, got {type(tensor).__name__}")
     if tensor.dtype not in _INTEGER_DTYPES:
@@ -88,15 +92,31 @@ def _check_symbols_with_max(name: str, tensor) -> tuple[torch.Tensor, int]:
         raise ValueError(
             f"{name} must have shape [T], [B, T] or [B, T, S], got {tuple(tensor.shape)}"
         )
-    largest = -1
-    if tensor.numel() > 0:
-        low, high = (int(value) for value in torch.aminmax(tensor))
-        if low < 0:
-            raise ValueError(f"{name} must hold non-negative symbols, found {low}")
-        if high >= SYMBOL_LIMIT:
-            raise ValueError(f"{name} must hold symbols below 2**31, found {high}")
-        largest = high
-    return tensor.to(torch.int64), largest
+
+
+def _check_symbol_tensors(named) -> list[tuple[torch.Tensor, int]]:
+    """Validate ``(name, tensor)`` pairs; return each as int64 with its largest symbol (-1 if
+    empty). The value ranges of all tensors are read back together: one device-to-host copy (one
+    synchronisation on a GPU) however many tensors are checked."""
+    for name, tensor in named:
+        _check_symbol_layout(name, tensor)
+    ranges = [torch.stack(torch.aminmax(t)).to(torch.int64) for _, t in named if t.numel() > 0]
+    if len({r.device for r in ranges}) == 1:
+        values = iter(torch.cat(ranges).tolist())
+    else:  # mixed devices (refused later by the caller): read each back on its own
+        values = iter([value for r in ranges for value in r.tolist()])
+    out = []
+    for name, tensor in named:
+        largest = -1
+        if tensor.numel() > 0:
+            low, high = next(values), next(values)
+            if low < 0:
+                raise ValueError(f"{name} must hold non-negative symbols, found {low}")
+            if high >= SYMBOL_LIMIT:
+                raise ValueError(f"{name} must hold symbols below 2**31, found {high}")
+            largest = high
+        out.append((tensor.to(torch.int64), largest))
+    return out
 
 
 def _as_streams(tensor: torch.Tensor) -> torch.Tensor:
@@ -165,17 +185,26 @@ def rosa_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str 
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    # Token ROSA passes one tensor three times: validate (one pass over the data) once.
+    # Token ROSA passes one tensor three times: validate (one pass over the data) once; the
+    # ranges of all distinct tensors come back to the host in one copy (one GPU sync per call).
     same_k, same_v = k is q, v is q
-    q, largest_query = _check_symbols_with_max("q", q)
-    k, largest_key = (q, largest_query) if same_k else _check_symbols_with_max("k", k)
-    v = q if same_v else _check_symbols("v", v)
+    named = [("q", q)] + ([] if same_k else [("k", k)]) + ([] if same_v else [("v", v)])
+    checked = iter(_check_symbol_tensors(named))
+    q, largest_query = next(checked)
+    k, largest_key = (q, largest_query) if same_k else next(checked)
+    v = q if same_v else next(checked)[0]
     if not (q.shape == k.shape == v.shape):
         raise ValueError(
             f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    return _dispatch(q, k, v, largest_key, backend)
+
+
+def _dispatch(q, k, v, largest_key: int, backend: str = "auto") -> torch.Tensor:
+    """Run validated int64 ``q, k, v`` of one shape and device; ``largest_key`` bounds the key
+    symbols from above (it picks dense transitions when it is below ``dense_max_sigma``)."""
     length = q.shape[0] if q.dim() == 1 else q.shape[1]
     if length >= 2**29:
         raise ValueError(f"q: T must be below 2**29 (32-bit automaton states), got {length}")
@@ -194,6 +223,24 @@ def rosa_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str 
     else:
         out = _cpu_forward(*streams, strict=False, largest_key=largest_key)
     return out.reshape(q.shape).to(device)
+
+
+def _rosa_qkv_trusted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alphabet: int) -> torch.Tensor:
+    """:func:`rosa_qkv` (``backend="auto"``) without reading the symbols back to the host: for
+    callers that built ``q, k, v`` themselves (int64, one shape and device, every symbol in
+    ``[0, alphabet)``, e.g. from ``pack_bits``), so the training path never synchronises with
+    the GPU. Nothing is checked beyond the layout; out-of-range symbols are undefined behaviour.
+    ``v`` may hold any values in ``[0, 2**31)`` (positions, for instance): only the keys index the
+    transition tables. Pass ``k is q`` for token ROSA (the kernels then skip the matcher)."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int64 or tensor.dim() not in (1, 2, 3):
+            raise TypeError(f"_rosa_qkv_trusted: {name} must be an int64 tensor [T], [B, T] or [B, T, S]")
+    if not (q.shape == k.shape == v.shape) or not (q.device == k.device == v.device):
+        raise ValueError("_rosa_qkv_trusted: q, k and v must have one shape and device")
+    if isinstance(alphabet, bool) or not isinstance(alphabet, int) or alphabet < 1:
+        raise ValueError(f"_rosa_qkv_trusted: alphabet must be a positive int, got {alphabet!r}")
+    largest_key = min(alphabet, SYMBOL_LIMIT) - 1 if k.numel() > 0 else -1
+    return _dispatch(q, k, v, largest_key)
 
 
 def rosa(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

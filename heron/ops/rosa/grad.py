@@ -23,8 +23,10 @@ gradients through the table by ordinary autograd, and the thresholded inputs get
 ``"value"``
     Copy-through: only the value path of the flip (an output that *retrieved* position ``t``
     changes when the bit at ``t`` flips; the match itself is held fixed). O(bits * T) per stream,
-    pure PyTorch on any device. For QKV ops it gives the value gradient only (no gradient to
-    ``q``/``k``), so use it for channel layers or as a baseline.
+    pure PyTorch on any device. The retrieval indices it needs come from the forward pass (the
+    forward kernel runs with the positions as values and the output is gathered from them), so
+    its backward runs no automaton. For QKV ops it gives the value gradient only (``q``/``k``
+    get zeros), so use it for channel layers or as a baseline.
 
 All estimators share the denominator ``2 * max(|x|, tau)``; see docs/estimators.md.
 """
@@ -139,7 +141,7 @@ def channel_decode_table(emb0: torch.Tensor, emb1: torch.Tensor, bits: int, no_m
         raise ValueError(f"no_match must be one of {NO_MATCH_CONVENTIONS}, got {no_match!r}")
     e0 = emb0.reshape(-1)
     e1 = emb1.reshape(-1)
-    bit = _symbol_bits(bits, e0.shape[0], e0.device).to(e0.dtype)  # [2^bits, C]
+    bit = _symbol_bits(bits, e0.shape[0], e0.device, e0.dtype)  # [2^bits, C]
     matched = e0 + bit * (e1 - e0)
     first = torch.zeros_like(e0) if no_match == "zero" else e0
     return torch.cat([first.unsqueeze(0), matched], dim=0)
@@ -152,17 +154,58 @@ def qkv_decode_table(emb: torch.Tensor, bits: int, no_match: str) -> torch.Tenso
     if no_match not in NO_MATCH_CONVENTIONS:
         raise ValueError(f"no_match must be one of {NO_MATCH_CONVENTIONS}, got {no_match!r}")
     e = emb.reshape(-1)
-    bit = _symbol_bits(bits, e.shape[0], e.device).to(e.dtype)
+    bit = _symbol_bits(bits, e.shape[0], e.device, e.dtype)
     matched = (2.0 * bit - 1.0) * e
     first = torch.zeros_like(e) if no_match == "zero" else -e
     return torch.cat([first.unsqueeze(0), matched], dim=0)
 
 
-def _symbol_bits(bits: int, channels: int, device) -> torch.Tensor:
-    """``[2^bits, C]``: bit ``c % bits`` of symbol ``y`` (channel ``c`` decodes bit ``c % bits``)."""
-    symbols = torch.arange(2**bits, device=device).unsqueeze(1)
-    which = (torch.arange(channels, device=device) % bits).unsqueeze(0)
-    return (symbols >> which) & 1
+def _symbol_bits(bits: int, channels: int, device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``[2^bits, C]``: bit ``c % bits`` of symbol ``y`` (channel ``c`` decodes bit ``c % bits``),
+    as ``dtype``. A constant (cached, see :func:`_constant`)."""
+
+    def build():
+        symbols = torch.arange(2**bits, device=device).unsqueeze(1)
+        which = (torch.arange(channels, device=device) % bits).unsqueeze(0)
+        return ((symbols >> which) & 1).to(dtype)
+
+    return _constant(("symbol_bits", bits, channels, dtype), device, build)
+
+
+def _bit_weights(bits: int, device) -> torch.Tensor:
+    """uint8 ``[bits]``: ``1 << m`` (a cached constant)."""
+
+    def build():
+        ones = torch.ones(bits, dtype=torch.uint8, device=device)
+        return torch.bitwise_left_shift(ones, torch.arange(bits, dtype=torch.uint8, device=device))
+
+    return _constant(("bit_weights", bits), device, build)
+
+
+def _bit_masks(bits: int, device) -> torch.Tensor:
+    """int64 ``[bits]``: ``1 << m`` (a cached constant)."""
+    return _constant(("bit_masks", bits), device, lambda: 1 << torch.arange(bits, device=device))
+
+
+# Small constant tensors of the hot path (bit masks) per device: rebuilding them costs a few
+# kernel launches per call, and building one from Python data on a GPU would be a synchronising
+# host-to-device copy. Only plain tensors made outside tracing are kept; they are made outside
+# inference mode so that autograd may save them later. Never modified in place.
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(key: tuple, device, build) -> torch.Tensor:
+    device = torch.device(device)
+    key = key + (device,)
+    cached = _CONSTANTS.get(key)
+    if cached is not None:
+        return cached
+    with torch.inference_mode(False), torch.no_grad():
+        value = build()
+    compiling = getattr(torch, "compiler", None) is not None and torch.compiler.is_compiling()
+    if type(value) is torch.Tensor and device.type != "meta" and not compiling:
+        _CONSTANTS[key] = value
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,10 +213,16 @@ def _symbol_bits(bits: int, channels: int, device) -> torch.Tensor:
 
 
 def pack_symbols(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """``[B, T, C]`` float -> ``[B, T, C // bits]`` int64 symbols (bit m = channel bits*g + m > 0)."""
+    """``[B, T, C]`` float -> ``[B, T, C // bits]`` int64 symbols (bit m = channel bits*g + m > 0).
+
+    The bits are weighted in uint8 and summed straight into int64 (the kernels' symbol type), so
+    no int64 ``[B, T, C]`` intermediate is written: 3 kernels (1 for ``bits == 1``)."""
     B, T, C = x.shape
-    weights = torch.pow(2, torch.arange(bits, device=x.device, dtype=torch.int64))
-    return ((x > 0).reshape(B, T, C // bits, bits).to(torch.int64) * weights).sum(-1)
+    positive = x > 0
+    if bits == 1:
+        return positive.to(torch.int64)
+    grouped = positive.reshape(B, T, C // bits, bits).view(torch.uint8)
+    return (grouped * _bit_weights(bits, x.device)).sum(-1, dtype=torch.int64)
 
 
 def _to_streams(symbols: torch.Tensor) -> torch.Tensor:
@@ -187,11 +236,26 @@ def _from_streams(per_bit: torch.Tensor, B: int, G: int) -> torch.Tensor:
     return per_bit.reshape(B, G, T, bits).permute(0, 2, 1, 3).reshape(B, T, G * bits)
 
 
+def _group_index(y: torch.Tensor, bits: int) -> torch.Tensor:
+    """``[B * T, G, bits]`` view of ``y + 1`` repeated over each group's ``bits`` channels (an
+    expanded view: the int64 ``[B * T, C]`` index is never written)."""
+    B, T, G = y.shape
+    return (y + 1).reshape(B * T, G, 1).expand(B * T, G, bits)
+
+
 def _decode(table: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
     """``out[b, t, c] = table[y[b, t, c // bits] + 1, c]``."""
     B, T, G = y.shape
-    index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, G * bits)
-    return table.gather(0, index).reshape(B, T, G * bits)
+    return table.reshape(table.shape[0], G, bits).gather(0, _group_index(y, bits)).reshape(B, T, G * bits)
+
+
+def _table_grad(table: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor, bits: int) -> torch.Tensor:
+    """Exact gradient of :func:`_decode` w.r.t. ``table``: ``grad_out`` summed per (symbol, channel)."""
+    B, T, G = y.shape
+    rows, channels = table.shape
+    source = grad_out.reshape(B * T, G, bits).to(table.dtype)
+    grad = torch.zeros(rows, G, bits, dtype=table.dtype, device=table.device)
+    return grad.scatter_add_(0, _group_index(y, bits), source).reshape(rows, channels)
 
 
 def _value_table(grad_out: torch.Tensor, table: torch.Tensor, bits: int) -> torch.Tensor:
@@ -204,10 +268,27 @@ def _value_table(grad_out: torch.Tensor, table: torch.Tensor, bits: int) -> torc
     return val.reshape(B * G, T, table.shape[0]).contiguous()
 
 
-def _forward_symbols(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from . import rosa_qkv  # the engine; imported late so this module loads on its own
+def _forward_symbols(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bits: int) -> torch.Tensor:
+    """ROSA of symbol tensors built by :func:`pack_symbols` (in ``[0, 2^bits)`` by construction):
+    no validation pass, so no host-device synchronisation."""
+    from . import _rosa_qkv_trusted  # the engine; imported late so this module loads on its own
 
-    return rosa_qkv(q, k, v)
+    return _rosa_qkv_trusted(q, k, v, 2**bits)
+
+
+def _retrieve(q: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
+    """Retrieval index ``j + 1`` (``-1`` = no match) of every position of ``[B, T, G]`` symbol
+    tensors: the forward kernel with the positions as values (the match never depends on ``v``).
+    Pass ``k is q`` for token ROSA."""
+    B, T, G = q.shape
+    positions = torch.arange(T, device=q.device).reshape(1, T, 1).expand(B, T, G).contiguous()
+    return _forward_symbols(q, k, positions, bits)
+
+
+def _retrieved_values(v: torch.Tensor, retrieved: torch.Tensor) -> torch.Tensor:
+    """``v[b, r, g]`` at the retrieval indices ``r = retrieved[b, t, g]``, ``-1`` where there is
+    no match: the ROSA output."""
+    return v.gather(1, retrieved.clamp_min(0)).masked_fill_(retrieved < 0, -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,7 +393,7 @@ def value_deltas(retrieved: torch.Tensor, values: torch.Tensor, val: torch.Tenso
     r = retrieved.clamp_min(0)
     source = values.gather(1, r)  # [S, T] the retrieved symbol (= y where matched)
     base = val.gather(2, torch.where(matched, source + 1, torch.zeros_like(source)).unsqueeze(-1))
-    flips = source.unsqueeze(-1) ^ (1 << torch.arange(bits, device=val.device))  # [S, T, bits]
+    flips = source.unsqueeze(-1) ^ _bit_masks(bits, val.device)  # [S, T, bits]
     diff = val.gather(2, flips + 1) - base
     diff = diff * matched.unsqueeze(-1).to(val.dtype)
     out = torch.zeros(S, T, bits, dtype=val.dtype, device=val.device)
@@ -349,92 +430,121 @@ def _retrieval_python(q: list[int], k: list[int]) -> list[int]:
 
 def _finish(delta: torch.Tensor, x: torch.Tensor, tau: float) -> torch.Tensor:
     """``(phi_plus - phi_minus) / (2 max(|x|, tau))`` from ``phi(flipped) - phi(original)``."""
-    sign = torch.where(x > 0, -1.0, 1.0).to(delta.dtype)
-    return (sign * delta / (2.0 * x.abs().clamp_min(tau).to(delta.dtype))).to(x.dtype)
+    # ``where(x > 0, -d, d)`` equals ``sign * delta / denominator`` bit for bit (negation is exact)
+    scaled = delta / (2.0 * x.abs().clamp_min(tau).to(delta.dtype))
+    return torch.where(x > 0, -scaled, scaled).to(x.dtype)
 
 
 class _ChannelROSA(torch.autograd.Function):
-    """Channel ROSA (token ROSA on each group's symbol stream), decoded through ``table``."""
+    """Channel ROSA (token ROSA on each group's symbol stream), decoded through ``table``.
+
+    ``retrieve`` (the value estimator with ``x`` needing a gradient): the forward kernel runs with
+    the positions as values, so it yields the retrieval indices the estimator needs and the output
+    is gathered from them; the backward then runs no automaton at all."""
 
     @staticmethod
-    def forward(ctx, x, table, bits: int, config: EstimatorConfig):
+    def forward(ctx, x, table, bits: int, config: EstimatorConfig, retrieve: bool = False):
         symbols = pack_symbols(x, bits)
-        y = _forward_symbols(symbols, symbols, symbols)
-        ctx.save_for_backward(x, table, symbols, y)
+        if retrieve:
+            retrieved = _retrieve(symbols, symbols, bits)
+            y = _retrieved_values(symbols, retrieved)
+        else:
+            retrieved = None
+            y = _forward_symbols(symbols, symbols, symbols, bits)
+        ctx.save_for_backward(x, table, symbols, y, retrieved)
         ctx.bits, ctx.config = bits, config
         return _decode(table, y, bits).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, table, symbols, y = ctx.saved_tensors
+        x, table, symbols, y, retrieved = ctx.saved_tensors
         bits, config = ctx.bits, ctx.config
         B, T, C = x.shape
         G = C // bits
         grad_x = grad_table = None
         if ctx.needs_input_grad[1]:
-            index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, C)
-            grad_table = torch.zeros_like(table).scatter_add_(
-                0, index, grad_out.reshape(B * T, C).to(table.dtype)
-            )
+            grad_table = _table_grad(table, y, grad_out, bits)
         if ctx.needs_input_grad[0]:
             val = _value_table(grad_out, table.detach(), bits)
             streams = _to_streams(symbols)
             if config.estimator == "value":
-                retrieved = retrieval_indices(streams, streams, bits)
-                delta = value_deltas(retrieved, streams, val, bits)
+                if retrieved is None:  # forward ran without the retrieval (applied directly)
+                    retrieved_streams = retrieval_indices(streams, streams, bits)
+                else:
+                    retrieved_streams = _to_streams(retrieved)
+                delta = value_deltas(retrieved_streams, streams, val, bits)
             else:
                 (delta,) = flip_deltas(
                     streams, streams, streams, val, bits, config.window_for(T), token=True
                 )
             grad_x = _finish(_from_streams(delta, B, G), x, config.tau)
-        return grad_x, grad_table, None, None
+        return grad_x, grad_table, None, None, None
 
 
 class _QKVROSA(torch.autograd.Function):
-    """QKV ROSA on channel groups of ``q, k, v``, decoded through ``table``."""
+    """QKV ROSA on channel groups of ``q, k, v``, decoded through ``table``.
+
+    ``retrieve``: as for :class:`_ChannelROSA` (value estimator, ``v`` needing a gradient); only
+    ``v``, its symbols, the output and the retrieval indices are saved then, since the value
+    estimator's ``q``/``k`` gradients are zero."""
 
     @staticmethod
-    def forward(ctx, q, k, v, table, bits: int, config: EstimatorConfig):
+    def forward(ctx, q, k, v, table, bits: int, config: EstimatorConfig, retrieve: bool = False):
         qs, ks, vs = (pack_symbols(t, bits) for t in (q, k, v))
-        y = _forward_symbols(qs, ks, vs)
-        ctx.save_for_backward(q, k, v, table, qs, ks, vs, y)
-        ctx.bits, ctx.config = bits, config
+        ctx.bits, ctx.config, ctx.retrieve = bits, config, retrieve
+        ctx.q_like = (q.shape, q.dtype, q.device)
+        ctx.k_like = (k.shape, k.dtype, k.device)
+        if retrieve:
+            retrieved = _retrieve(qs, ks, bits)
+            y = _retrieved_values(vs, retrieved)
+            ctx.save_for_backward(v, table, vs, y, retrieved)
+        else:
+            y = _forward_symbols(qs, ks, vs, bits)
+            ctx.save_for_backward(q, k, v, table, qs, ks, vs, y)
         return _decode(table, y, bits).to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, table, qs, ks, vs, y = ctx.saved_tensors
         bits, config = ctx.bits, ctx.config
-        B, T, C = q.shape
+        if ctx.retrieve:
+            v, table, vs, y, retrieved = ctx.saved_tensors
+            q = k = qs = ks = None
+        else:
+            q, k, v, table, qs, ks, vs, y = ctx.saved_tensors
+            retrieved = None
+        B, T, C = v.shape
         G = C // bits
         grads = [None, None, None]
         grad_table = None
         if ctx.needs_input_grad[3]:
-            index = (y + 1).repeat_interleave(bits, dim=-1).reshape(B * T, C)
-            grad_table = torch.zeros_like(table).scatter_add_(
-                0, index, grad_out.reshape(B * T, C).to(table.dtype)
-            )
+            grad_table = _table_grad(table, y, grad_out, bits)
         want = tuple(bool(n) for n in ctx.needs_input_grad[:3])
-        if any(want):
+        if config.estimator == "value":
+            # copy-through: the matches are held fixed, so q and k get exact zeros
+            for i, (shape, dtype, device) in enumerate((ctx.q_like, ctx.k_like)):
+                if want[i]:
+                    grads[i] = torch.zeros(shape, dtype=dtype, device=device)
+            if want[2]:
+                val = _value_table(grad_out, table.detach(), bits)
+                if retrieved is None:  # forward ran without the retrieval (applied directly)
+                    retrieved_streams = retrieval_indices(_to_streams(qs), _to_streams(ks), bits)
+                else:
+                    retrieved_streams = _to_streams(retrieved)
+                delta = value_deltas(retrieved_streams, _to_streams(vs), val, bits)
+                grads[2] = _finish(_from_streams(delta, B, G), v, config.tau)
+        elif any(want):
             val = _value_table(grad_out, table.detach(), bits)
             streams = [_to_streams(s) for s in (qs, ks, vs)]
-            if config.estimator == "value":
-                deltas = [None, None, None]
-                if want[2]:
-                    retrieved = retrieval_indices(streams[0], streams[1], bits)
-                    deltas[2] = value_deltas(retrieved, streams[2], val, bits)
-                if want[0]:
-                    deltas[0] = val.new_zeros(B * G, T, bits)
-                if want[1]:
-                    deltas[1] = val.new_zeros(B * G, T, bits)
-            else:
-                deltas = flip_deltas(
-                    *streams, val, bits, config.window_for(T), token=False, want=want
-                )
+            deltas = flip_deltas(*streams, val, bits, config.window_for(T), token=False, want=want)
             for i, (inp, delta) in enumerate(zip((q, k, v), deltas)):
                 if want[i]:
                     grads[i] = _finish(_from_streams(delta, B, G), inp, config.tau)
-        return grads[0], grads[1], grads[2], grad_table, None, None
+        return grads[0], grads[1], grads[2], grad_table, None, None, None
+
+
+def _wants_retrieval(config: EstimatorConfig, x: torch.Tensor) -> bool:
+    """The value estimator will need ``x``'s retrieval indices: get them from the forward run."""
+    return config.estimator == "value" and torch.is_grad_enabled() and x.requires_grad
 
 
 def rosa_channel(x: torch.Tensor, table: torch.Tensor, bits: int, config: EstimatorConfig) -> torch.Tensor:
@@ -443,7 +553,7 @@ def rosa_channel(x: torch.Tensor, table: torch.Tensor, bits: int, config: Estima
     bits = check_bits(bits)
     check_activation("x", x, table.shape[1], bits)
     _check_table(table, bits, x)
-    return _ChannelROSA.apply(x, table, bits, config)
+    return _ChannelROSA.apply(x, table, bits, config, _wants_retrieval(config, x))
 
 
 def rosa_qkv_channels(q, k, v, table: torch.Tensor, bits: int, config: EstimatorConfig) -> torch.Tensor:
@@ -458,7 +568,7 @@ def rosa_qkv_channels(q, k, v, table: torch.Tensor, bits: int, config: Estimator
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     _check_table(table, bits, q)
-    return _QKVROSA.apply(q, k, v, table, bits, config)
+    return _QKVROSA.apply(q, k, v, table, bits, config, _wants_retrieval(config, v))
 
 
 def _check_table(table: torch.Tensor, bits: int, like: torch.Tensor) -> None:

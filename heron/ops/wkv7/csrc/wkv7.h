@@ -3,9 +3,12 @@
 // Layouts (all contiguous): inputs r, w, k, v, a, b, y and their gradients [B, T, H, N] in the
 // input dtype; states [B, H, N, N] float32 with the first N indexing values and the second keys
 // (the official layout); `removal` [B, T, H, N] float32 holds S_{t-1} a_t of the forward pass;
-// `checkpoints` [B, H, num_segments, N, N] float32 holds the state entering each segment of
-// wkv7_segment_length(N) steps. Both are written by the forward only when non-null and are
-// required by the backward.
+// `checkpoints` [B, H, num_segments + 1, N, N] float32 holds the state entering each segment of
+// segment_length(N) steps and, last, the final state. Both are written by the forward only when
+// non-null and are required by the backward. The backward steps backwards through a segment
+// (dividing by the decay) when no column's sum of exp(w) over the segment exceeds
+// max_log_growth, else recomputes from the segment's entry state; max_log_growth <= 0 always
+// recomputes.
 #pragma once
 
 #include <cstdint>
@@ -19,16 +22,18 @@ int segment_length(int head_size);
 bool head_size_supported(int head_size);
 
 // Returns 0 on success, else a cudaError_t value.
-int launch_forward(DType dtype, int batch, int time, int heads, int head_size, const void* r,
-                   const void* w, const void* k, const void* v, const void* a, const void* b,
-                   const float* initial_state, void* y, float* final_state, float* removal,
-                   float* checkpoints, void* stream);
+// rows_per_thread: 1 or 2 state rows per lane group in the forward (2 applies to N >= 32).
+int launch_forward(DType dtype, int batch, int time, int heads, int head_size, int rows_per_thread,
+                   const void* r, const void* w, const void* k, const void* v, const void* a,
+                   const void* b, const float* initial_state, void* y, float* final_state,
+                   float* removal, float* checkpoints, void* stream);
 
-int launch_backward(DType dtype, int batch, int time, int heads, int head_size, const void* r,
-                    const void* w, const void* k, const void* v, const void* a, const void* b,
-                    const float* removal, const float* checkpoints, const void* grad_y,
-                    const float* grad_final_state, void* grad_r, void* grad_w, void* grad_k,
-                    void* grad_v, void* grad_a, void* grad_b, float* grad_initial_state,
-                    void* stream);
+// columns_per_thread: 1 or 2 state columns per lane group in the backward (2 applies to N = 32, 64).
+int launch_backward(DType dtype, int batch, int time, int heads, int head_size,
+                    int columns_per_thread, float max_log_growth, const void* r, const void* w,
+                    const void* k, const void* v, const void* a, const void* b, const float* removal,
+                    const float* checkpoints, const void* grad_y, const float* grad_final_state,
+                    void* grad_r, void* grad_w, void* grad_k, void* grad_v, void* grad_a,
+                    void* grad_b, float* grad_initial_state, void* stream);
 
 }  // namespace heron_wkv7

@@ -52,7 +52,7 @@ Shape check_inputs(const torch::Tensor& r, const torch::Tensor& w, const torch::
   return shape;
 }
 
-// State checkpoints the forward saves per (batch, head): one every segment_length steps.
+// Segments of segment_length steps; the forward saves the state entering each one.
 int64_t segment_count(const Shape& shape) {
   const int64_t every = heron_wkv7::segment_length(static_cast<int>(shape.n));
   return (shape.time + every - 1) / every;
@@ -69,9 +69,11 @@ int64_t segment_length(int64_t head_size) { return heron_wkv7::segment_length(st
 // Returns [y, final_state, removal, checkpoints]; the last two are empty unless save_for_backward.
 std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
                                    torch::Tensor a, torch::Tensor b, c10::optional<torch::Tensor> initial_state,
-                                   bool save_for_backward, int64_t stream) {
+                                   bool save_for_backward, int64_t rows_per_thread, int64_t stream) {
   const Shape shape = check_inputs(r, w, k, v, a, b);
   const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
+  TORCH_CHECK(rows_per_thread == 1 || rows_per_thread == 2, "wkv7 CUDA: rows_per_thread must be 1 or 2, got ",
+              rows_per_thread);
   const float* initial = nullptr;
   if (initial_state.has_value()) {
     check_state(*initial_state, batch, heads, n, "state");
@@ -82,10 +84,11 @@ std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tens
   auto final_state = torch::empty({batch, heads, n, n}, f32);
   const int64_t segments = segment_count(shape);
   torch::Tensor removal = torch::empty({save_for_backward ? batch : 0, time, heads, n}, f32);
-  torch::Tensor checkpoints = torch::empty({save_for_backward ? batch : 0, heads, segments, n, n}, f32);
+  // one more slot for the final state, where the backward starts
+  torch::Tensor checkpoints = torch::empty({save_for_backward ? batch : 0, heads, segments + 1, n, n}, f32);
   check_launch(heron_wkv7::launch_forward(
-                   dtype_code(r), batch, time, heads, n, r.data_ptr(), w.data_ptr(), k.data_ptr(),
-                   v.data_ptr(), a.data_ptr(), b.data_ptr(), initial, y.data_ptr(),
+                   dtype_code(r), batch, time, heads, n, static_cast<int>(rows_per_thread), r.data_ptr(),
+                   w.data_ptr(), k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(), initial, y.data_ptr(),
                    final_state.data_ptr<float>(), save_for_backward ? removal.data_ptr<float>() : nullptr,
                    save_for_backward ? checkpoints.data_ptr<float>() : nullptr, reinterpret_cast<void*>(stream)),
                "forward");
@@ -96,16 +99,19 @@ std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tens
 std::vector<torch::Tensor> backward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
                                     torch::Tensor a, torch::Tensor b, torch::Tensor removal,
                                     torch::Tensor checkpoints, torch::Tensor grad_y,
-                                    c10::optional<torch::Tensor> grad_final_state, int64_t stream) {
+                                    c10::optional<torch::Tensor> grad_final_state, int64_t columns_per_thread,
+                                    double max_log_growth, int64_t stream) {
   const Shape shape = check_inputs(r, w, k, v, a, b);
   const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
   check_input(grad_y, r, "grad_y");
+  TORCH_CHECK(columns_per_thread == 1 || columns_per_thread == 2,
+              "wkv7 CUDA: columns_per_thread must be 1 or 2, got ", columns_per_thread);
   const int64_t segments = segment_count(shape);
   TORCH_CHECK(removal.is_contiguous() && removal.scalar_type() == torch::kFloat32 &&
                   removal.sizes() == r.sizes(),
               "wkv7 CUDA: saved removal vectors are missing (forward ran without save_for_backward?)");
   TORCH_CHECK(checkpoints.is_contiguous() && checkpoints.scalar_type() == torch::kFloat32 &&
-                  checkpoints.numel() == batch * heads * segments * n * n,
+                  checkpoints.numel() == batch * heads * (segments + 1) * n * n,
               "wkv7 CUDA: saved state checkpoints are missing or have the wrong size");
   const float* grad_final = nullptr;
   if (grad_final_state.has_value()) {
@@ -116,8 +122,9 @@ std::vector<torch::Tensor> backward(torch::Tensor r, torch::Tensor w, torch::Ten
        grad_v = torch::empty_like(r), grad_a = torch::empty_like(r), grad_b = torch::empty_like(r);
   auto grad_initial = torch::empty({batch, heads, n, n}, r.options().dtype(torch::kFloat32));
   check_launch(heron_wkv7::launch_backward(
-                   dtype_code(r), batch, time, heads, n, r.data_ptr(), w.data_ptr(), k.data_ptr(),
-                   v.data_ptr(), a.data_ptr(), b.data_ptr(), removal.data_ptr<float>(),
+                   dtype_code(r), batch, time, heads, n, static_cast<int>(columns_per_thread),
+                   static_cast<float>(max_log_growth), r.data_ptr(),
+                   w.data_ptr(), k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(), removal.data_ptr<float>(),
                    checkpoints.data_ptr<float>(), grad_y.data_ptr(), grad_final, grad_r.data_ptr(),
                    grad_w.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(), grad_a.data_ptr(),
                    grad_b.data_ptr(), grad_initial.data_ptr<float>(), reinterpret_cast<void*>(stream)),

@@ -3,13 +3,19 @@
 // Forward: row i of the state (value index i) lives in the registers of a few adjacent lanes, so
 // S_{t-1} a_t and y_t = S_t r_t are short dot products finished with warp shuffles; the step's r/decay/k/a/b vectors are staged in
 // shared memory a whole segment at a time (one barrier per segment, not per step). The state
-// entering every segment is saved for the backward pass together with S_{t-1} a_t.
+// entering every segment (and the final state, in one more slot) is saved for the backward pass
+// together with S_{t-1} a_t.
 //
 // Backward: lanes of group i own column i of the state (key index i) and both row i and column i
 // of the state gradient G, which makes every per-step gradient a group-local reduction. S_{t-1}
-// is recomputed inside the segment from the saved state (never by dividing by the decay, which
-// may be arbitrarily close to zero), using the saved S_{t-1} a_t so the column recurrence needs
-// no cross-thread reduction.
+// comes from the state after the segment by stepping backwards,
+//   S_{t-1}[j][i] = (S_t[j][i] - (S_{t-1} a_t)_j b_i - v_j k_i) / d_i,
+// using the saved S_{t-1} a_t, when that is well conditioned: rounding errors grow by 1/d_i per
+// step, so a segment steps backwards only if every column's sum of -log d = exp(w) over the
+// segment stays under `max_log_growth` (the model's own decay parametrisation keeps d >= 0.545).
+// Otherwise (decay near zero, NaN, or max_log_growth <= 0) the segment recomputes S_{t-1} from the
+// saved state entering it, never dividing by the decay. The choice is made per segment and is
+// uniform over the block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -42,8 +48,8 @@ template <>
 __device__ __forceinline__ void store<__half>(__half* p, float x) { *p = __float2half(x); }
 
 // Each state row (forward) or column (backward) is split over kSplit adjacent lanes that each
-// hold kPerThread of its elements (element e*kSplit + part), so a block has N * kSplit threads:
-// four times the parallelism of a thread-per-row layout and no register spills. Dot products
+// hold kPerThread of its elements (element e*kSplit + part), so a block has N / R * kSplit threads
+// when a lane group holds R rows (columns). Dot products
 // finish with a butterfly over the kSplit lanes. The backward's staged segment (9 vectors per
 // step) stays under 48 KiB of shared memory.
 template <int N>
@@ -51,7 +57,6 @@ struct Config {
   static constexpr int kSegment = N >= 128 ? 8 : 16;
   static constexpr int kPerThread = N >= 128 ? 32 : (N >= 64 ? 16 : 8);
   static constexpr int kSplit = N / kPerThread;
-  static constexpr int kThreads = N * kSplit;
   // The backward recomputes S_{t-1} from the nearest of these sub-segment starts.
   static constexpr int kSubSegment = 4;
 };
@@ -68,37 +73,52 @@ __device__ __forceinline__ size_t vector_index(int batch, int t, int time, int h
   return ((static_cast<size_t>(batch) * time + t) * heads + head) * n + c;
 }
 
-template <typename T, int N>
-__global__ void __launch_bounds__(Config<N>::kThreads) forward_kernel(
+// The forward may also give each lane group R adjacent rows: every staged step value a lane
+// reads from shared memory then feeds R rows, which halves the shared-memory traffic per row at
+// R = 2 (the forward is bound by it) for half the threads per block.
+template <int N, int R>
+struct ForwardConfig {
+  static constexpr int kThreads = N / R * Config<N>::kSplit;
+};
+
+template <typename T, int N, int R>
+__global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
     int time, int heads, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ k,
     const T* __restrict__ v, const T* __restrict__ a, const T* __restrict__ b,
     const float* __restrict__ initial_state, T* __restrict__ y, float* __restrict__ final_state,
     float* __restrict__ removal, float* __restrict__ checkpoints) {
   constexpr int L = Config<N>::kSegment, E = Config<N>::kPerThread, S = Config<N>::kSplit;
-  constexpr int kThreads = Config<N>::kThreads;
+  constexpr int kThreads = ForwardConfig<N, R>::kThreads;
   const int bh = blockIdx.x;
   const int batch = bh / heads;
   const int head = bh % heads;
   const int tid = threadIdx.x;
-  const int i = tid / S;     // state row (value index)
-  const int part = tid % S;  // this lane holds keys e * S + part
+  const int first_row = tid / S * R;  // state rows (value indices) first_row .. first_row + R - 1
+  const int part = tid % S;           // this lane holds keys e * S + part
 
   __shared__ float s_r[L][N], s_d[L][N], s_k[L][N], s_a[L][N], s_b[L][N], s_v[L][N];
 
-  float state[E];
-  const size_t state_row = (static_cast<size_t>(bh) * N + i) * N;
+  float state[R][E];
+  const size_t state_rows = (static_cast<size_t>(bh) * N + first_row) * N;
 #pragma unroll
-  for (int e = 0; e < E; ++e) state[e] = initial_state ? initial_state[state_row + e * S + part] : 0.f;
+  for (int row = 0; row < R; ++row)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      state[row][e] = initial_state ? initial_state[state_rows + row * N + e * S + part] : 0.f;
+
+  auto save_state = [&](float* saved) {
+#pragma unroll
+    for (int row = 0; row < R; ++row)
+#pragma unroll
+      for (int e = 0; e < E; ++e) saved[row * N + e * S + part] = state[row][e];
+  };
 
   const int num_segments = (time + L - 1) / L;
   for (int segment = 0; segment < num_segments; ++segment) {
     const int t0 = segment * L;
     const int length = min(L, time - t0);
-    if (checkpoints) {
-      float* saved = checkpoints + (static_cast<size_t>(bh) * num_segments + segment) * N * N + i * N;
-#pragma unroll
-      for (int e = 0; e < E; ++e) saved[e * S + part] = state[e];
-    }
+    if (checkpoints)
+      save_state(checkpoints + (static_cast<size_t>(bh) * (num_segments + 1) + segment) * N * N + first_row * N);
     __syncthreads();  // the previous segment is done reading shared memory
     for (int flat = tid; flat < length * N; flat += kThreads) {
       const int s = flat / N, c = flat % N;
@@ -112,60 +132,94 @@ __global__ void __launch_bounds__(Config<N>::kThreads) forward_kernel(
     }
     __syncthreads();
     for (int s = 0; s < length; ++s) {
-      float sa = 0.f;
+      float sa[R], out[R], value[R];
 #pragma unroll
-      for (int e = 0; e < E; ++e) sa += state[e] * s_a[s][e * S + part];
-      sa = group_sum<S>(sa);
-      const float vi = s_v[s][i];
-      float out = 0.f;
+      for (int row = 0; row < R; ++row) {
+        sa[row] = 0.f;
+        out[row] = 0.f;
+        value[row] = s_v[s][first_row + row];
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float ae = s_a[s][e * S + part];
+#pragma unroll
+        for (int row = 0; row < R; ++row) sa[row] += state[row][e] * ae;
+      }
+#pragma unroll
+      for (int row = 0; row < R; ++row) sa[row] = group_sum<S>(sa[row]);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const int c = e * S + part;
-        state[e] = state[e] * s_d[s][c] + sa * s_b[s][c] + vi * s_k[s][c];
-        out += state[e] * s_r[s][c];
+        const float de = s_d[s][c], be = s_b[s][c], ke = s_k[s][c], re = s_r[s][c];
+#pragma unroll
+        for (int row = 0; row < R; ++row) {
+          state[row][e] = state[row][e] * de + sa[row] * be + value[row] * ke;
+          out[row] += state[row][e] * re;
+        }
       }
-      out = group_sum<S>(out);
+#pragma unroll
+      for (int row = 0; row < R; ++row) out[row] = group_sum<S>(out[row]);
       if (part == 0) {
-        const size_t index = vector_index(batch, t0 + s, time, heads, head, N, i);
-        store(y + index, out);
-        if (removal) removal[index] = sa;
+#pragma unroll
+        for (int row = 0; row < R; ++row) {
+          const size_t index = vector_index(batch, t0 + s, time, heads, head, N, first_row + row);
+          store(y + index, out[row]);
+          if (removal) removal[index] = sa[row];
+        }
       }
     }
   }
-#pragma unroll
-  for (int e = 0; e < E; ++e) final_state[state_row + e * S + part] = state[e];
+  save_state(final_state + state_rows);
+  // the state after the last segment, where the backward starts stepping back
+  if (checkpoints)
+    save_state(checkpoints + (static_cast<size_t>(bh) * (num_segments + 1) + num_segments) * N * N + first_row * N);
 }
 
-template <typename T, int N>
-__global__ void __launch_bounds__(Config<N>::kThreads) backward_kernel(
-    int time, int heads, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ k,
-    const T* __restrict__ v, const T* __restrict__ a, const T* __restrict__ b,
+// The backward may give each lane group R adjacent columns (R = 2 for N = 32 and 64): the
+// per-step values a lane reads from shared memory then serve both columns.
+template <int N, int R>
+struct BackwardConfig {
+  static constexpr int kThreads = N / R * Config<N>::kSplit;
+};
+
+template <typename T, int N, int R>
+__global__ void __launch_bounds__(BackwardConfig<N, R>::kThreads) backward_kernel(
+    int time, int heads, float max_log_growth, const T* __restrict__ r, const T* __restrict__ w,
+    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ a, const T* __restrict__ b,
     const float* __restrict__ removal, const float* __restrict__ checkpoints,
     const T* __restrict__ grad_y, const float* __restrict__ grad_final_state, T* __restrict__ grad_r,
     T* __restrict__ grad_w, T* __restrict__ grad_k, T* __restrict__ grad_v, T* __restrict__ grad_a,
     T* __restrict__ grad_b, float* __restrict__ grad_initial_state) {
   constexpr int L = Config<N>::kSegment, E = Config<N>::kPerThread, S = Config<N>::kSplit;
-  constexpr int kThreads = Config<N>::kThreads, kSub = Config<N>::kSubSegment;
+  constexpr int kThreads = BackwardConfig<N, R>::kThreads, kSub = Config<N>::kSubSegment;
+  constexpr int kWarps = (kThreads + 31) / 32;
   const int bh = blockIdx.x;
   const int batch = bh / heads;
   const int head = bh % heads;
   const int tid = threadIdx.x;
-  const int i = tid / S;     // state column (key index) and gradient row
-  const int part = tid % S;  // this lane holds elements e * S + part
+  const int first = tid / S * R;  // state columns (key indices) and gradient rows first .. first + R - 1
+  const int part = tid % S;       // this lane holds elements e * S + part
 
   __shared__ float s_r[L][N], s_ew[L][N], s_d[L][N], s_k[L][N], s_v[L][N], s_a[L][N], s_b[L][N],
       s_sa[L][N], s_dy[L][N];
-  __shared__ float s_gb[N];
+  // G_t b_t, double-buffered by step parity so one barrier per step suffices: a lane cannot
+  // rewrite a buffer before every lane has passed the next step's barrier, i.e. finished reading it.
+  __shared__ float s_gb[2][N];
+  // Per step: (S_{t-1} a_t) . dy_t and v_t . dy_t, the same for every column.
+  __shared__ float s_removal_dy[L], s_value_dy[L];
 
-  // With j = e * S + part: grad_col[e] = G[j][i], grad_row[e] = G[i][j], state_col[e] = S[j][i].
-  float grad_col[E], grad_row[E], state_col[E], base[E];
+  // With j = e * S + part and i = first + c: grad_col[c][e] = G[j][i], grad_row[c][e] = G[i][j],
+  // state_col[c][e] = S[j][i].
+  float grad_col[R][E], grad_row[R][E], state_col[R][E];
   const float* grad_final = grad_final_state + static_cast<size_t>(bh) * N * N;
 #pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int j = e * S + part;
-    grad_col[e] = grad_final_state ? grad_final[j * N + i] : 0.f;
-    grad_row[e] = grad_final_state ? grad_final[i * N + j] : 0.f;
-  }
+  for (int c = 0; c < R; ++c)
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int j = e * S + part, i = first + c;
+      grad_col[c][e] = grad_final_state ? grad_final[j * N + i] : 0.f;
+      grad_row[c][e] = grad_final_state ? grad_final[i * N + j] : 0.f;
+    }
 
   const int num_segments = (time + L - 1) / L;
   for (int segment = num_segments - 1; segment >= 0; --segment) {
@@ -187,129 +241,250 @@ __global__ void __launch_bounds__(Config<N>::kThreads) backward_kernel(
       s_dy[s][c] = load(grad_y + index);
     }
     __syncthreads();
-    const float* saved = checkpoints + (static_cast<size_t>(bh) * num_segments + segment) * N * N;
+    {
+      const int warp = tid / 32, lane = tid % 32;
+      for (int s = warp; s < length; s += kWarps) {
+        float removal_dy = 0.f, value_dy = 0.f;
+        for (int c = lane; c < N; c += 32) {
+          removal_dy += s_sa[s][c] * s_dy[s][c];
+          value_dy += s_v[s][c] * s_dy[s][c];
+        }
+#pragma unroll
+        for (int mask = 16; mask >= 1; mask >>= 1) {
+          removal_dy += __shfl_xor_sync(0xffffffffu, removal_dy, mask);
+          value_dy += __shfl_xor_sync(0xffffffffu, value_dy, mask);
+        }
+        if (lane == 0) {
+          s_removal_dy[s] = removal_dy;
+          s_value_dy[s] = value_dy;
+        }
+      }
+    }
+    // Stepping backwards multiplies a column's rounding errors by exp(sum of exp(w)) over the
+    // segment; `!(x <= bound)` also catches NaN and infinite decay rates.
+    bool ill_conditioned = false;
+    for (int c = tid; c < N; c += kThreads) {
+      float growth = 0.f;
+      for (int s = 0; s < length; ++s) growth += s_ew[s][c];
+      ill_conditioned = ill_conditioned || !(growth <= max_log_growth);
+    }
+    const bool step_back = !__syncthreads_or(ill_conditioned);  // also publishes s_*_dy
 
-    // Column i of S_{t-1} is rebuilt from the saved segment start (never by dividing by the
-    // decay): first the start of each sub-segment, then each step from its sub-segment start.
-    auto advance = [&](float (&column)[E], int q) {
-      const float dq = s_d[q][i], bq = s_b[q][i], kq = s_k[q][i];
+    // One step of the gradient recurrence; state_col holds columns first.. of S_{t-1}.
+    auto gradient_step = [&](int s) {
+      // G_t += dy_t r_t^T
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const int j = e * S + part;
-        column[e] = column[e] * dq + s_sa[q][j] * bq + s_v[q][j] * kq;
+        const float dyj = s_dy[s][j], rj = s_r[s][j];
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+          grad_col[c][e] += dyj * s_r[s][first + c];
+          grad_row[c][e] += s_dy[s][first + c] * rj;
+        }
       }
-    };
 
-    const int num_sub = (length + kSub - 1) / kSub;
-    for (int sub = num_sub - 1; sub >= 0; --sub) {
+      float gb[R], dv[R];
 #pragma unroll
-      for (int e = 0; e < E; ++e) base[e] = saved[(e * S + part) * N + i];
-      for (int q = 0; q < sub * kSub; ++q) advance(base, q);
-      const int last = min(length, (sub + 1) * kSub) - 1;
-      for (int s = last; s >= sub * kSub; --s) {
+      for (int c = 0; c < R; ++c) gb[c] = dv[c] = 0.f;
 #pragma unroll
-        for (int e = 0; e < E; ++e) state_col[e] = base[e];
-        for (int q = sub * kSub; q < s; ++q) advance(state_col, q);
-
-        // G_t += dy_t r_t^T
-        const float ri = s_r[s][i], dyi = s_dy[s][i];
+      for (int e = 0; e < E; ++e) {
+        const int j = e * S + part;
+        const float bj = s_b[s][j], kj = s_k[s][j];
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const int j = e * S + part;
-          grad_col[e] += s_dy[s][j] * ri;
-          grad_row[e] += dyi * s_r[s][j];
+        for (int c = 0; c < R; ++c) {
+          gb[c] += grad_row[c][e] * bj;
+          dv[c] += grad_row[c][e] * kj;
         }
-
-        float gb = 0.f, dv = 0.f;
+      }
+      float* gb_all = s_gb[s & 1];
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const int j = e * S + part;
-          gb += grad_row[e] * s_b[s][j];
-          dv += grad_row[e] * s_k[s][j];
-        }
-        gb = group_sum<S>(gb);
-        dv = group_sum<S>(dv);
-        if (part == 0) s_gb[i] = gb;
-        __syncthreads();
+      for (int c = 0; c < R; ++c) {
+        gb[c] = group_sum<S>(gb[c]);
+        dv[c] = group_sum<S>(dv[c]);
+        if (part == 0) gb_all[first + c] = gb[c];
+      }
+      __syncthreads();
 
-        float state_dy = 0.f, removal_dy = 0.f, value_dy = 0.f;
-        float dd = 0.f, dk = 0.f, da = 0.f, db = 0.f;
+      float state_dy[R], dd[R], dk[R], da[R], db[R];
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const int j = e * S + part;
-          const float dyj = s_dy[s][j], saj = s_sa[s][j], vj = s_v[s][j];
-          state_dy += state_col[e] * dyj;
-          removal_dy += saj * dyj;
-          value_dy += vj * dyj;
-          dd += grad_col[e] * state_col[e];
-          dk += grad_col[e] * vj;
-          da += state_col[e] * s_gb[j];
-          db += grad_col[e] * saj;
+      for (int c = 0; c < R; ++c) state_dy[c] = dd[c] = dk[c] = da[c] = db[c] = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int j = e * S + part;
+        const float dyj = s_dy[s][j], vj = s_v[s][j], gbj = gb_all[j], saj = s_sa[s][j];
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+          state_dy[c] += state_col[c][e] * dyj;
+          dd[c] += grad_col[c][e] * state_col[c][e];
+          dk[c] += grad_col[c][e] * vj;
+          da[c] += state_col[c][e] * gbj;
+          db[c] += grad_col[c][e] * saj;
         }
-        state_dy = group_sum<S>(state_dy);
-        removal_dy = group_sum<S>(removal_dy);
-        value_dy = group_sum<S>(value_dy);
-        dd = group_sum<S>(dd);
-        dk = group_sum<S>(dk);
-        da = group_sum<S>(da);
-        db = group_sum<S>(db);
-        const float di = s_d[s][i], bi = s_b[s][i], ki = s_k[s][i], ai = s_a[s][i];
-        if (part == 0) {
+      }
+#pragma unroll
+      for (int c = 0; c < R; ++c) {
+        state_dy[c] = group_sum<S>(state_dy[c]);
+        dd[c] = group_sum<S>(dd[c]);
+        dk[c] = group_sum<S>(dk[c]);
+        da[c] = group_sum<S>(da[c]);
+        db[c] = group_sum<S>(db[c]);
+      }
+      if (part == 0) {
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+          const int i = first + c;
+          const float di = s_d[s][i];
           // y_t = S_t r_t with S_t[j][i] = S_{t-1}[j][i] d_i + sa_j b_i + v_j k_i.
-          const float dr = di * state_dy + bi * removal_dy + ki * value_dy;
+          const float dr = di * state_dy[c] + s_b[s][i] * s_removal_dy[s] + s_k[s][i] * s_value_dy[s];
           // d = exp(-exp(w)) so dd/dw = -exp(w) d.
-          const float dw = -dd * di * s_ew[s][i];
+          const float dw = -dd[c] * di * s_ew[s][i];
           const size_t index = vector_index(batch, t0 + s, time, heads, head, N, i);
           store(grad_r + index, dr);
           store(grad_w + index, dw);
-          store(grad_k + index, dk);
-          store(grad_v + index, dv);
-          store(grad_a + index, da);
-          store(grad_b + index, db);
+          store(grad_k + index, dk[c]);
+          store(grad_v + index, dv[c]);
+          store(grad_a + index, da[c]);
+          store(grad_b + index, db[c]);
         }
+      }
 
-        // G_{t-1} (from the future) = G_t (diag(d) + a b^T)^T
+      // G_{t-1} (from the future) = G_t (diag(d) + a b^T)^T
+      float di[R], ai[R];
+#pragma unroll
+      for (int c = 0; c < R; ++c) {
+        di[c] = s_d[s][first + c];
+        ai[c] = s_a[s][first + c];
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int j = e * S + part;
+        const float gbj = gb_all[j], dj = s_d[s][j], aj = s_a[s][j];
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+          grad_col[c][e] = grad_col[c][e] * di[c] + gbj * ai[c];
+          grad_row[c][e] = grad_row[c][e] * dj + gb[c] * aj;
+        }
+      }
+    };
+
+    if (step_back) {
+      // Columns of the state after the segment: the next segment's saved entry state (the final
+      // state for the last segment).
+      const float* after = checkpoints + (static_cast<size_t>(bh) * (num_segments + 1) + segment + 1) * N * N;
+#pragma unroll
+      for (int c = 0; c < R; ++c)
+#pragma unroll
+        for (int e = 0; e < E; ++e) state_col[c][e] = after[(e * S + part) * N + first + c];
+      for (int s = length - 1; s >= 0; --s) {
+        float inverse_decay[R], bi[R], ki[R];
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+          inverse_decay[c] = __expf(s_ew[s][first + c]);
+          bi[c] = s_b[s][first + c];
+          ki[c] = s_k[s][first + c];
+        }
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const int j = e * S + part;
-          grad_col[e] = grad_col[e] * di + s_gb[j] * ai;
-          grad_row[e] = grad_row[e] * s_d[s][j] + gb * s_a[s][j];
+          const float saj = s_sa[s][j], vj = s_v[s][j];
+#pragma unroll
+          for (int c = 0; c < R; ++c)
+            state_col[c][e] = (state_col[c][e] - saj * bi[c] - vj * ki[c]) * inverse_decay[c];
         }
-        __syncthreads();  // s_gb is rewritten by the next step
+        gradient_step(s);
+      }
+    } else {
+      const float* saved = checkpoints + (static_cast<size_t>(bh) * (num_segments + 1) + segment) * N * N;
+      // Columns of S_{t-1} rebuilt from the saved segment start: first the start of each
+      // sub-segment, then each step from its sub-segment start.
+      auto advance = [&](float (&columns)[R][E], int q) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int j = e * S + part;
+          const float saj = s_sa[q][j], vj = s_v[q][j];
+#pragma unroll
+          for (int c = 0; c < R; ++c) {
+            const int i = first + c;
+            columns[c][e] = columns[c][e] * s_d[q][i] + saj * s_b[q][i] + vj * s_k[q][i];
+          }
+        }
+      };
+      float base[R][E];
+      const int num_sub = (length + kSub - 1) / kSub;
+      for (int sub = num_sub - 1; sub >= 0; --sub) {
+#pragma unroll
+        for (int c = 0; c < R; ++c)
+#pragma unroll
+          for (int e = 0; e < E; ++e) base[c][e] = saved[(e * S + part) * N + first + c];
+        for (int q = 0; q < sub * kSub; ++q) advance(base, q);
+        const int last = min(length, (sub + 1) * kSub) - 1;
+        for (int s = last; s >= sub * kSub; --s) {
+#pragma unroll
+          for (int c = 0; c < R; ++c)
+#pragma unroll
+            for (int e = 0; e < E; ++e) state_col[c][e] = base[c][e];
+          for (int q = sub * kSub; q < s; ++q) advance(state_col, q);
+          gradient_step(s);
+        }
       }
     }
   }
-  float* out = grad_initial_state + (static_cast<size_t>(bh) * N + i) * N;
 #pragma unroll
-  for (int e = 0; e < E; ++e) out[e * S + part] = grad_row[e];
+  for (int c = 0; c < R; ++c) {
+    float* out = grad_initial_state + (static_cast<size_t>(bh) * N + first + c) * N;
+#pragma unroll
+    for (int e = 0; e < E; ++e) out[e * S + part] = grad_row[c][e];
+  }
 }
 
 template <typename T, int N>
-int forward_typed(int batch, int time, int heads, const void* r, const void* w, const void* k,
-                  const void* v, const void* a, const void* b, const float* initial_state, void* y,
-                  float* final_state, float* removal, float* checkpoints, cudaStream_t stream) {
-  forward_kernel<T, N><<<batch * heads, Config<N>::kThreads, 0, stream>>>(
-      time, heads, static_cast<const T*>(r), static_cast<const T*>(w), static_cast<const T*>(k),
-      static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b), initial_state,
-      static_cast<T*>(y), final_state, removal, checkpoints);
+int forward_typed(int batch, int time, int heads, int rows_per_thread, const void* r, const void* w,
+                  const void* k, const void* v, const void* a, const void* b,
+                  const float* initial_state, void* y, float* final_state, float* removal,
+                  float* checkpoints, cudaStream_t stream) {
+  auto launch = [&](auto kernel, int threads) {
+    kernel<<<batch * heads, threads, 0, stream>>>(
+        time, heads, static_cast<const T*>(r), static_cast<const T*>(w), static_cast<const T*>(k),
+        static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b), initial_state,
+        static_cast<T*>(y), final_state, removal, checkpoints);
+  };
+  // Two rows per lane group: N = 16 would fall under one warp, N = 128 would use every register.
+  if constexpr (N == 32 || N == 64) {
+    if (rows_per_thread == 2) {
+      launch(forward_kernel<T, N, 2>, ForwardConfig<N, 2>::kThreads);
+      return static_cast<int>(cudaGetLastError());
+    }
+  }
+  launch(forward_kernel<T, N, 1>, ForwardConfig<N, 1>::kThreads);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T, int N>
-int backward_typed(int batch, int time, int heads, const void* r, const void* w, const void* k,
-                   const void* v, const void* a, const void* b, const float* removal,
-                   const float* checkpoints, const void* grad_y, const float* grad_final_state,
-                   void* grad_r, void* grad_w, void* grad_k, void* grad_v, void* grad_a,
-                   void* grad_b, float* grad_initial_state, cudaStream_t stream) {
-  backward_kernel<T, N><<<batch * heads, Config<N>::kThreads, 0, stream>>>(
-      time, heads, static_cast<const T*>(r), static_cast<const T*>(w), static_cast<const T*>(k),
-      static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b), removal,
-      checkpoints, static_cast<const T*>(grad_y), grad_final_state, static_cast<T*>(grad_r),
-      static_cast<T*>(grad_w), static_cast<T*>(grad_k), static_cast<T*>(grad_v),
-      static_cast<T*>(grad_a), static_cast<T*>(grad_b), grad_initial_state);
+int backward_typed(int batch, int time, int heads, int columns_per_thread, float max_log_growth,
+                   const void* r, const void* w, const void* k, const void* v, const void* a,
+                   const void* b, const float* removal, const float* checkpoints, const void* grad_y,
+                   const float* grad_final_state, void* grad_r, void* grad_w, void* grad_k,
+                   void* grad_v, void* grad_a, void* grad_b, float* grad_initial_state,
+                   cudaStream_t stream) {
+  auto launch = [&](auto kernel, int threads) {
+    kernel<<<batch * heads, threads, 0, stream>>>(
+        time, heads, max_log_growth, static_cast<const T*>(r), static_cast<const T*>(w),
+        static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(a),
+        static_cast<const T*>(b), removal, checkpoints, static_cast<const T*>(grad_y), grad_final_state,
+        static_cast<T*>(grad_r), static_cast<T*>(grad_w), static_cast<T*>(grad_k),
+        static_cast<T*>(grad_v), static_cast<T*>(grad_a), static_cast<T*>(grad_b), grad_initial_state);
+  };
+  // Two columns per lane group: N = 16 would fall under one warp, N = 128 would spill.
+  if constexpr (N == 32 || N == 64) {
+    if (columns_per_thread == 2) {
+      launch(backward_kernel<T, N, 2>, BackwardConfig<N, 2>::kThreads);
+      return static_cast<int>(cudaGetLastError());
+    }
+  }
+  launch(backward_kernel<T, N, 1>, BackwardConfig<N, 1>::kThreads);
   return static_cast<int>(cudaGetLastError());
 }
-
 
 }  // namespace
 
@@ -357,24 +532,24 @@ bool head_size_supported(int head_size) { return segment_length(head_size) > 0; 
     return static_cast<int>(cudaErrorInvalidValue);                                    \
   } while (0)
 
-int launch_forward(DType dtype, int batch, int time, int heads, int head_size, const void* r,
-                   const void* w, const void* k, const void* v, const void* a, const void* b,
-                   const float* initial_state, void* y, float* final_state, float* removal,
-                   float* checkpoints, void* stream) {
+int launch_forward(DType dtype, int batch, int time, int heads, int head_size, int rows_per_thread,
+                   const void* r, const void* w, const void* k, const void* v, const void* a,
+                   const void* b, const float* initial_state, void* y, float* final_state,
+                   float* removal, float* checkpoints, void* stream) {
   if (batch * heads == 0) return 0;
-  HERON_WKV7_DISPATCH(forward_typed, batch, time, heads, r, w, k, v, a, b, initial_state, y,
+  HERON_WKV7_DISPATCH(forward_typed, batch, time, heads, rows_per_thread, r, w, k, v, a, b, initial_state, y,
                       final_state, removal, checkpoints);
 }
 
-int launch_backward(DType dtype, int batch, int time, int heads, int head_size, const void* r,
-                    const void* w, const void* k, const void* v, const void* a, const void* b,
-                    const float* removal, const float* checkpoints, const void* grad_y,
+int launch_backward(DType dtype, int batch, int time, int heads, int head_size,
+                    int columns_per_thread, float max_log_growth, const void* r, const void* w,
+                    const void* k, const void* v, const void* a, const void* b, const float* removal, const float* checkpoints, const void* grad_y,
                     const float* grad_final_state, void* grad_r, void* grad_w, void* grad_k,
                     void* grad_v, void* grad_a, void* grad_b, float* grad_initial_state,
                     void* stream) {
   if (batch * heads == 0) return 0;
-  HERON_WKV7_DISPATCH(backward_typed, batch, time, heads, r, w, k, v, a, b, removal, checkpoints,
-                      grad_y, grad_final_state, grad_r, grad_w, grad_k, grad_v, grad_a, grad_b,
+  HERON_WKV7_DISPATCH(backward_typed, batch, time, heads, columns_per_thread, max_log_growth, r, w, k,
+                      v, a, b, removal, checkpoints, grad_y, grad_final_state, grad_r, grad_w, grad_k, grad_v, grad_a, grad_b,
                       grad_initial_state);
 }
 
