@@ -14,13 +14,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_T
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 phase=${1:?usage: gpu_kernel_session.sh kernels | rest}
 log="$out/$phase.log"; touch "$log"
-started=$(date +%s)
-part() {  # part SECONDS TITLE COMMAND...
-  local limit=$1 title=$2; shift 2
-  echo "=== $title ($(( $(date +%s) - started )) s in, limit $limit s)" | tee -a "$log"
-  timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
-  local rc=$?; echo "=== $title: exit $rc" | tee -a "$log"
-}
+. tools/session_parts.sh  # part SECONDS TITLE COMMAND...
 bench=benchmarks/train_step.py
 
 case $phase in

@@ -22,13 +22,7 @@ want() { [[ $PARTS == *",$1,"* ]]; }
 bench=benchmarks/train_step.py
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
-started=$(date +%s)
-part() {  # part SECONDS TITLE COMMAND...
-  local limit=$1 title=$2; shift 2
-  echo "=== $title ($(( $(date +%s) - started )) s in, limit $limit s)" | tee -a "$log"
-  timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
-  local rc=$?; echo "=== $title: exit $rc" | tee -a "$log"
-}
+. tools/session_parts.sh  # part SECONDS TITLE COMMAND...
 # (torchrun through python3 -m: `timeout` cannot run a shell function)
 
 # 0. build the CUDA extensions (WKV7, ROSA) once, outside the timed parts
