@@ -108,6 +108,11 @@ def incremental_steps(args, batch: int, streams: int) -> int:
     return min(args.tokens, max(MIN_INCREMENTAL_STEPS, args.incremental_pushes // per_step))
 
 
+def automaton_bytes(args, batch: int, streams: int, steps: int) -> int:
+    """Estimated host memory of the online automata after the prompt and ``steps`` decode steps."""
+    return batch * streams * (args.prompt + steps) * AUTOMATON_BYTES_PER_STREAM_TOKEN
+
+
 def full_recompute_lengths(args) -> list[int]:
     return sorted({round(args.prompt + i * (args.tokens - 1) / max(args.full_samples - 1, 1))
                    for i in range(args.full_samples)})
@@ -141,7 +146,7 @@ def memory_problem(args, batch: int, streams: int, steps: int) -> str | None:
     gb = 2 ** 30
     problems = []
     host = host_memory_available()
-    automata = batch * streams * (args.prompt + steps) * AUTOMATON_BYTES_PER_STREAM_TOKEN
+    automata = automaton_bytes(args, batch, streams, steps)
     if host is not None and automata > 0.9 * host:
         problems.append(f"the online automata need ~{automata / gb:.0f} GB of host memory "
                         f"({batch} x {streams} streams x {args.prompt + steps} tokens x ~"
@@ -263,7 +268,7 @@ def run_batch(model, args, batch: int, streams: int) -> dict:
                  else f"timed at contexts {', '.join(map(str, lengths))}")
     print(f"batch {batch}: incremental = prefill {args.prompt} + {steps} of {args.tokens} decode steps "
           f"({batch} x {streams} automata, {pushes / 1e6:.1f}M pushes, ~"
-          f"{batch * streams * (args.prompt + steps) * AUTOMATON_BYTES_PER_STREAM_TOKEN / 2 ** 30:.1f} GB); "
+          f"{automaton_bytes(args, batch, streams, steps) / 2 ** 30:.1f} GB); "
           f"full recompute {full_plan}", file=sys.stderr, flush=True)
 
     if args.warmup:

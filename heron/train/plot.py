@@ -13,14 +13,6 @@ import math
 from pathlib import Path
 
 
-def _read(path: Path) -> dict[str, list[float]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    return {name: [float(row[name]) for row in rows] for name in rows[0]}
-
-
 def read_rows(path: str | Path) -> list[dict[str, float]]:
     """The rows of a run's CSV as floats (empty cells left out); ``[]`` when the file is absent.
     A row that does not parse (the last line of a CSV a run is still writing) is skipped."""
@@ -87,22 +79,23 @@ def plot_run(run_dir: str | Path, png: str | Path | None = None, title: str | No
     train_csv = run_dir / "train.csv"
     if not train_csv.is_file():
         raise FileNotFoundError(f"{train_csv} does not exist: is {run_dir} a heron train run directory?")
-    train = _read(train_csv)
+    train = [row for row in read_rows(train_csv) if "step" in row and "loss" in row]
     if not train:
         raise ValueError(f"{train_csv} has no logged steps yet")
     figure, loss_axis = plt.subplots(figsize=(8, 4.5))
-    loss_axis.plot(train["step"], train["loss"], color="tab:blue", linewidth=1, label="training loss")
+    loss_axis.plot([row["step"] for row in train], [row["loss"] for row in train], color="tab:blue",
+                   linewidth=1, label="training loss")
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("training loss (nats per scored token)")
     handles, labels = loss_axis.get_legend_handles_labels()
-    eval_csv = run_dir / "eval.csv"
-    evaluation = _read(eval_csv) if eval_csv.is_file() else {}
+    evaluation = [row for row in read_rows(run_dir / "eval.csv") if "step" in row]
     if evaluation:
         metric_axis = loss_axis.twinx()
-        for name, values in evaluation.items():
-            if name != "step":
-                metric_axis.plot(evaluation["step"], values, marker="o", markersize=3, linewidth=1, label=name)
+        names = list(dict.fromkeys(name for row in evaluation for name in row if name != "step"))
+        for name in names:
+            points = [(row["step"], row[name]) for row in evaluation if name in row]
+            metric_axis.plot(*zip(*points), marker="o", markersize=3, linewidth=1, label=name)
         metric_axis.set_ylabel("evaluation")
         more_handles, more_labels = metric_axis.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels

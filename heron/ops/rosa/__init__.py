@@ -72,12 +72,8 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def _check_symbols(name: str, tensor) -> torch.Tensor:
-    return _check_symbols_with_max(name, tensor)[0]
-
-
-def _check_symbols_with_max(name: str, tensor) -> tuple[torch.Tensor, int]:
-    """Validate an integer symbol tensor; return it as int64 and its largest symbol (-1 if empty)."""
-    return _check_symbol_tensors([(name, tensor)])[0]
+    """Validate an integer symbol tensor; return it as int64."""
+    return _check_symbol_tensors([(name, tensor)])[0][0]
 
 
 def _check_symbol_layout(name: str, tensor) -> None:

@@ -80,19 +80,19 @@ class OnlineROSA:
 
     # ---- stepping
     def _validate(self, q, k, v, dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from . import _check_symbols
+        from . import _check_symbol_tensors
 
         expected = "[S]" if dims == 1 else "[S, T]"
-        tensors = []
-        for name, tensor in (("q", q), ("k", k), ("v", v)):
-            tensor = _check_symbols(name, tensor)
+        named = (("q", q), ("k", k), ("v", v))
+        # the value ranges of all three come back to the host in one copy (one GPU sync per step)
+        checked = [tensor for tensor, _ in _check_symbol_tensors(named)]
+        for (name, _), tensor in zip(named, checked):
             if tensor.dim() != dims or tensor.shape[0] != self.num_streams:
                 raise ValueError(
                     f"{name} must have shape {expected} with S = num_streams = {self.num_streams}, "
                     f"got {tuple(tensor.shape)}"
                 )
-            tensors.append(tensor)
-        q, k, v = tensors
+        q, k, v = checked
         if not (q.shape == k.shape == v.shape):
             raise ValueError(
                 f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
