@@ -8,6 +8,9 @@ Configurations (L12-D768, vocabulary 65536, head size 64, ``--configs``):
     rwkv8            deep_embed=True (x080 channel-mix with the DeepEmbed tables)
     rwkv8-rosa       deep_embed=True, rosa="qkv1", rosa_estimator="window" (ROSA-QKV 1-bit)
     rwkv8-rosa-value deep_embed=True, rosa="qkv4", rosa_estimator="value", rosa_qk_init="tied"
+    rwkv8-rosa1-value  the same with rosa="qkv1" (1-bit symbols)
+                     (the ROSA rows have rosa_max_gain=1.0: see docs/estimators.md, "Deep models")
+    rwkv8-rosa-unbounded  rwkv8-rosa without the bound (the spec's estimator as is): a diagnosis
     rwkv7-L24-D2048  RWKV-7, 24 layers, width 2048 (the FSDP2 configuration)
 
 Per configuration it prints tokens/s (all processes), the step time, a breakdown (WKV kernels
@@ -15,8 +18,8 @@ forward+backward, ROSA forward, ROSA backward, the rest; from ``torch.profiler``
 steps: each outermost matching host op counts max(host time, device time of the kernels it
 launched); kernels are not counted on their own, so nothing is counted twice), the host-device
 synchronisations per step (CUDA synchronise calls; on the CPU the tensor values read by the
-host), the peak memory per process and the MFU = 6 * N * tokens/s / (989 TFLOP/s * GPUs), N = the parameters of the matrix
-products (every parameter except the token-embedding and DeepEmbed lookup tables; the head
+host), the peak memory per process and the MFU = 6 * N * tokens/s / (989 TFLOP/s * GPUs), N = the
+parameters of the matrix products (every parameter except the token-embedding and DeepEmbed lookup tables; the head
 counts; the WKV recurrence and ROSA are not counted). 989 TFLOP/s is the H100 SXM bf16 dense
 peak. Targets printed beside the figures: RWKV-7 >= 150k tokens/s on one H100 at ctx 512;
 RWKV-8 + ROSA >= 0.5x RWKV-7; 2 GPUs >= 1.8x and 4 GPUs >= 3.4x one GPU (``--baseline``).
@@ -25,7 +28,13 @@ RWKV-8 + ROSA >= 0.5x RWKV-7; 2 GPUs >= 1.8x and 4 GPUs >= 3.4x one GPU (``--bas
     torchrun --nproc_per_node=4 benchmarks/train_step.py --ctx 512 --batch 16 --baseline one.json
     torchrun --nproc_per_node=4 benchmarks/train_step.py --parallel fsdp --configs rwkv7-L24-D2048,rwkv8
     python benchmarks/train_step.py --loss-curve 200 --batch 32 --csv curve_1gpu.csv
+    python benchmarks/train_step.py --configs rwkv7 --ctx 512 4096 --tokens-per-step 16384 --compile
     python benchmarks/train_step.py --tiny --steps 2 --warmup 1        # CPU smoke run
+
+Progress lines (``[config ctx] ...``) and each configuration's figures are printed as soon as they
+exist, and ``--json`` is rewritten after every configuration, so a run cut short by a time limit
+keeps what it finished; ``--time-budget`` bounds each configuration. With ``--compile`` the first
+warm-up step holds the compilation; it is reported apart (``compile_s``) and never timed.
 
 Under torchrun ``--batch`` is per process (the global batch grows with the processes) and the
 model runs in DDP (``--parallel ddp``) or FSDP2 (``--parallel fsdp``: ``fully_shard`` per block).
@@ -38,9 +47,8 @@ should coincide up to float reduction order.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import math
-import os
 import resource
 import sys
 import time
@@ -59,11 +67,19 @@ BASE = dict(n_layer=12, n_embd=768, vocab_size=65536, head_size=64)
 CONFIGS = {
     "rwkv7": dict(BASE, rosa=None, deep_embed=False),
     "rwkv8": dict(BASE, rosa=None, deep_embed=True),
-    "rwkv8-rosa": dict(BASE, rosa="qkv1", rosa_estimator="window", deep_embed=True),
+    # rosa_max_gain=1: unbounded, the estimators' gain compounds over the 12 layers to a gradient norm
+    # of ~1e19 and the clip then leaves nothing to train (docs/estimators.md, "Deep models")
+    "rwkv8-rosa": dict(BASE, rosa="qkv1", rosa_estimator="window", rosa_max_gain=1.0, deep_embed=True),
     # the cheapest estimator (O(T) per stream, plain PyTorch) with the tied keys it needs to copy
     # (docs/benchmarks/copy.md): the ROSA forward is then the only ROSA kernel of the step
-    "rwkv8-rosa-value": dict(BASE, rosa="qkv4", rosa_estimator="value", rosa_qk_init="tied", deep_embed=True),
+    "rwkv8-rosa-value": dict(BASE, rosa="qkv4", rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0,
+                             deep_embed=True),
+    # the same estimator on 1-bit symbols (the official ROSA-QKV width)
+    "rwkv8-rosa1-value": dict(BASE, rosa="qkv1", rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0,
+                              deep_embed=True),
     "rwkv7-L24-D2048": dict(BASE, n_layer=24, n_embd=2048, rosa=None, deep_embed=False),
+    # the spec's unbounded estimator, for the diagnosis only (its gradient norm overflows at 12 layers)
+    "rwkv8-rosa-unbounded": dict(BASE, rosa="qkv1", rosa_estimator="window", deep_embed=True),
 }
 TINY = dict(n_layer=2, n_embd=64, vocab_size=512, head_size=16)
 LOSS_CURVE_MODEL = dict(n_layer=6, n_embd=512, head_size=64, rosa=None, deep_embed=False)
@@ -86,8 +102,18 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences per process and step (default 16; 2 with --tiny); with --loss-curve the "
                              "GLOBAL batch (default 32)")
+    parser.add_argument("--tokens-per-step", type=int, default=0, metavar="N",
+                        help="instead of --batch: batch = N // ctx sequences per process for each --ctx, so "
+                             "every context length trains the same tokens per step")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first (default %(default)s; at least 1 with --compile, whose "
+                             "compilation they absorb and report separately)")
+    parser.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
+                        help="per configuration: stop the warm-up and the timed steps once this many seconds "
+                             "have passed since the model was built (at least one timed step runs; the row "
+                             "records how many did; under torchrun one small all-reduce per step decides); "
+                             "0 = no limit (default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     parser.add_argument("--chunked-ce", type=int, nargs="?", const=4096, default=0, metavar="POSITIONS",
@@ -100,6 +126,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", type=Path, help="write the results here (rank 0)")
     parser.add_argument("--tiny", action="store_true",
                         help="L2-D64, vocabulary 512, ctx 64: a CPU smoke run of every code path")
+    parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override RWKV8Config fields of every configuration (after --tiny), e.g. "
+                             "--model n_layer=4 rosa_tau=0.1")
     parser.add_argument("--device", default=None, help="default: this rank's GPU, else CPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loss-curve", type=int, default=0, metavar="STEPS",
@@ -110,11 +139,34 @@ def parse_args(argv=None):
         args.ctx = [64] if args.tiny else [512]
     if args.batch is None:
         args.batch = 32 if args.loss_curve else (2 if args.tiny else 16)
+    if args.tokens_per_step and (args.loss_curve or args.tokens_per_step < max(args.ctx)):
+        parser.error("--tokens-per-step needs no --loss-curve and at least one sequence of the longest --ctx")
+    if args.steps < 1 or args.warmup < 0 or args.time_budget < 0:
+        parser.error("--steps must be >= 1, --warmup and --time-budget >= 0")
+    if args.compile and args.warmup < 1:
+        args.warmup = 1  # the compilation must happen in an untimed step
+    try:
+        args.model = dict(_parse_override(item) for item in args.model)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
     unknown = [name for name in args.configs if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
     return args
+
+
+def _parse_override(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE a Python literal (``4``, ``0.1``, ``None``, ``'qkv4'``) or a bare word."""
+    import ast
+
+    key, sep, text = item.partition("=")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--model expects KEY=VALUE, got {item!r}")
+    try:
+        return key, ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return key, text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +188,7 @@ def model_config(name: str, args) -> dict:
     values = dict(CONFIGS[name])
     if args.tiny:
         values.update(TINY)
+    values.update(args.model)
     return values
 
 
@@ -220,15 +273,24 @@ def _label_wkv7() -> None:
     time_mix.wkv7 = wkv7
 
 
+def progress(context, text: str) -> None:
+    """One progress line on rank 0, flushed at once (a run killed by a time limit keeps it)."""
+    if context.is_main:
+        print(text, flush=True)
+
+
 def bench_config(name: str, ctx: int, args, device, context) -> dict:
     from heron.models.init import init_lm_recipe, make_lm_optimizer
     from heron.models.rwkv8 import RWKV8, RWKV8Config
     from heron.train.distributed import parallelize
+    from heron.train.grad_health import GradNormMonitor
     from heron.train.losses import LossModel
 
     values = model_config(name, args)
+    label = f"[{name} ctx {ctx}]"
     if args.breakdown:
         _label_wkv7()
+    built = time.perf_counter()
     torch.manual_seed(args.seed)
     model = RWKV8(RWKV8Config(**values))
     init_lm_recipe(model)
@@ -241,33 +303,67 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     optimizer = make_lm_optimizer(model, 6e-4, 0.1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator(device="cpu").manual_seed(args.seed + 1000 * context.rank)
-    B, T, V = args.batch, ctx, values["vocab_size"]
+    B = args.tokens_per_step // ctx if args.tokens_per_step else args.batch
+    T, V = ctx, values["vocab_size"]
     batches = [torch.randint(0, V, (B, T + 1), generator=generator) for _ in range(4)]
     batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
     use_bf16 = device.type == "cuda"
+    progress(context, f"{label} {parameters / 1e6:.1f}M parameters, batch {B} x {T} per process, built in "
+                      f"{time.perf_counter() - built:.1f} s")
+    # the clip's norm, watched without a per-step read-back: a non-finite or huge norm means the
+    # step trained nothing (heron.train.grad_health) and the throughput is of a run that does not learn
+    norms = GradNormMonitor(1.0)
+
+    losses = []  # per step, on the device until the timing is over
 
     def step(index: int) -> torch.Tensor:
         x, y = batches[index % len(batches)]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = parallel.root(x, y)
         (loss / y.numel()).backward()
-        parallel.clip_grad_norm(trainable, 1.0)
+        norms.update(parallel.clip_grad_norm(trainable, 1.0))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        losses.append(loss.detach())
+        return losses[-1]
+
+    def out_of_time() -> bool:
+        """Past --time-budget on any rank (under torchrun every rank must stop at the same step:
+        one small all-reduce decides, and only when a budget is set)."""
+        if args.time_budget <= 0:
+            return False
+        return context.any_flag(time.perf_counter() - built > args.time_budget, device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    loss = None
+    # warm-up: untimed; its first step holds torch.compile's compilation (and the kernels' first
+    # launches), reported apart as first_step_s against the later warm-up steps
+    warmup_times = []
     for i in range(args.warmup):
-        loss = step(i)
-    _sync(device)
+        started = time.perf_counter()
+        step(i)
+        _sync(device)
+        warmup_times.append(time.perf_counter() - started)
+        progress(context, f"{label} warm-up step {i + 1}/{args.warmup}: {warmup_times[-1]:.2f} s"
+                          + (" (includes compilation)" if args.compile and i == 0 else ""))
+        if out_of_time() and i >= (1 if args.compile else 0):
+            progress(context, f"{label} --time-budget {args.time_budget:g} s reached in the warm-up")
+            break
     context.barrier()
     started = time.perf_counter()
-    for i in range(args.steps):
-        loss = step(i)
+    timed = 0
+    report_every = max(1, args.steps // 5)
+    while timed < args.steps:
+        step(len(warmup_times) + timed)
+        timed += 1
+        if timed % report_every == 0 or timed == args.steps:
+            _sync(device)  # at most 5 such waits per timing: < 1 ms each against steps of 100+ ms
+            progress(context, f"{label} timed step {timed}/{args.steps}: {time.perf_counter() - started:.2f} s so far")
+        if out_of_time():
+            progress(context, f"{label} --time-budget {args.time_budget:g} s reached after {timed} timed step(s)")
+            break
     _sync(device)
-    step_s = (time.perf_counter() - started) / max(args.steps, 1)
+    step_s = (time.perf_counter() - started) / timed
     step_s = float(context_max(context, step_s, device))
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -275,6 +371,11 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process RSS
     peak_mb = float(context_max(context, peak_mb, device))
     tokens_per_s = context.world_size * B * T / step_s
+    nonfinite, largest_norm = norms.values()
+    per_token = [value / (B * T) for value in torch.stack(losses).tolist()]
+    # the 4 batches repeat: batch 0 at step 1 and at its last visit (steps 5, 9, ...) tells whether
+    # the weights moved; a configuration that trains memorises it within a few visits
+    last_visit = (len(per_token) - 1) // len(batches) * len(batches)
     row = {
         "config": name, "model": values, "ctx": T, "batch_per_process": B, "processes": context.world_size,
         "parallel": args.parallel if context.enabled else "single", "compile": args.compile,
@@ -283,20 +384,27 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
         "grad_checkpointing": args.grad_checkpointing, "chunked_ce": args.chunked_ce,
         "parameters": parameters, "matmul_parameters": flop_parameters, "device": device_name(device),
         "step_ms": step_s * 1000, "tokens_per_s": tokens_per_s, "peak_memory_mb_per_process": peak_mb,
-        "loss": float(loss) / (B * T) if loss is not None else None,
+        "timed_steps": timed, "warmup_steps": len(warmup_times),
+        "first_step_s": warmup_times[0] if warmup_times else None,
+        "loss": per_token[-1], "losses": per_token,
+        "loss_batch0_first": per_token[0], "loss_batch0_last": per_token[last_visit],
+        "batch0_last_step": last_visit + 1,
+        "grad_norm_max": largest_norm, "nonfinite_grad_norm_steps": nonfinite,
     }
+    if args.compile and len(warmup_times) >= 2:
+        # the first step less a later (compiled) one: the compilation, not counted in the timing
+        row["compile_s"] = max(warmup_times[0] - min(warmup_times[1:]), 0.0)
+    elif args.compile and warmup_times:
+        row["compile_s"] = max(warmup_times[0] - step_s, 0.0)
     if device.type == "cuda":
         row["mfu"] = 6 * flop_parameters * tokens_per_s / (H100_BF16_PEAK * context.world_size)
-    if args.breakdown:
+    if args.breakdown and not out_of_time():
         row["breakdown_ms"], syncs = profile_breakdown(step, args, device, context)
         if isinstance(row["breakdown_ms"], dict):
             row["breakdown_ms"]["rest"] = row["step_ms"] - sum(row["breakdown_ms"].values())
         if syncs is not None:
             row["syncs_per_step"] = syncs
-    del parallel, optimizer, model, batches
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+    return row  # the model, optimiser and batches go with this frame (main() then empties the cache)
 
 
 def profile_breakdown(step, args, device, context, steps: int = 2):
@@ -338,44 +446,67 @@ def _fmt_tokens(value: float) -> str:
     return f"{value / 1000:.1f}k"
 
 
+def report_row(row: dict, by_key: dict, baseline: dict | None) -> None:
+    """Print one configuration's figures (``by_key``: the rows so far, for the RWKV-7 ratio)."""
+    from heron.train.grad_health import HUGE_NORM_RATIO  # the benchmark clips at 1.0
+    line = (f"{row['config']:<16} ctx {row['ctx']:>5} B {row['batch_per_process']}x{row['processes']} "
+            f"({row['parallel']}): {_fmt_tokens(row['tokens_per_s'])} tokens/s, step {row['step_ms']:.1f} ms, "
+            f"peak {row['peak_memory_mb_per_process']:.0f} MiB/process")
+    if "mfu" in row:
+        line += f", MFU {100 * row['mfu']:.1f}%"
+    if row.get("timed_steps") is not None:
+        line += f", {row['timed_steps']} timed step(s)"
+    print(line)
+    if row.get("compile_s") is not None:
+        print(f"    compilation (first warm-up step less a compiled one, not timed): {row['compile_s']:.1f} s")
+    parts = row.get("breakdown_ms")
+    if isinstance(parts, dict):
+        print("    breakdown per step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()))
+    elif parts:
+        print(f"    breakdown: {parts}")
+    syncs = row.get("syncs_per_step")
+    if syncs and "cuda_syncs" in syncs:
+        print(f"    host-device syncs per step: {syncs['cuda_syncs']:g} CUDA synchronise calls")
+    elif syncs:
+        print(f"    tensor values read by the host per step: {syncs['value_reads']:g} (any device)")
+    if row.get("loss_batch0_first") is not None:
+        # the 4 batches repeat: a configuration that trains at all brings batch 0's loss down by its
+        # next visits; an unchanged loss means updates of zero (see the gradient-norm figures)
+        print(f"    training loss on batch 0: {row['loss_batch0_first']:.4f} at step 1 -> "
+              f"{row['loss_batch0_last']:.4f} at step {row['batch0_last_step']}; clip norm max "
+              f"{row['grad_norm_max']:.3g}, not finite at {row['nonfinite_grad_norm_steps']} step(s)")
+        if row["nonfinite_grad_norm_steps"] or row["grad_norm_max"] > HUGE_NORM_RATIO:
+            print("    WARNING: gradient norm non-finite or huge: these steps trained nothing "
+                  "(docs/estimators.md, 'Deep models')")
+    targets = []
+    if row["config"] == "rwkv7" and row["processes"] == 1:
+        ratio = row["tokens_per_s"] / TARGET_RWKV7_TOKENS_PER_S
+        targets.append(f"target >= {_fmt_tokens(TARGET_RWKV7_TOKENS_PER_S)} tokens/s on one H100 at ctx 512 "
+                       f"bf16: ratio {ratio:.2f}")
+    if row["config"].startswith("rwkv8-rosa") and ("rwkv7", row["ctx"]) in by_key:
+        ratio = row["tokens_per_s"] / by_key[("rwkv7", row["ctx"])]["tokens_per_s"]
+        targets.append(f"target >= {TARGET_ROSA_FRACTION}x RWKV-7: {ratio:.2f}x")
+    if baseline and row["processes"] > 1:
+        base = baseline.get((row["config"], row["ctx"]))
+        if base:
+            scaling = row["tokens_per_s"] / base["tokens_per_s"]
+            target = TARGET_SCALING.get(row["processes"], 0.85 * row["processes"])
+            row["scaling"] = scaling
+            targets.append(f"scaling {scaling:.2f}x one GPU (target >= {target}x for {row['processes']} GPUs)")
+    for text in targets:
+        print("    " + text)
+    sys.stdout.flush()
+
+
+MFU_NOTE = ("MFU = 6 * matmul parameters (all but the embedding/DeepEmbed tables) * tokens/s / "
+            "(989 TFLOP/s bf16 * GPUs); WKV/ROSA work not counted")
+
+
 def report(rows: list[dict], args, baseline: dict | None) -> None:
     by_key = {(r["config"], r["ctx"]): r for r in rows}
     for row in rows:
-        line = (f"{row['config']:<16} ctx {row['ctx']:>5} B {row['batch_per_process']}x{row['processes']} "
-                f"({row['parallel']}): {_fmt_tokens(row['tokens_per_s'])} tokens/s, step {row['step_ms']:.1f} ms, "
-                f"peak {row['peak_memory_mb_per_process']:.0f} MiB/process")
-        if "mfu" in row:
-            line += f", MFU {100 * row['mfu']:.1f}%"
-        print(line)
-        parts = row.get("breakdown_ms")
-        if isinstance(parts, dict):
-            print("    breakdown per step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()))
-        elif parts:
-            print(f"    breakdown: {parts}")
-        syncs = row.get("syncs_per_step")
-        if syncs and "cuda_syncs" in syncs:
-            print(f"    host-device syncs per step: {syncs['cuda_syncs']:g} CUDA synchronise calls")
-        elif syncs:
-            print(f"    tensor values read by the host per step: {syncs['value_reads']:g} (any device)")
-        targets = []
-        if row["config"] == "rwkv7" and row["processes"] == 1:
-            ratio = row["tokens_per_s"] / TARGET_RWKV7_TOKENS_PER_S
-            targets.append(f"target >= {_fmt_tokens(TARGET_RWKV7_TOKENS_PER_S)} tokens/s on one H100 at ctx 512 "
-                           f"bf16: ratio {ratio:.2f}")
-        if row["config"].startswith("rwkv8-rosa") and ("rwkv7", row["ctx"]) in by_key:
-            ratio = row["tokens_per_s"] / by_key[("rwkv7", row["ctx"])]["tokens_per_s"]
-            targets.append(f"target >= {TARGET_ROSA_FRACTION}x RWKV-7: {ratio:.2f}x")
-        if baseline and row["processes"] > 1:
-            base = baseline.get((row["config"], row["ctx"]))
-            if base:
-                scaling = row["tokens_per_s"] / base["tokens_per_s"]
-                target = TARGET_SCALING.get(row["processes"], 0.85 * row["processes"])
-                row["scaling"] = scaling
-                targets.append(f"scaling {scaling:.2f}x one GPU (target >= {target}x for {row['processes']} GPUs)")
-        for text in targets:
-            print("    " + text)
-    print("MFU = 6 * matmul parameters (all but the embedding/DeepEmbed tables) * tokens/s / "
-          "(989 TFLOP/s bf16 * GPUs); WKV/ROSA work not counted")
+        report_row(row, by_key, baseline)
+    print(MFU_NOTE)
 
 
 def load_baseline(path: Path | None) -> dict | None:
@@ -436,33 +567,55 @@ def loss_curve(args, context) -> int:
     return 0
 
 
+def header(device, context, args) -> str:
+    return (f"heron train-step benchmark on {device_name(device)} x {context.world_size}, "
+            f"torch {torch.__version__}{', compiled' if args.compile else ''}"
+            f"{', grad checkpointing' if args.grad_checkpointing else ''}"
+            f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}")
+
+
+def write_json(args, context, rows) -> None:
+    if args.json and context.is_main:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"mode": "throughput", "processes": context.world_size,
+                                         "torch": torch.__version__, "results": rows}, indent=1))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device, context = setup(args)
     try:
         if args.loss_curve:
             return loss_curve(args, context)
+        baseline = load_baseline(args.baseline)
+        progress(context, header(device, context, args))
         rows = []
         for ctx in args.ctx:
             for name in args.configs:
+                started = time.perf_counter()
                 try:
                     rows.append(bench_config(name, ctx, args, device, context))
                 except Exception as exc:  # one failing configuration must not lose the others
                     if context.enabled:
                         raise
-                    print(f"{name} ctx {ctx}: FAILED {type(exc).__name__}: {exc}")
+                    print(f"{name} ctx {ctx}: FAILED {type(exc).__name__}: {exc}", flush=True)
                     rows.append({"config": name, "ctx": ctx, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                finally:
+                    if device.type == "cuda":  # the finished configuration's memory, for the next one
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                # each configuration's figures as soon as they exist, and the JSON rewritten, so a
+                # run stopped by a time limit keeps everything finished before it
+                if context.is_main:
+                    report_row(rows[-1], {(r["config"], r["ctx"]): r for r in rows if "error" not in r}, baseline)
+                    print(f"    ({time.perf_counter() - started:.0f} s for this configuration)", flush=True)
+                write_json(args, context, rows)
         if context.is_main:
             good = [r for r in rows if "error" not in r]
-            print(f"heron train-step benchmark on {device_name(device)} x {context.world_size}, "
-                  f"torch {torch.__version__}{', compiled' if args.compile else ''}"
-                  f"{', grad checkpointing' if args.grad_checkpointing else ''}"
-                  f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}")
-            report(good, args, load_baseline(args.baseline))
-            if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps({"mode": "throughput", "processes": context.world_size,
-                                                 "torch": torch.__version__, "results": rows}, indent=1))
+            print("summary: " + header(device, context, args))
+            report(good, args, baseline)
+            write_json(args, context, rows)
         return 0 if all("error" not in r for r in rows) else 1
     finally:
         context.close()

@@ -1,64 +1,97 @@
 #!/usr/bin/env bash
-# Issue 9: training-step throughput on 1-4 GPUs (up to ~25 minutes for everything; the limits
-# below are what the 2026-11-27 H100 runs showed each part needs, with room).
-# PARTS (comma-separated, default all) picks what runs, so a session can run the one-GPU parts
-# early on a free card and the multi-GPU parts once every card is free:
-#   build   the CUDA extensions                one      1 GPU, ctx 512, the three configurations
-#   compile 1 GPU, RWKV-7, batch 32, with and without torch.compile
-#   multi   2 and 4 GPUs, DDP                   loss1 / lossN   200-step loss curves, 1 / 2 and 4 GPUs
-#   fsdp    FSDP2 on 4 GPUs                     ctx4096  1 GPU, ctx 4096, chunked cross-entropy
-# Writes flat files to $OUT: train_step.log (everything, in order), one_gpu.json, multi_gpu.json,
-# fsdp.json, loss_w1.csv, loss_w2.csv, loss_w4.csv, gpu.txt (multi needs one_gpu.json there).
-# Every part is bounded by `timeout` and may fail without stopping the others.
+# Issue 9: training-step throughput. The default parts need ONE GPU and about 4-5 minutes (each
+# bounded by `timeout`: 430 s at worst); the multi-GPU parts are opt-in through PARTS.
+# PARTS (comma-separated, default build,eager,compiled,rosa_compiled):
+#   build          the CUDA extensions (WKV7, ROSA, ROSA estimators), in parallel, before any timing
+#   eager          1 GPU, ctx 512, batch 16, eager: rwkv7 (the baseline of the ROSA ratio), rwkv8
+#                  (DeepEmbed), rwkv8-rosa1-value (ROSA-QKV 1-bit, value estimator: the cheapest),
+#                  rwkv8-rosa (1-bit, window) and rwkv8-rosa-unbounded (the issue-9 diagnosis: the
+#                  estimator without rosa_max_gain; its gradient norm should be flagged)
+#   compiled       1 GPU, RWKV-7 L12-D768 bf16 --compile, 16384 tokens per step: ctx 512 x batch 32
+#                  (the 150k tokens/s target) and ctx 4096 x batch 4 (the same logits memory, so
+#                  both run the plain cross-entropy)
+#   rosa_compiled  1 GPU, rwkv8-rosa1-value ctx 512 batch 16 --compile (does compile work with ROSA?)
+#   multi, loss1, lossN, fsdp   the 2/4-GPU DDP rows, loss curves and FSDP2 (earlier sessions)
+# Every timing part prints each configuration's figures (with MFU) as soon as they exist and has a
+# per-configuration --time-budget inside its `timeout`, so one slow configuration cannot cost the
+# others; compilation is reported apart ("compilation ... not timed"). Files in $OUT (<= 8):
+# train_step.log (everything, in order), gpu.txt, eager.json, compiled.json, rosa_compiled.json
+# (+ multi_gpu.json, fsdp.json, loss_w*.csv when those parts run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 MAX_JOBS=${MAX_JOBS:-16}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-site=$(tools/ensure_wheels.sh /tmp/heron-site) && export PYTHONPATH="$PYTHONPATH:$site"  # music21: the demo corpus
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 log="$out/train_step.log"; touch "$log"
-PARTS=",${PARTS:-build,one,compile,multi,loss1,lossN,fsdp,ctx4096},"
+PARTS=",${PARTS:-build,eager,compiled,rosa_compiled},"
+# the part names of earlier versions (tools/gpu_session.sh uses them): one -> eager,
+# compile / ctx4096 -> compiled (which holds both context lengths)
+PARTS=${PARTS//,one,/,eager,}; PARTS=${PARTS//,compile,/,compiled,}; PARTS=${PARTS//,ctx4096,/,compiled,}
 want() { [[ $PARTS == *",$1,"* ]]; }
 bench=benchmarks/train_step.py
+# BENCH_EXTRA: options appended to every benchmark call, e.g. BENCH_EXTRA=--tiny for a CPU dry run
+# of the script itself (the later options win)
+read -r -a extra <<< "${BENCH_EXTRA:-}"
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
-. tools/session_parts.sh  # part SECONDS TITLE COMMAND...
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$out/gpu.txt" 2>&1
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$out/gpu.txt" 2>&1
+cat "$out/gpu.txt" | tee -a "$log"
+. tools/session_parts.sh  # part SECONDS TITLE COMMAND...; sets $started
 # (torchrun through python3 -m: `timeout` cannot run a shell function)
 
-# 0. build the CUDA extensions (WKV7, ROSA) once, outside the timed parts
-want build && part 120 "build extensions" python3 $bench --configs rwkv8-rosa --ctx 128 --batch 2 --steps 1 --warmup 1 --no-breakdown
-# 1. one GPU: the three configurations at ctx 512 (the baseline of the scaling figures)
-want one && part 300 "1 GPU ctx 512" python3 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --json "$out/one_gpu.json"
-want loss1 && part 90 "loss curve 1 GPU" python3 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w1.csv"
-# 1b. RWKV-7 at batch 32, eager and compiled (does torch.compile pay here?)
-if want compile; then
-  part 60 "1 GPU ctx 512 batch 32 eager" python3 $bench --configs rwkv7 --ctx 512 --batch 32 --steps 10 --warmup 3 --no-breakdown
-  part 300 "1 GPU ctx 512 batch 32 compiled" python3 $bench --configs rwkv7 --ctx 512 --batch 32 --steps 10 --warmup 3 \
-    --no-breakdown --compile
-fi
-# 1c. ctx 4096 on one GPU
-want ctx4096 && part 180 "1 GPU ctx 4096" python3 $bench --ctx 4096 --batch 2 --steps 5 --warmup 2 --chunked-ce \
-    --json "$out/one_gpu_4096.json"
-# 2. several GPUs, DDP, per-GPU batch fixed
+build_extensions() {  # the three native builds side by side (~45 s on an H100 host)
+  local ext pids=()
+  for ext in heron.ops.wkv7.cuda:load heron.ops.rosa:native_cuda heron.ops.rosa.grad:native_flip_cuda \
+             heron.ops.rosa:native_cpu heron.ops.rosa.grad:native_flip_cpu; do
+    python3 -c "import importlib; m, f = '$ext'.split(':'); getattr(importlib.import_module(m), f)(); print('built $ext')" &
+    pids+=($!)
+  done
+  local rc=0; for pid in "${pids[@]}"; do wait "$pid" || rc=1; done; return $rc
+}
+export -f build_extensions
+
+# 0. native builds, outside every timed part (the first use would otherwise build inside a timing)
+want build && part 100 "build extensions" bash -c build_extensions
+# 1. eager, batch 16, ctx 512: ~10-25 s per configuration (the window estimator's steps are the slow ones)
+want eager && part 110 "1 GPU ctx 512 batch 16 eager" python3 $bench \
+  --configs ${EAGER_CONFIGS:-rwkv7,rwkv8,rwkv8-rosa1-value,rwkv8-rosa,rwkv8-rosa-unbounded} --ctx 512 --batch 16 \
+  --steps 8 --warmup 2 --no-breakdown --time-budget 18 --json "$out/eager.json" "${extra[@]}"
+# 2. RWKV-7 compiled at 16384 tokens per step: ctx 512 x 32 (the target) and ctx 4096 x 4
+#    (~25 s of compilation per context length on an H100 host, reported apart)
+want compiled && part 140 "1 GPU RWKV-7 compiled, ctx 512 x 32 and 4096 x 4" python3 $bench \
+  --configs rwkv7 --ctx 512 4096 --tokens-per-step 16384 --compile \
+  --steps 10 --warmup 2 --no-breakdown --time-budget 65 --json "$out/compiled.json" "${extra[@]}"
+# 3. the cheap ROSA configuration compiled (a failure is printed and costs only this part)
+want rosa_compiled && part 80 "1 GPU rwkv8-rosa1-value compiled ctx 512 batch 16" python3 $bench \
+  --configs rwkv8-rosa1-value --ctx 512 --batch 16 --compile --steps 8 --warmup 2 --no-breakdown \
+  --time-budget 70 --json "$out/rosa_compiled.json" "${extra[@]}"
+
+# --- opt-in: several GPUs (earlier sessions' parts; need the eager baseline for the scaling) ---
 if want multi && [ "$gpus" -ge 2 ]; then
-  part 150 "2 GPUs DDP ctx 512" python3 -m torch.distributed.run --standalone --nproc_per_node=2 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
-    --baseline "$out/one_gpu.json" --json "$out/multi_gpu_2.json"
+  for n in 2 4; do
+    [ "$gpus" -ge "$n" ] || continue
+    part 150 "$n GPUs DDP ctx 512" python3 -m torch.distributed.run --standalone --nproc_per_node=$n $bench \
+      --configs rwkv7,rwkv8,rwkv8-rosa1-value --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
+      --time-budget 40 --baseline "$out/eager.json" --json "$out/multi_gpu_$n.json"
+  done
 fi
-if want multi && [ "$gpus" -ge 4 ]; then
-  part 150 "4 GPUs DDP ctx 512" python3 -m torch.distributed.run --standalone --nproc_per_node=4 $bench --ctx 512 --batch 16 --steps 10 --warmup 3 --no-breakdown \
-    --baseline "$out/one_gpu.json" --json "$out/multi_gpu.json"
+if want loss1 || want lossN; then  # music21 for the demo corpus, from the carried wheels
+  site=$(tools/ensure_wheels.sh /tmp/heron-site) && export PYTHONPATH="$PYTHONPATH:$site"
 fi
-# 3. loss curves: the same global batch on 2 and 4 GPUs as on one, 200 steps each
-want lossN && [ "$gpus" -ge 2 ] && part 100 "loss curve 2 GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node=2 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w2.csv"
-want lossN && [ "$gpus" -ge 4 ] && part 100 "loss curve 4 GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node=4 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w4.csv"
-# 4. FSDP2 on every GPU: RWKV-7 L24-D2048 and RWKV-8 L12-D768 (DeepEmbed sharded)
+want loss1 && part 90 "loss curve 1 GPU" python3 $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w1.csv"
+for n in 2 4; do
+  want lossN && [ "$gpus" -ge "$n" ] && part 100 "loss curve $n GPUs" python3 -m torch.distributed.run --standalone \
+    --nproc_per_node=$n $bench --loss-curve 200 --batch 32 --ctx 512 --csv "$out/loss_w$n.csv"
+done
 n=$(( gpus >= 4 ? 4 : (gpus >= 1 ? gpus : 1) ))
-want fsdp && part 240 "FSDP2 $n GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node="$n" $bench --parallel fsdp --configs rwkv7-L24-D2048,rwkv8 --ctx 512 --batch 8 \
-  --steps 6 --warmup 2 --no-breakdown --json "$out/fsdp.json"
-# keep at most 8 files: fold the 2-GPU JSON and the ctx-4096 JSON into the log
-for extra in multi_gpu_2.json one_gpu_4096.json; do
+want fsdp && part 240 "FSDP2 $n GPUs" python3 -m torch.distributed.run --standalone --nproc_per_node="$n" $bench \
+  --parallel fsdp --configs rwkv7-L24-D2048,rwkv8 --ctx 512 --batch 8 --steps 6 --warmup 2 --no-breakdown \
+  --time-budget 100 --json "$out/fsdp.json"
+# keep at most 8 files: fold the 2-GPU JSON into the log
+for extra in multi_gpu_2.json; do
   [ -f "$out/$extra" ] && { echo "=== $extra"; cat "$out/$extra"; } >> "$log" && rm -f "$out/$extra"
 done
+[ -f "$out/multi_gpu_4.json" ] && mv "$out/multi_gpu_4.json" "$out/multi_gpu.json"
 echo "total $(( $(date +%s) - started )) s" | tee -a "$log"
-grep -E "tokens/s|target|scaling|breakdown|loss curve|FAILED|Error|exit" "$log" | tail -60
+grep -E "^(rwkv|summary)|tokens/s|target|compilation|training loss|WARNING|scaling|loss curve|FAILED|Error|exit" "$log" | tail -60
 ls -la "$out"

@@ -206,7 +206,9 @@ class ROSABits(nn.Module):
     match decodes as symbol 0, i.e. ``emb0``, the official 4-bit layer); the default follows the
     official layer for the chosen ``bits`` (``"zero"`` for 1 bit, ``"symbol0"`` otherwise).
     ``estimator``: ``"flip"`` (official), ``"window"`` (flip truncated to ``window`` positions),
-    ``"value"`` (copy-through); ``tau`` is the flip denominator floor.
+    ``"value"`` (copy-through); ``tau`` is the flip denominator floor; ``max_gain`` (default
+    ``None``: unbounded, as the spec) bounds the estimated input gradient's norm to ``max_gain``
+    times the output gradient's (see :mod:`heron.ops.rosa.grad` and docs/estimators.md).
     """
 
     def __init__(
@@ -217,11 +219,12 @@ class ROSABits(nn.Module):
         tau: float = 1e-3,
         window: int = DEFAULT_WINDOW,
         no_match: str | None = None,
+        max_gain: float | None = None,
     ):
         super().__init__()
         self.n_embd, self.bits = _check_width(n_embd, bits)
         self.no_match = no_match if no_match is not None else ("zero" if bits == 1 else "symbol0")
-        self.config = EstimatorConfig(estimator, tau, window)
+        self.config = EstimatorConfig(estimator, tau, window, max_gain)
         channel_decode_table(torch.zeros(1), torch.zeros(1), 1, self.no_match)  # validates no_match
         self.emb0 = nn.Parameter(torch.full((1, 1, n_embd), -1e-5))
         self.emb1 = nn.Parameter(torch.full((1, 1, n_embd), 1e-5))
@@ -230,6 +233,7 @@ class ROSABits(nn.Module):
         return (
             f"{self.n_embd}, bits={self.bits}, estimator={self.config.estimator!r}, "
             f"tau={self.config.tau}, no_match={self.no_match!r}"
+            + (f", max_gain={self.config.max_gain}" if self.config.max_gain is not None else "")
         )
 
     def decode_table(self) -> torch.Tensor:
@@ -268,11 +272,12 @@ class ROSAQKVOp(nn.Module):
         tau: float = 1e-3,
         window: int = DEFAULT_WINDOW,
         no_match: str | None = None,
+        max_gain: float | None = None,
     ):
         super().__init__()
         self.n_embd, self.bits = _check_width(n_embd, bits)
         self.no_match = no_match if no_match is not None else ("symbol0" if bits == 1 else "zero")
-        self.config = EstimatorConfig(estimator, tau, window)
+        self.config = EstimatorConfig(estimator, tau, window, max_gain)
         qkv_decode_table(torch.zeros(1), 1, self.no_match)  # validates no_match
         self.emb = nn.Parameter(torch.full((1, 1, n_embd), 1.0))
 
@@ -280,6 +285,7 @@ class ROSAQKVOp(nn.Module):
         return (
             f"{self.n_embd}, bits={self.bits}, estimator={self.config.estimator!r}, "
             f"tau={self.config.tau}, no_match={self.no_match!r}"
+            + (f", max_gain={self.config.max_gain}" if self.config.max_gain is not None else "")
         )
 
     def decode_table(self) -> torch.Tensor:
@@ -319,6 +325,10 @@ class ROSAQKV(nn.Module):
     (``k`` starts as a copy of ``q`` and ``x_k`` as a copy of ``x_q``, so every channel starts as
     token ROSA on its own bit stream; the two still train separately). Only the initial values
     differ; no extra random numbers are drawn, so the other parameters are the same for a seed.
+
+    ``max_gain`` bounds the gradient the estimator sends into ``q, k, v`` (and from there into the
+    block input) to ``max_gain`` times the op's output gradient: the remedy for deep models,
+    where the unbounded estimator's gain compounds through the layers (docs/estimators.md).
     """
 
     def __init__(
@@ -330,11 +340,12 @@ class ROSAQKV(nn.Module):
         window: int = DEFAULT_WINDOW,
         no_match: str | None = None,
         qk_init: str = "independent",
+        max_gain: float | None = None,
     ):
         super().__init__()
         self.qk_init = check_qk_init(qk_init)
         self.n_embd, self.bits = n_embd, bits
-        self.rosa_qkv = ROSAQKVOp(n_embd, bits, estimator, tau, window, no_match)
+        self.rosa_qkv = ROSAQKVOp(n_embd, bits, estimator, tau, window, no_match, max_gain)
         self.x_q = nn.Parameter(torch.zeros(1, 1, n_embd))
         self.x_k = nn.Parameter(torch.zeros(1, 1, n_embd))
         self.x_v = nn.Parameter(torch.zeros(1, 1, n_embd))

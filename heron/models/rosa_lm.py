@@ -44,6 +44,9 @@ class ROSALMConfig:
       are drawn independently) or ``"tied"`` (each block's ``k`` and ``x_k`` start equal to its
       ``q`` and ``x_q``, so every channel starts as token ROSA on its own bit stream; see
       :class:`heron.layers.rosa.ROSAQKV` and docs/models.md).
+    - ``rosa_max_gain``: ``None`` (the spec's unbounded estimator) or a bound on the gradient each
+      ROSA block's estimator sends upstream, relative to its output gradient (docs/estimators.md,
+      "Deep models").
     """
 
     n_layer: int
@@ -56,6 +59,7 @@ class ROSALMConfig:
     rosa_window: int = 16
     layer_norm_eps: float = 1e-5
     rosa_qk_init: str = "independent"
+    rosa_max_gain: float | None = None
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "vocab_size"):
@@ -78,6 +82,9 @@ class ROSALMConfig:
         from heron.layers.rosa import check_qk_init
 
         check_qk_init(self.rosa_qk_init, "ROSALMConfig.rosa_qk_init")
+        from heron.models.rwkv8 import _check_max_gain
+
+        _check_max_gain(self.rosa_max_gain, "ROSALMConfig.rosa_max_gain")
 
     # The channel-mix layer reads these from its config: the pure ROSA LM uses the RWKV-7 one.
     @property
@@ -196,7 +203,7 @@ class ROSALMBlock(nn.Module):
         self.ln3 = nn.LayerNorm(config.n_embd, eps=eps)
         self.rosa = _rosa_block_class()(config.n_embd, bits=config.bits, estimator=config.rosa_estimator,
                                         tau=config.rosa_tau, window=config.rosa_window,
-                                        qk_init=config.rosa_qk_init)
+                                        qk_init=config.rosa_qk_init, max_gain=config.rosa_max_gain)
         self.ffn = ChannelMix(config, layer_id)
 
     def forward(self, x, state: ROSALMBlockState | None, return_state: bool):

@@ -32,6 +32,14 @@ __all__ = ["RWKV8Config", "RWKV8", "State", "BlockState", "Block", "default_lora
 ROSA_KINDS = {None: 0, "qkv1": 1, "qkv4": 4}
 
 
+def _check_max_gain(value, name: str) -> None:
+    """``None`` or a positive finite number (the ROSA estimators' gain bound)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be None or a positive finite number, got {value!r}")
+
+
 def default_lora_rank(n_embd: int, factor: float) -> int:
     """Spec §5: ``max(32, round(factor * sqrt(C) / 32) * 32)`` (2.5 decay and in-context rate,
     1.7 value, 5 gate)."""
@@ -47,7 +55,10 @@ class RWKV8Config:
     - ``rosa``: ``None`` or ``"qkv1"`` / ``"qkv4"``: a ROSA-QKV block (``ln3``, ``rosa``) beside
       every time-mix; ``rosa_estimator``/``rosa_tau`` configure its gradient estimator;
       ``rosa_qk_init`` its initial key projection: ``"independent"`` (official) or ``"tied"``
-      (``k``/``x_k`` start equal to ``q``/``x_q``; see :class:`heron.layers.rosa.ROSAQKV`).
+      (``k``/``x_k`` start equal to ``q``/``x_q``; see :class:`heron.layers.rosa.ROSAQKV`);
+      ``rosa_max_gain`` (default ``None``, the spec's unbounded estimator) bounds the gradient each
+      ROSA block's estimator sends upstream to that many times its output gradient: without it the
+      estimator's gain compounds through the layers of a deep model (docs/estimators.md).
     - ``deep_embed``: x080 channel-mix with the ``enn`` table (else the RWKV-7 channel-mix);
       ``deep_embed_on_cpu`` keeps the table in CPU memory whatever device the model moves to.
     - ``ln0``: LayerNorm right after the embedding (rc00 layout; the task models have none).
@@ -76,6 +87,7 @@ class RWKV8Config:
     layer_norm_eps: float = 1e-5
     ln_x_eps: float = 64e-5
     rosa_qk_init: str = "independent"
+    rosa_max_gain: float | None = None
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "vocab_size", "head_size"):
@@ -101,6 +113,7 @@ class RWKV8Config:
         from heron.layers.rosa import check_qk_init
 
         check_qk_init(self.rosa_qk_init, "RWKV8Config.rosa_qk_init")
+        _check_max_gain(self.rosa_max_gain, "RWKV8Config.rosa_max_gain")
         if self.deep_embed_on_cpu and not self.deep_embed:
             raise ValueError("RWKV8Config.deep_embed_on_cpu needs deep_embed=True")
         for name in ("layer_norm_eps", "ln_x_eps", "rosa_tau"):
@@ -342,7 +355,7 @@ class Block(nn.Module):
             self.ln3 = nn.LayerNorm(config.n_embd, eps=eps)
             self.rosa = _rosa_block_class()(config.n_embd, bits=config.rosa_bits,
                                             estimator=config.rosa_estimator, tau=config.rosa_tau,
-                                            qk_init=config.rosa_qk_init)
+                                            qk_init=config.rosa_qk_init, max_gain=config.rosa_max_gain)
 
     def forward(self, x, token_ids, v_first, state: BlockState | None, return_state: bool):
         if hasattr(self, "ln0"):

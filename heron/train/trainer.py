@@ -34,6 +34,7 @@ import torch
 from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from heron.train.config import TrainConfig, trajectory_differences
 from heron.train.distributed import DistributedContext, parallelize, resolve_device, setup_distributed
+from heron.train.grad_health import GradNormMonitor
 from heron.train.logging import RunLogger
 from heron.train.losses import LossModel
 from heron.train.schedule import apply_learning_rate, learning_rate
@@ -289,6 +290,8 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     step = start_step
     lr = config.lr
     grad_norm = torch.zeros(())
+    # non-finite or huge clip norms stop training silently (heron.train.grad_health): say so
+    norm_monitor = GradNormMonitor(max_norm)
 
     def log_interval() -> float:
         """Log the steps since the last row (a collective under DDP: call on every rank)."""
@@ -308,6 +311,9 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
             "elapsed_s": elapsed_before + now - started,
         })
         pending, interval_tokens, interval_started = [], 0, now
+        warning = norm_monitor.report()  # the norm is global (after DDP's reduction): same on every rank
+        if warning is not None:
+            logger.message(f"warning at step {step}: {warning}")
         return last_logged_loss
 
     model.train()
@@ -335,6 +341,7 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
                     (loss_sum * (context.world_size / scored_tokens)).backward()
                 step_loss += loss_sum.detach().double()
             grad_norm = parallel.clip_grad_norm(parameters, max_norm)
+            norm_monitor.update(grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -206,3 +206,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="n_layer"):
         ROSALMConfig(n_layer=0, n_embd=8, vocab_size=5)
 
+
+
+def test_rosa_max_gain_reaches_every_block_and_is_validated():
+    from heron.models.rosa_lm import ROSALM, ROSALMConfig
+
+    model = ROSALM(ROSALMConfig(n_layer=2, n_embd=8, vocab_size=11, rosa_max_gain=0.5))
+    assert all(block.rosa.rosa_qkv.config.max_gain == 0.5 for block in model.blocks)
+    assert ROSALMConfig(n_layer=1, n_embd=8, vocab_size=11).rosa_max_gain is None  # the spec's default
+    with pytest.raises(ValueError, match="rosa_max_gain"):
+        ROSALMConfig(n_layer=1, n_embd=8, vocab_size=11, rosa_max_gain=-1.0)

@@ -15,9 +15,11 @@ from heron.ops.rosa import (
     pack_bits,
     rosa,
     rosa_automaton,
+    rosa_grouping,
     rosa_oracle,
     rosa_qkv,
     rosa_qkv_automaton,
+    rosa_qkv_grouping,
     rosa_qkv_oracle,
     unpack_bits,
 )
@@ -112,6 +114,7 @@ def test_spec_example_every_backend():
 def test_token_rosa_matches_oracle(x):
     expected = rosa_oracle(x)
     assert rosa_automaton(x) == expected
+    assert rosa_grouping(x) == expected  # the GPU kernel's algorithm
     assert rosa(long_tensor(x), backend="cpu").tolist() == expected
     assert_all_paths(x, x, x, expected)
 
@@ -122,6 +125,7 @@ def test_qkv_rosa_matches_oracle(streams):
     q, k, v = streams
     expected = rosa_qkv_oracle(q, k, v)
     assert rosa_qkv_automaton(q, k, v) == expected
+    assert rosa_qkv_grouping(q, k, v) == expected  # the GPU kernel's algorithm
     assert rosa_qkv(long_tensor(q), long_tensor(k), long_tensor(v), backend="cpu").tolist() == expected
     assert_all_paths(q, k, v, expected)
 

@@ -1,4 +1,8 @@
-"""The CUDA ROSA kernel gives the C++ CPU path's outputs exactly (skips without a CUDA device)."""
+"""The CUDA ROSA kernels give the C++ CPU path's outputs exactly (skips without a CUDA device).
+
+Two engines: the grouping kernel (one block per stream, default for streams that fit) and the
+automaton kernel (one thread per stream; `grouping_work_per_element=0` runs it alone, and it takes
+the streams the grouping kernel hands over)."""
 
 import pytest
 import torch
@@ -49,8 +53,8 @@ def test_cuda_chunked_launches():
     x = mixed_streams(2, 300, 33, 2, seed=3).cuda()
     ext = native_cuda()
     stream = torch.cuda.current_stream().cuda_stream
-    one_launch = ext.forward(x, x, x, 2, 32, 1 << 30, stream)
-    chunked = ext.forward(x, x, x, 2, 32, 200_000, stream)  # a few streams per chunk
+    one_launch = ext.forward(x, x, x, 2, 32, 1 << 30, stream, grouping_work_per_element=0)
+    chunked = ext.forward(x, x, x, 2, 32, 200_000, stream, grouping_work_per_element=0)  # a few streams per chunk
     assert torch.equal(one_launch, chunked)
     assert torch.equal(one_launch.cpu(), rosa(x.cpu(), backend="cpu"))
 
@@ -66,11 +70,89 @@ def test_cuda_paths_equal_cpu(budget):
         expected_token = rosa(x, backend="cpu")
         expected_qkv = rosa_qkv(q, x, x, backend="cpu")
         xc, qc = x.cuda(), q.cuda()
-        assert torch.equal(ext.forward(xc, xc, xc, sigma, 32, 1 << 30, stream, budget).cpu(), expected_token)
-        assert torch.equal(ext.forward(qc, xc, xc, sigma, 32, 1 << 30, stream, budget).cpu(), expected_qkv)
+        for grouping in (0, 32):  # the automaton alone; behind the grouping kernel's hand-over
+            token = ext.forward(xc, xc, xc, sigma, 32, 1 << 30, stream, budget, grouping)
+            qkv = ext.forward(qc, xc, xc, sigma, 32, 1 << 30, stream, budget, grouping)
+            assert torch.equal(token.cpu(), expected_token)
+            assert torch.equal(qkv.cpu(), expected_qkv)
 
 
 def test_cuda_mixed_devices_raise():
     x = torch.zeros(4, dtype=torch.int64)
     with pytest.raises(ValueError, match="one device"):
         rosa_qkv(x.cuda(), x, x.cuda())
+
+
+def grouping_forward(q, k, v, work_per_element, workspace_limit=1 << 30):
+    """The CUDA engine with the grouping kernel's work budget set (q is k: token mode)."""
+    ext = native_cuda()
+    sigma = int(k.max()) + 1 if k.numel() else 1
+    sigma = sigma if sigma <= ext.dense_max_sigma else 0
+    return ext.forward(q, k, v, sigma, 32, workspace_limit, torch.cuda.current_stream().cuda_stream,
+                       20, work_per_element)
+
+
+@pytest.mark.parametrize("alphabet", [1, 2, 3, 16, 17, 255, 256])
+@pytest.mark.parametrize("length", [1, 2, 37, 500, 4096])
+def test_grouping_kernel_equals_cpu(alphabet, length):
+    # Work budgets: 1 hands every stream to the automaton at its first level; 32 is the default
+    # (constant and periodic channels go over); 1 << 40 keeps every stream in the grouping kernel.
+    x = mixed_streams(2, length, 24, alphabet, seed=length * 7 + alphabet)
+    generator = torch.Generator().manual_seed(alphabet)
+    q = torch.randint(0, alphabet, x.shape, generator=generator)
+    v = torch.randint(0, 1 << 20, x.shape, generator=generator)
+    q_repeat = x.clone()  # queries from the keys' own history: long matches
+    q_large = q.clone()
+    q_large[:, :, ::3] += 300  # symbols the kernel cannot store: those streams go to the automaton
+    expected = {
+        "qkv-large": rosa_qkv(q_large, x, v, backend="cpu"),
+        "token": rosa(x, backend="cpu"),
+        "qkv": rosa_qkv(q, x, v, backend="cpu"),
+        "qkv-repeat": rosa_qkv(q_repeat, x, v, backend="cpu"),
+    }
+    xc, qc, vc, rc = x.cuda(), q.cuda(), v.cuda(), q_repeat.cuda()
+    for budget in (1, 32, 1 << 40):
+        assert torch.equal(grouping_forward(q_large.cuda(), xc, vc, budget).cpu(), expected["qkv-large"]), budget
+        assert torch.equal(grouping_forward(xc, xc, xc, budget).cpu(), expected["token"]), budget
+        assert torch.equal(grouping_forward(qc, xc, vc, budget).cpu(), expected["qkv"]), budget
+        assert torch.equal(grouping_forward(rc, xc, vc, budget).cpu(), expected["qkv-repeat"]), budget
+
+
+def test_grouping_kernel_size_limits_and_long_repeats():
+    generator = torch.Generator().manual_seed(5)
+    # The largest streams the kernel takes (token T = 16384, QKV T = 8192) and one past them.
+    for length, qkv in ((16384, False), (8192, True), (8193, True), (16385, False)):
+        x = torch.randint(0, 2, (1, length, 3), generator=generator)
+        q = torch.randint(0, 2, x.shape, generator=generator) if qkv else x
+        xc, qc = x.cuda(), q.cuda()
+        got = grouping_forward(qc, xc, xc, 32).cpu()
+        assert torch.equal(got, rosa_qkv(q, x, x, backend="cpu")), (length, qkv)
+    # A random segment shown twice (the copy pattern: matches hundreds of symbols long), and
+    # positions as values (the value estimator's retrieval).
+    segment = torch.randint(0, 16, (1, 700, 4), generator=generator)
+    x = torch.cat([segment, torch.randint(0, 16, (1, 50, 4), generator=generator), segment], dim=1)
+    positions = torch.arange(x.shape[1]).reshape(1, -1, 1).expand_as(x).contiguous()
+    xc, pc = x.cuda(), positions.cuda()
+    for budget in (32, 1 << 40):
+        assert torch.equal(grouping_forward(xc, xc, pc, budget).cpu(), rosa_qkv(x, x, positions, backend="cpu"))
+        assert torch.equal(grouping_forward(xc, xc, xc, budget).cpu(), rosa(x, backend="cpu"))
+
+
+def test_grouping_kernel_constant_streams():
+    # Constant q and k are answered in closed form: equal constants, unequal ones, any symbol size.
+    length = 300
+    v = torch.randint(0, 1000, (2, length, 3), generator=torch.Generator().manual_seed(6))
+    for query_symbol, key_symbol in ((0, 0), (1, 0), (7, 7), (1000, 1000), (1000, 3)):
+        q = torch.full((2, length, 3), query_symbol, dtype=torch.int64)
+        k = torch.full((2, length, 3), key_symbol, dtype=torch.int64)
+        expected = rosa_qkv(q, k, v, backend="cpu")
+        assert torch.equal(grouping_forward(q.cuda(), k.cuda(), v.cuda(), 32).cpu(), expected)
+        assert torch.equal(grouping_forward(k.cuda(), k.cuda(), k.cuda(), 32).cpu(), rosa(k, backend="cpu"))
+
+
+def test_default_engine_uses_grouping_and_matches_cpu():
+    # The public functions with the module's defaults, alphabets on both sides of the grouping
+    # kernel's symbol limit.
+    for alphabet in (2, 16, 255, 256, 65536):
+        x = mixed_streams(3, 300, 16, alphabet, seed=alphabet)
+        assert torch.equal(rosa(x.cuda()).cpu(), rosa(x, backend="cpu")), alphabet

@@ -31,7 +31,7 @@ def test_tiny_throughput_run(tmp_path):
 def test_help_explains_itself():
     result = _run("--help")
     assert result.returncode == 0
-    for text in ("rwkv8-rosa", "--loss-curve", "--parallel", "989 TFLOP/s", "--tiny"):
+    for text in ("rwkv8-rosa", "--loss-curve", "--parallel", "989 TFLOP/s", "--tiny", "--time-budget", "--model"):
         assert text in result.stdout
 
 
@@ -41,3 +41,44 @@ def test_tiny_loss_curve(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = csv.read_text().splitlines()
     assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+
+
+def test_tiny_run_prints_each_configuration_as_it_finishes_and_keeps_its_json(tmp_path):
+    """A run stopped by a time limit must keep the configurations finished before it: every row
+    is printed (and the JSON rewritten) as soon as it exists, with progress lines before it."""
+    out = tmp_path / "tiny.json"
+    result = _run("--tiny", "--steps", "2", "--warmup", "1", "--no-breakdown", "--configs", "rwkv7,rwkv8",
+                  "--json", str(out))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    first_row = next(i for i, line in enumerate(lines) if line.startswith("rwkv7 ") and "tokens/s" in line)
+    second_progress = next(i for i, line in enumerate(lines) if line.startswith("[rwkv8 ctx 64]"))
+    assert first_row < second_progress  # rwkv7's figures before rwkv8 starts
+    assert any(line.startswith("[rwkv7 ctx 64] warm-up step 1/1") for line in lines)
+    assert any(line.startswith("[rwkv7 ctx 64] timed step 2/2") for line in lines)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["timed_steps"] for r in rows] == [2, 2] and all(len(r["losses"]) == 3 for r in rows)
+
+
+def test_time_budget_bounds_a_configuration(tmp_path):
+    out = tmp_path / "budget.json"
+    result = _run("--tiny", "--steps", "100000", "--warmup", "1", "--no-breakdown", "--configs", "rwkv7",
+                  "--time-budget", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert 1 <= row["timed_steps"] < 100000 and "--time-budget 1 s reached" in result.stdout
+
+
+def test_deep_rosa_configuration_trains_and_the_unbounded_one_is_flagged(tmp_path):
+    """Issue 9: at 12 layers the unbounded ROSA estimator's gradient norm reaches ~1e19, the clip
+    leaves nothing to train and the loss stays at its initial value; the benchmark's ROSA rows
+    bound the gain (rosa_max_gain=1) and learn their repeated batches."""
+    out = tmp_path / "deep.json"
+    result = _run("--tiny", "--steps", "6", "--warmup", "3", "--no-breakdown", "--model", "n_layer=12",
+                  "--configs", "rwkv8-rosa,rwkv8-rosa-unbounded", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    bounded, unbounded = json.loads(out.read_text())["results"]
+    assert bounded["model"]["rosa_max_gain"] == 1.0 and bounded["grad_norm_max"] < 1e4
+    assert bounded["loss_batch0_last"] < bounded["loss_batch0_first"] - 0.1  # it learns batch 0
+    assert unbounded["grad_norm_max"] > 1e12 or unbounded["nonfinite_grad_norm_steps"] > 0
+    assert "WARNING: gradient norm non-finite or huge" in result.stdout

@@ -4,7 +4,8 @@ Shapes: ``[T]``, ``[B, T]`` or channel streams ``[B, T, S]`` (time is dim 1 for 
 int64 symbols in ``[0, 2**31)``; output int64 of the same shape, ``-1`` where there is no match.
 See spec/ROSA.md §1-2 for the semantics and ``csrc/rosa_core.h`` for the O(T log T) algorithm.
 
-Backends: ``"cuda"`` (one GPU thread per stream), ``"cpu"`` (C++, parallel over streams, the GIL
+Backends: ``"cuda"`` (a block per stream grouping equal suffixes level by level, with one GPU thread
+per stream running the automaton for the streams that kernel hands over), ``"cpu"`` (C++, parallel over streams, the GIL
 released), ``"python"`` (the plain online suffix automaton of ``reference.py``, one stream at a
 time; quadratic on constant or periodic streams). ``"auto"`` picks CUDA for CUDA tensors, else the
 C++ CPU path, else Python; when a native build is impossible it falls back with one warning.
@@ -21,8 +22,10 @@ from .online import OnlineROSA
 from .reference import (
     SuffixAutomatonROSA,
     rosa_automaton,
+    rosa_grouping,
     rosa_oracle,
     rosa_qkv_automaton,
+    rosa_qkv_grouping,
     rosa_qkv_oracle,
 )
 
@@ -36,6 +39,8 @@ __all__ = [
     "rosa_qkv_oracle",
     "rosa_automaton",
     "rosa_qkv_automaton",
+    "rosa_grouping",
+    "rosa_qkv_grouping",
     "SuffixAutomatonROSA",
     "native_cpu",
     "native_cuda",
@@ -49,10 +54,17 @@ BACKENDS = ("auto", "cpu", "cuda", "python")
 _INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 _CPU_SOURCES = ["rosa/csrc/rosa_cpu.cpp"]
-_CUDA_SOURCES = ["rosa/csrc/rosa_cuda_binding.cpp", "rosa/csrc/rosa_cuda.cu"]
+_CUDA_SOURCES = ["rosa/csrc/rosa_cuda_binding.cpp", "rosa/csrc/rosa_cuda.cu", "rosa/csrc/rosa_grouping_cuda.cu"]
 _warned: set[str] = set()
-# One GPU thread per stream: small blocks spread a few thousand streams over every SM.
+# The automaton kernel runs one GPU thread per stream: small blocks spread a few thousand streams
+# over every SM.
 CUDA_THREADS_PER_BLOCK = 32
+# The grouping kernel (one block per stream, csrc/rosa_grouping_cuda.cu) runs first on streams
+# with symbols up to 255 and T <= 16384 (token) / 8192 (QKV); after this many element visits per
+# element (random streams need 10-15, periodic ones up to T) a stream goes to the automaton. 0 runs
+# the automaton alone (benchmarks compare the two this way).
+CUDA_GROUPING_WORK_PER_ELEMENT = 32
+CUDA_GROUPING_MAX_SYMBOL = 255
 
 
 def native_cpu():
@@ -154,6 +166,8 @@ def _cpu_forward(q, k, v, strict: bool, largest_key: int | None = None) -> torch
 
 
 def _cuda_forward(q, k, v, strict: bool, largest_key: int | None = None) -> torch.Tensor:
+    """``largest_key`` bounds the key symbols (``None``: read here); the grouping kernel is skipped
+    when it rules the grouping kernel out (it would hand every stream to the automaton)."""
     try:
         ext = native_cuda()
     except ExtensionUnavailable as exc:
@@ -166,9 +180,13 @@ def _cuda_forward(q, k, v, strict: bool, largest_key: int | None = None) -> torc
         free_bytes, _ = torch.cuda.mem_get_info()
         # Streams run in chunks whose scratch fits in half the free memory (at most 8 GiB).
         workspace_limit = max(1, min(free_bytes // 2, 8 << 30))
+        if largest_key is None and k.numel() > 0:
+            largest_key = int(k.max())
+        grouping = CUDA_GROUPING_WORK_PER_ELEMENT if (largest_key or 0) <= CUDA_GROUPING_MAX_SYMBOL else 0
         return ext.forward(
             q, k, v, _dense_sigma(k, ext.dense_max_sigma, largest_key), CUDA_THREADS_PER_BLOCK,
             workspace_limit, torch.cuda.current_stream().cuda_stream,
+            grouping_work_per_element=grouping,
         )
 
 

@@ -29,6 +29,13 @@ gradients through the table by ordinary autograd, and the thresholded inputs get
     get zeros), so use it for channel layers or as a baseline.
 
 All estimators share the denominator ``2 * max(|x|, tau)``; see docs/estimators.md.
+
+``max_gain`` (optional, any estimator): the spec's per-element numbers are kept *in direction*, but
+the estimated input gradient of one op call (``dx``, or ``dq, dk, dv`` together) is scaled down
+when its norm exceeds ``max_gain`` times the norm of the upstream gradient ``grad_out``. The
+``1 / max(|x|, tau)`` factor gives every ROSA op a gradient gain of ~``1 / sqrt(tau)`` from its
+output to its inputs, and in a deep model that gain compounds layer after layer through the
+residual stream (docs/estimators.md, "Deep models"); the bound stops the compounding.
 """
 
 from __future__ import annotations
@@ -92,6 +99,7 @@ class EstimatorConfig:
     estimator: str = "flip"
     tau: float = 1e-3
     window: int = DEFAULT_WINDOW
+    max_gain: float | None = None  # None: the spec's numbers unscaled
 
     def __post_init__(self):
         if not isinstance(self.estimator, str) or self.estimator not in ESTIMATORS:
@@ -100,6 +108,11 @@ class EstimatorConfig:
             raise ValueError(f"tau must be a positive float, got {self.tau!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be a positive int, got {self.window!r}")
+        if self.max_gain is not None and (
+            isinstance(self.max_gain, bool) or not isinstance(self.max_gain, (int, float))
+            or not 0 < self.max_gain < float("inf")
+        ):
+            raise ValueError(f"max_gain must be None or a positive finite float, got {self.max_gain!r}")
 
     def window_for(self, length: int) -> int:
         """Positions each flip re-runs (the whole suffix for ``"flip"``)."""
@@ -435,6 +448,22 @@ def _finish(delta: torch.Tensor, x: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.where(x > 0, -scaled, scaled).to(x.dtype)
 
 
+def _bound_gain(grads: list, grad_out: torch.Tensor, max_gain: float | None) -> list:
+    """Scale the estimated input gradients of one op call (``None`` entries skipped) by one common
+    factor so that their joint norm is at most ``max_gain * |grad_out|``; unchanged when it already
+    is, or when ``max_gain`` is ``None``. The factor stays on the device (no host read-back). A
+    non-finite estimate gets the factor 0 rather than spreading ``inf``/``nan`` upstream."""
+    present = [g for g in grads if g is not None]
+    if max_gain is None or not present:
+        return grads
+    squares = torch.stack([g.float().square().sum() for g in present]).sum()
+    limit = max_gain * grad_out.float().norm()
+    # limit / norm <= 1 is the factor; clamp_min keeps 0 / 0 away for an all-zero estimate
+    factor = (limit / squares.sqrt().clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
+    factor = torch.where(torch.isfinite(squares), factor, torch.zeros_like(factor))
+    return [None if g is None else g * factor.to(g.dtype) for g in grads]
+
+
 class _ChannelROSA(torch.autograd.Function):
     """Channel ROSA (token ROSA on each group's symbol stream), decoded through ``table``.
 
@@ -478,6 +507,7 @@ class _ChannelROSA(torch.autograd.Function):
                     streams, streams, streams, val, bits, config.window_for(T), token=True
                 )
             grad_x = _finish(_from_streams(delta, B, G), x, config.tau)
+            (grad_x,) = _bound_gain([grad_x], grad_out, config.max_gain)
         return grad_x, grad_table, None, None, None
 
 
@@ -539,6 +569,7 @@ class _QKVROSA(torch.autograd.Function):
             for i, (inp, delta) in enumerate(zip((q, k, v), deltas)):
                 if want[i]:
                     grads[i] = _finish(_from_streams(delta, B, G), inp, config.tau)
+        grads = _bound_gain(grads, grad_out, config.max_gain)
         return grads[0], grads[1], grads[2], grad_table, None, None, None
 
 

@@ -4,7 +4,9 @@
 tiny inputs only). ``SuffixAutomatonROSA`` is the structure of the official reference (dict
 transitions, suffix links, last-end-position update along the suffix-link chain): correct, but
 quadratic on constant or periodic streams. It is the baseline the fast paths are measured
-against and the oracle validates it.
+against and the oracle validates it. ``rosa_qkv_grouping`` is the level-by-level grouping
+algorithm of the CUDA kernel ``csrc/rosa_grouping_cuda.cu``, written plainly so that the oracle can
+check the algorithm itself on the CPU.
 """
 
 from __future__ import annotations
@@ -124,3 +126,53 @@ def rosa_qkv_automaton(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> 
 def rosa_automaton(x: Sequence[int]) -> list[int]:
     """Token ROSA on one stream through :class:`SuffixAutomatonROSA`."""
     return rosa_qkv_automaton(x, x, x)
+
+
+def rosa_qkv_grouping(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> list[int]:
+    """QKV ROSA on one stream by refining groups of equal suffixes one symbol at a time.
+
+    Every query position ``i`` and every key position ``j`` is an element; they start in one
+    group ordered by time (query ``i`` before key ``i``, after key ``i - 1``). Level ``d`` splits
+    each group by the symbol ``d`` steps back (``q[i - d]`` for a query, ``k[j - d]`` for a key),
+    so after level ``d`` a group holds the elements whose last ``d + 1`` symbols agree, still in
+    time order. A query with a key before it in its group has a match of length ``d + 1``, and the
+    latest such key is the nearest one before it. The answer of the deepest level at which a query
+    still matches is the spec's (longest match, then latest end). Elements that run out of history
+    (``i - d < 0``) and groups without a matching query cannot match at any deeper level and are
+    dropped, so the work is the sum of the surviving group sizes over the levels: about
+    ``T log T`` on random streams, quadratic on constant or periodic ones (where the GPU kernel
+    hands the stream to the automaton after a work budget).
+    """
+    length = len(q)
+    if not (len(k) == len(v) == length):
+        raise ValueError("q, k and v must have the same length")
+    latest_key = [-1] * length
+    groups = [[(time, is_key) for time in range(length) for is_key in (False, True)]]
+    depth = 0
+    while groups:
+        refined = []
+        for group in groups:
+            by_symbol: dict[int, list[tuple[int, bool]]] = {}
+            for time, is_key in group:
+                if time - depth >= 0:
+                    symbol = (k if is_key else q)[time - depth]
+                    by_symbol.setdefault(symbol, []).append((time, is_key))
+            refined.extend(by_symbol.values())
+        groups = []
+        for group in refined:
+            last_key, matched = -1, False
+            for time, is_key in group:
+                if is_key:
+                    last_key = time
+                elif last_key >= 0:
+                    latest_key[time] = last_key
+                    matched = True
+            if matched:
+                groups.append(group)
+        depth += 1
+    return [v[j + 1] if j >= 0 else -1 for j in latest_key]
+
+
+def rosa_grouping(x: Sequence[int]) -> list[int]:
+    """Token ROSA on one stream through :func:`rosa_qkv_grouping`."""
+    return rosa_qkv_grouping(x, x, x)

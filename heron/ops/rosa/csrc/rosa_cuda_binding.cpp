@@ -9,12 +9,21 @@
 #include <cstdint>
 
 #include "rosa_core.h"
+#define ROSA_GROUPING_NO_LAUNCH_DECLARATION
+#include "rosa_grouping.h"
 
 cudaError_t heron_rosa_forward_cuda(const int64_t* q, const int64_t* k, const int64_t* v,
                                     int64_t* out, int64_t batch, int64_t length, int64_t channels,
                                     int64_t sigma, int64_t chain_budget_per_token,
                                     int32_t* workspace, int64_t chunk_streams,
                                     int threads_per_block, cudaStream_t stream);
+cudaError_t heron_rosa_forward_cuda_grouping(const int64_t* q, const int64_t* k, const int64_t* v,
+                                             int64_t* out, int64_t batch, int64_t length,
+                                             int64_t channels, int64_t sigma,
+                                             int64_t chain_budget_per_token,
+                                             int64_t work_per_element, int32_t* handed_over,
+                                             int32_t* workspace, int64_t slots,
+                                             int threads_per_block, cudaStream_t stream);
 
 namespace {
 
@@ -31,15 +40,18 @@ void check_streams(const torch::Tensor& tensor, const torch::Tensor& like, const
 // sigma > 0: dense transitions over 0..sigma-1 (every key symbol below sigma); 0: hashed.
 // workspace_limit_bytes bounds the scratch of one launch; cuda_stream is the raw cudaStream_t of
 // the caller's current stream (torch.cuda.current_stream().cuda_stream) on q's device, which
-// the caller has made current.
+// the caller has made current. grouping_work_per_element > 0 runs the grouping kernel first
+// (when the streams fit in shared memory) with that work budget; 0 runs the automaton alone.
 torch::Tensor rosa_forward_cuda(torch::Tensor q, torch::Tensor k, torch::Tensor v, int64_t sigma,
                                 int64_t threads_per_block, int64_t workspace_limit_bytes,
-                                int64_t cuda_stream, int64_t chain_budget_per_token) {
+                                int64_t cuda_stream, int64_t chain_budget_per_token,
+                                int64_t grouping_work_per_element) {
   check_streams(q, q, "q");
   check_streams(k, q, "k");
   check_streams(v, q, "v");
   TORCH_CHECK(sigma >= 0 && sigma <= heron_rosa::kDenseMaxSigma, "sigma out of range");
   TORCH_CHECK(chain_budget_per_token >= 0, "chain_budget_per_token must be >= 0");
+  TORCH_CHECK(grouping_work_per_element >= 0, "grouping_work_per_element must be >= 0");
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= 1024, "threads_per_block out of range");
   const int64_t batch = q.size(0), length = q.size(1), channels = q.size(2);
   TORCH_CHECK(length < (int64_t(1) << 29), "T is too long for 32-bit state indices");
@@ -52,6 +64,18 @@ torch::Tensor rosa_forward_cuda(torch::Tensor q, torch::Tensor k, torch::Tensor 
       std::max<int64_t>(1, std::min<int64_t>(num_streams, workspace_limit_bytes / bytes_per_stream));
   auto workspace = torch::empty({chunk * (bytes_per_stream / 4)},
                                 torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
+  const bool token = q.data_ptr() == k.data_ptr();
+  if (grouping_work_per_element > 0 && heron_rosa_grouping::fits(length, token)) {
+    auto handed_over = torch::empty({num_streams},
+                                    torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
+    const cudaError_t status = heron_rosa_forward_cuda_grouping(
+        q.data_ptr<int64_t>(), k.data_ptr<int64_t>(), v.data_ptr<int64_t>(),
+        out.data_ptr<int64_t>(), batch, length, channels, sigma, chain_budget_per_token,
+        grouping_work_per_element, handed_over.data_ptr<int32_t>(), workspace.data_ptr<int32_t>(),
+        chunk, static_cast<int>(threads_per_block), reinterpret_cast<cudaStream_t>(cuda_stream));
+    TORCH_CHECK(status == cudaSuccess, "ROSA CUDA launch failed: ", cudaGetErrorString(status));
+    return out;
+  }
   const cudaError_t status = heron_rosa_forward_cuda(
       q.data_ptr<int64_t>(), k.data_ptr<int64_t>(), v.data_ptr<int64_t>(), out.data_ptr<int64_t>(),
       batch, length, channels, sigma, chain_budget_per_token, workspace.data_ptr<int32_t>(), chunk,
@@ -67,6 +91,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("sigma"),
         pybind11::arg("threads_per_block"), pybind11::arg("workspace_limit_bytes"),
         pybind11::arg("cuda_stream"),
-        pybind11::arg("chain_budget_per_token") = heron_rosa::kDefaultChainBudgetPerToken);
+        pybind11::arg("chain_budget_per_token") = heron_rosa::kDefaultChainBudgetPerToken,
+        pybind11::arg("grouping_work_per_element") = 0);
   m.attr("dense_max_sigma") = heron_rosa::kDenseMaxSigma;
+  m.attr("grouping_max_symbol") = heron_rosa_grouping::kMaxSymbol;
+  m.attr("grouping_default_work_per_element") = heron_rosa_grouping::kDefaultWorkPerElement;
 }
