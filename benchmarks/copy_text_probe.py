@@ -26,6 +26,18 @@ Variants (``--variants``, comma-separated):
   (``x * s + x.detach() * (1 - s)`` on the same tensor) instead of cut;
 - ``detach_rosa0_no_emb``: ``detach_rosa0`` with the clip of ``clip_no_emb``.
 
+Training data (``--repeat-prob`` etc., default off): the repeat augmentation of ``heron train
+text`` (:class:`heron.data.text.RepeatAugmentation`, ``--task-option repeat_prob=...``): with
+probability ``--repeat-prob`` a row gets one span of ``--repeat-min`` .. ``--repeat-max`` tokens
+written twice (immediately or after a gap of up to ``--repeat-gap``), the first occurrence being
+random tokens of the corpus distribution with probability ``--repeat-random``. With
+``--repeat-prob 0`` the batches are exactly the plain windows. The validation loss never sees
+augmented rows.
+
+``--arch rosa_lm`` trains the pure ROSA LM (:class:`heron.models.ROSALM`, ``--bits`` 1 or 4, the
+same width / depth / estimator / tied keys) instead of RWKV-8; as ``heron train --model rosa_lm``
+it keeps its own initialisation (no LM init recipe).
+
 Measured after training (all on held-out data):
 
 (a) ``val_loss``: mean cross-entropy on ``--val-batches`` x ``--batch-size`` non-overlapping
@@ -48,6 +60,10 @@ Example (docs/benchmarks/copy.md, "CPU probe: copying after training on text, gr
     OMP_NUM_THREADS=1 python benchmarks/copy_text_probe.py --variants clip_no_emb --minutes 7
 
 (one process per variant lets two run side by side; ``--json FILE`` keeps the row.)
+
+Repeat augmentation (docs/benchmarks/copy.md, "Repeat augmentation on the CPU"):
+
+    OMP_NUM_THREADS=1 python benchmarks/copy_text_probe.py --variants clip_all --minutes 7 --repeat-prob 0.5
 """
 
 from __future__ import annotations
@@ -60,17 +76,25 @@ import time
 
 import torch
 
-from heron.data.text import TextSource, demo_corpus_tokens, most_frequent_tokens
+from heron.data.text import (
+    RepeatAugmentation,
+    TextSource,
+    demo_corpus_tokens,
+    most_frequent_tokens,
+)
 from heron.generate.copy_eval import copy_eval
-from heron.models import RWKV8, RWKV8Config
+from heron.models import ROSALM, RWKV8, ROSALMConfig, RWKV8Config
 from heron.models.init import init_lm_recipe, make_lm_optimizer
 from heron.train.losses import LossModel
 
 VARIANTS = ("clip_all", "clip_no_emb", "detach_rosa0", "scale_rosa0", "detach_rosa0_no_emb")
 
 
-def build_model(args) -> RWKV8:
+def build_model(args) -> torch.nn.Module:
     torch.manual_seed(args.seed)
+    if args.arch == "rosa_lm":
+        return ROSALM(ROSALMConfig(n_layer=args.layers, n_embd=args.dim, vocab_size=args.vocab, bits=args.bits,
+                                   rosa_estimator=args.estimator, rosa_tau=args.tau, rosa_qk_init=args.qk_init))
     rosa = None if args.bits == 0 else f"qkv{args.bits}"
     config = RWKV8Config(n_layer=args.layers, n_embd=args.dim, vocab_size=args.vocab, head_size=args.head_size,
                          rosa=rosa, deep_embed=False, rosa_estimator=args.estimator, rosa_tau=args.tau,
@@ -161,7 +185,8 @@ def run(variant: str, args, train: TextSource, validation: TextSource, pool: tor
     result = copy_eval(model, pool, trials=args.trials, length=args.copy_length, cue=args.copy_cue, seed=args.seed,
                        batch_size=args.trials)
     tail = losses[-args.log_every:]
-    row = {"variant": variant, "model": "rwkv7" if args.bits == 0 else f"rwkv8+rosa{args.bits}", "parameters": parameters, "steps": step, "train_seconds": train_seconds,
+    row = {"variant": variant, "model": model_label(args), "repeat_prob": args.repeat_prob,
+           "parameters": parameters, "steps": step, "train_seconds": train_seconds,
            "tokens": step * args.batch_size * args.seq_len, "train_loss": sum(tail) / len(tail), "val_loss": val,
            "rep_acc": rep_second, "rep_acc1": rep_first, "copy": result.token_accuracy, "copy_exact": result.exact_share,
            "median_grad_emb": statistics.median(emb_norms), "median_grad_rest": statistics.median(other_norms),
@@ -172,12 +197,18 @@ def run(variant: str, args, train: TextSource, validation: TextSource, pool: tor
     return row
 
 
-HEADER = (f"{'model':11s} {'variant':20s} {'steps':>6s} {'train':>6s} {'val':>6s} {'rep_acc':>8s} {'rep_acc1':>8s} {'copy':>7s} "
+def model_label(args) -> str:
+    if args.arch == "rosa_lm":
+        return f"rosa_lm{args.bits}"
+    return "rwkv7" if args.bits == 0 else f"rwkv8+rosa{args.bits}"
+
+
+HEADER = (f"{'model':11s} {'repeat':>6s} {'variant':20s} {'steps':>6s} {'train':>6s} {'val':>6s} {'rep_acc':>8s} {'rep_acc1':>8s} {'copy':>7s} "
           f"{'exact':>6s} {'|g_emb|':>9s} {'|g_rest|':>9s}")
 
 
 def format_row(r: dict) -> str:
-    return (f"{r.get('model', ''):11s} {r['variant']:20s} {r['steps']:6d} {r['train_loss']:6.3f} {r['val_loss']:6.3f} {100 * r['rep_acc']:7.1f}% "
+    return (f"{r.get('model', ''):11s} {r.get('repeat_prob', 0.0):6.2f} {r['variant']:20s} {r['steps']:6d} {r['train_loss']:6.3f} {r['val_loss']:6.3f} {100 * r['rep_acc']:7.1f}% "
             f"{100 * r['rep_acc1']:7.1f}% {100 * r['copy']:6.2f}% {100 * r['copy_exact']:5.0f}% "
             f"{r['median_grad_emb']:9.3g} {r['median_grad_rest']:9.3g}")
 
@@ -196,6 +227,8 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=32)
     parser.add_argument("--bits", type=int, default=4, choices=(0, 1, 4), help="ROSA-QKV symbol width (0: RWKV-7)")
+    parser.add_argument("--arch", default="rwkv8", choices=("rwkv8", "rosa_lm"),
+                        help="RWKV-8 (+ ROSA-QKV unless --bits 0) or the pure ROSA LM")
     parser.add_argument("--estimator", default="value", choices=("window", "flip", "value"))
     parser.add_argument("--qk-init", default="tied", choices=("tied", "independent"))
     parser.add_argument("--tau", type=float, default=0.1)
@@ -212,6 +245,12 @@ def main(argv=None) -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--copy-length", type=int, default=64)
     parser.add_argument("--copy-cue", type=int, default=8)
+    parser.add_argument("--repeat-prob", type=float, default=0.0,
+                        help="repeat augmentation of the training rows (heron train text's repeat_prob; 0: off)")
+    parser.add_argument("--repeat-min", type=int, default=16)
+    parser.add_argument("--repeat-max", type=int, default=128)
+    parser.add_argument("--repeat-random", type=float, default=0.5)
+    parser.add_argument("--repeat-gap", type=int, default=32)
     parser.add_argument("--json", help="write the rows (and the arguments) to this file")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -222,7 +261,19 @@ def main(argv=None) -> None:
         parser.error("the *_rosa0 variants need a ROSA block (--bits 1 or 4)")
     if not 1 <= args.copy_cue < args.copy_length:
         parser.error("need 1 <= --copy-cue < --copy-length")
-    train = TextSource.demo("train", seq_len=args.seq_len)
+    if args.arch == "rosa_lm" and args.bits == 0:
+        parser.error("--arch rosa_lm needs --bits 1 or 4")
+    if args.arch == "rosa_lm" and any("rosa0" in v for v in variants):
+        parser.error("the *_rosa0 variants hook RWKV-8's ROSA block; not available with --arch rosa_lm")
+    try:
+        repeats = RepeatAugmentation(repeat_prob=args.repeat_prob, repeat_min=args.repeat_min,
+                                     repeat_max=args.repeat_max, repeat_random=args.repeat_random,
+                                     repeat_gap=args.repeat_gap)
+        if repeats.enabled:
+            repeats.check_seq_len(args.seq_len)
+    except ValueError as exc:  # the messages start with the option's name: repeat_prob -> --repeat-prob
+        parser.error(f"--{str(exc).replace('_', '-', 1)}")
+    train = TextSource.demo("train", seq_len=args.seq_len).with_repeats(repeats)
     validation = TextSource.demo("validation", seq_len=args.seq_len)
     args.vocab = train.vocab_size
     pool = most_frequent_tokens(demo_corpus_tokens("validation"), 1000)

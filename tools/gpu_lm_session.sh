@@ -19,7 +19,11 @@
 # Environment: TRAIN_MIN (training minutes per run, default 8; --time-limit and the step budget),
 #   GPU_A/GPU_B/GPU_C, SESSION_DIR (default /tmp/heron-lm-session), OUT (results; default
 #   $SESSION_DIR/out), HERON_SESSION_TINY=1 (CPU smoke mode: tiny models, seconds of training,
-#   8 copy trials, 2 tunes), COPY_BITS (1 or 4: ROSA width of the two ROSA LMs, default 1).
+#   8 copy trials, 2 tunes), COPY_BITS (1 or 4: ROSA width of the two ROSA LMs, default 1),
+#   COPY_EXTRA (more --model-config fields of the two ROSA LMs), COPY_TASK_OPTIONS (more
+#   --task-option fields of all three copy LMs, e.g. "repeat_prob=0.5": the repeat augmentation of
+#   docs/training.md), COPY_PASSES (cap the copy LMs' steps at this many passes over the demo
+#   corpus's training split; 0: no cap), EVAL_POINTS (validation evaluations per run, default 8).
 # Missing Python packages (music21 and its pure-Python needs) are installed from ./.whl when present.
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -45,6 +49,8 @@ else
   COPY_TRIALS=200; MUSIC_EVAL=()
 fi
 TRAIN_S=$(python3 -c "print(int(float('$TRAIN_MIN') * 60))")
+COPY_PASSES=${COPY_PASSES:-0}
+EVAL_POINTS=${EVAL_POINTS:-8}
 
 # --- the five trainings -------------------------------------------------------------------
 # Copy LMs (issue 7): demo corpus, World tokenizer (65,536 rows), 4 layers x 256, T = 512, B = 32,
@@ -54,16 +60,20 @@ TRAIN_S=$(python3 -c "print(int(float('$TRAIN_MIN') * 60))")
 # ROSA estimator floor tau = 0.1 (docs/benchmarks/training.md: 1e-3 gives gradient norms 5-100).
 job_args() {  # NAME -> TASK ARGS... in the array ARGS
   local copy_extra=(); read -ra copy_extra <<< "${COPY_EXTRA:-}"  # more --model-config fields, ROSA LMs only
+  # more --task-option fields, all three copy LMs (one --task-option list: a second one would replace the first)
+  local copy_options=(); read -ra copy_options <<< "${COPY_TASK_OPTIONS:-}"
   local copy=(text --lr 1e-3 --lr-final 1e-5 --warmup 100 --seed 0)
   local music_tiny=()
   if [ "$TINY" = 1 ]; then
-    copy+=(--batch-size 4 --task-option seq_len=64 --eval-samples 1)
+    COPY_BATCH=4; COPY_SEQ=64
+    copy+=(--eval-samples 1)
     music_tiny=(--batch-size 4 --task-option seq_len=64 --eval-samples 1)
     local small=(n_layer=1 n_embd=32)
   else
-    copy+=(--batch-size 32 --task-option seq_len=512)
+    COPY_BATCH=32; COPY_SEQ=512
     local small=()
   fi
+  copy+=(--batch-size $COPY_BATCH --task-option seq_len=$COPY_SEQ "${copy_options[@]}")
   case $1 in
     copy-rosalm) ARGS=("${copy[@]}" --model rosa_lm --model-config "${small[@]}" dim_ffn=1696 bits=$COPY_BITS rosa_tau=0.1
                        "${copy_extra[@]}") ;;
@@ -102,9 +112,11 @@ train_job() {  # NAME: probe, size the schedule, train with the time limit, expo
   local rc=$?
   tail -3 "$S/logs/$name-probe.log"
   if [ $rc -ne 0 ]; then log "$name: probe failed (exit $rc)"; echo "$rc" > "$S/status/$name.rc"; return $rc; fi
-  local plan
+  local plan cap=()
+  # the copy LMs overfit the 2.5M-token corpus at 17-59 passes (docs/benchmarks/copy.md, session 4)
+  case $name in copy-*) [ "$COPY_PASSES" != 0 ] && cap=(--max-passes "$COPY_PASSES" --tokens-per-step $((COPY_BATCH * COPY_SEQ)));; esac
   plan=$(python3 "$SRC/tools/lm_session_tools.py" steps "$probe" "$TRAIN_S" --safety 0.85 \
-         --round $([ "$TINY" = 1 ] && echo 1 || echo 50)) || { echo 1 > "$S/status/$name.rc"; return 1; }
+         --round $([ "$TINY" = 1 ] && echo 1 || echo 50) "${cap[@]}") || { echo 1 > "$S/status/$name.rc"; return 1; }
   local steps=${plan% *} step_s=${plan#* }
   if [ "$name" = music-rwkv7 ] && [ "${MUSIC_SAME_STEPS:-1}" = 1 ]; then
     # the baseline trains the ROSA model's step count (same recipe, same samples), not its own
@@ -118,7 +130,7 @@ train_job() {  # NAME: probe, size the schedule, train with the time limit, expo
       log "$name: no music-rosa plan after 10 minutes; keeping its own step count"
     fi
   fi
-  local every=$(( steps / 8 > 0 ? steps / 8 : 1 ))
+  local every=$(( steps / EVAL_POINTS > 0 ? steps / EVAL_POINTS : 1 ))
   mkdir -p "$run"
   local cmd=(python3 -m heron train "${ARGS[@]}" "${common[@]}" --steps "$steps" --time-limit "$TRAIN_MIN"
              --eval-every "$every" --ckpt-every $(( steps / 3 > 0 ? steps / 3 : 1 )) --log-every "$LOG_EVERY" --out "$run")

@@ -21,7 +21,16 @@
 #          COPY_BITS / COPY_EXTRA change them),
 #          each followed by its copy evaluation
 #   3  the one-GPU training-step benchmarks (incl. --compile and ctx 4096), then the GPU tests
-# Both: at `finish`, once the cards are free, 2/4-GPU DDP, the loss curves and FSDP2.
+# PLAN=copy-repeat (issue 7 again, the fifth session; docs/benchmarks/copy.md):
+#   GPU_A/GPU_B/GPU_C (default 1/2/3; card 0 is left alone for other work): the pure ROSA LM,
+#          the RWKV-8 + ROSA LM and the RWKV-7 LM as in copy-scale (4-bit, tied keys, value
+#          estimator, tau 0.1, ~38M parameters each), all three with the repeat augmentation of
+#          the text task (COPY_TASK_OPTIONS, default "repeat_prob=1": every row) and at most COPY_PASSES
+#          (default 5) passes over the corpus (so all three train the same step count),
+#          TRAIN_MIN=8.5 as the time limit, 16 validation points each; then each model's copy
+#          evaluation (200 trials) on its card. No benchmarks, no tests, no multi-GPU parts;
+#          `finish` only lists $OUT. The ROSA check of `setup` runs on GPU_A.
+# reverse-music and copy-scale: at `finish`, once the cards are free, 2/4-GPU DDP, the loss curves and FSDP2.
 # Needs only PYTHONPATH (no install); music21 comes from ./.whl (carry it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +51,18 @@ case $PLAN in
                          "LM_CHAIN_B=copy-rwkv8 eval:copy-rwkv8" "LM_CHAIN_C=copy-rwkv7 eval:copy-rwkv7"
                          TRAIN_MIN=${TRAIN_MIN:-9} COPY_BITS=${COPY_BITS:-4}
                          "COPY_EXTRA=${COPY_EXTRA-rosa_qk_init=tied rosa_estimator=value}") ;;
-  *) echo "PLAN must be reverse-music or copy-scale, got $PLAN" >&2; exit 2 ;;
+  copy-repeat)   LM_ENV=(GPU_A=${GPU_A:-1} GPU_B=${GPU_B:-2} GPU_C=${GPU_C:-3}
+                         "LM_CHAIN_A=copy-rosalm eval:copy-rosalm" "LM_CHAIN_B=copy-rwkv8 eval:copy-rwkv8"
+                         "LM_CHAIN_C=copy-rwkv7 eval:copy-rwkv7"
+                         TRAIN_MIN=${TRAIN_MIN:-8.5} COPY_BITS=${COPY_BITS:-4}
+                         "COPY_EXTRA=${COPY_EXTRA-rosa_qk_init=tied rosa_estimator=value}"
+                         "COPY_TASK_OPTIONS=${COPY_TASK_OPTIONS-repeat_prob=1}"
+                         COPY_PASSES=${COPY_PASSES:-5} EVAL_POINTS=${EVAL_POINTS:-16}) ;;
+  *) echo "PLAN must be reverse-music, copy-scale or copy-repeat, got $PLAN" >&2; exit 2 ;;
 esac
+# the card of setup's ROSA check: one the plan's trainings will use
+ROSA_CHECK_GPU=0
+[ "$PLAN" = copy-repeat ] && ROSA_CHECK_GPU=${GPU_A:-1}
 
 progress() {
   for f in /tmp/heron-reverse/reverse*.log; do
@@ -86,14 +105,15 @@ setup)
   grep -l -i "error\|Traceback" "$logs"/build-*.log && tail -n 20 "$logs"/build-*.log
   # 2. the ROSA forward on the GPU against the CPU before anything trains with it
   if [ "${SKIP_ROSA_CHECK:-0}" != 1 ]; then
-    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m gpu \
+    CUDA_VISIBLE_DEVICES=$ROSA_CHECK_GPU timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m gpu \
       tests/ops/test_rosa_cuda.py 2>&1 | tail -n 3 | tee "$logs/rosa-cuda-tests.txt"
   fi
   # 3. the trainings
   [ "$PLAN" = reverse-music ] && REVERSE_GPU=0 TWIN_GPU=1 tools/gpu_reverse_session.sh start "$minutes" 2>&1 \
     | tee "$logs/reverse-start.txt"
   env "${LM_ENV[@]}" tools/gpu_lm_session.sh start 2>&1 | tee "$logs/lm-start.txt"
-  # 4. benchmarks and tests on the cards the trainings leave
+  # 4. benchmarks and tests on the cards the trainings leave (copy-repeat: none, card 0 is not ours)
+  [ "$PLAN" = copy-repeat ] && { sleep 10; progress; exit 0; }
   mkdir -p "$logs/bench" "$logs/train_step"
   gpu_tests="timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests > $logs/bench/gpu-tests.txt 2>&1"
   if [ "$PLAN" = reverse-music ]; then
@@ -127,6 +147,9 @@ collect)  # the trainings' results into $OUT (call again if it exits 3)
   ls -la "$out"
   ;;
 finish)  # stop the one-GPU benchmarks, then the multi-GPU parts on every card; pack $OUT
+  if [ "$PLAN" = copy-repeat ]; then  # nothing else ran; never touch card 0
+    echo "PLAN=copy-repeat: no benchmarks to finish; results (from collect):"; ls -la "$out"; exit 0
+  fi
   for _ in $(seq 1 "${2:-12}"); do [ -f "$logs/train-step-one.done" ] && break; sleep 5; done
   # the multi-GPU parts need every card: stop what still runs
   pkill -f "[g]pu_train_step.sh"; pkill -f "[b]enchmarks/train_step.py"

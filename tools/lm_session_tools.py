@@ -1,7 +1,9 @@
 """Helpers of tools/gpu_lm_session.sh (run with PYTHONPATH at the repository; no installed package needed).
 
     python3 tools/lm_session_tools.py steps PROBE_DIR BUDGET_SECONDS [--safety 0.85] [--min 50]
-        steps for a cosine schedule that fits BUDGET_SECONDS, from a probe run's train.csv
+            [--max-passes P --tokens-per-step N]
+        steps for a cosine schedule that fits BUDGET_SECONDS, from a probe run's train.csv; with
+        --max-passes at most P passes over the demo corpus's training split at N tokens per step
     python3 tools/lm_session_tools.py export RUN_DIR
         write RUN_DIR/model.safetensors (+ tokenizer.json for abc) from RUN_DIR/checkpoint.pt when
         the run stopped on its time limit and so exported nothing
@@ -35,6 +37,18 @@ def cmd_steps(args) -> int:
     steps = max(args.min, steps // args.round * args.round if steps >= 2 * args.round else steps)
     if args.max:
         steps = min(steps, args.max)
+    if args.max_passes:
+        if args.tokens_per_step < 1:
+            print("steps: --max-passes needs --tokens-per-step", file=sys.stderr)
+            return 1
+        from heron.data.text import demo_corpus_tokens
+
+        corpus_tokens = int(demo_corpus_tokens("train").size)
+        by_passes = int(args.max_passes * corpus_tokens / args.tokens_per_step)
+        if by_passes < steps:
+            print(f"steps: {steps} -> {by_passes} ({args.max_passes} passes over {corpus_tokens:,} training tokens "
+                  f"at {args.tokens_per_step:,} per step)", file=sys.stderr)
+            steps = max(by_passes, 1)
     print(f"{steps} {seconds_per_step:.4f}")
     return 0
 
@@ -90,6 +104,7 @@ def cmd_report(args) -> int:
                     except (IndexError, ValueError):
                         pass
         last_eval = evaluation[-1] if evaluation else {}
+        best_eval = min(evaluation, key=lambda row: row.get("eval_bits_per_token", float("inf"))) if evaluation else {}
         table.append({
             "name": name, "run": str(run),
             "parameters": copy["parameters"] if copy else parameters,
@@ -99,6 +114,9 @@ def cmd_report(args) -> int:
             "final_train_loss": train[-1]["loss"] if train else None,
             "validation_bits_per_token": last_eval.get("eval_bits_per_token"),
             "validation_next_token_accuracy": last_eval.get("next_token_accuracy"),
+            "best_validation_bits_per_token": best_eval.get("eval_bits_per_token"),
+            "best_validation_step": int(best_eval["step"]) if "step" in best_eval else None,
+            "tokens": int(train[-1]["tokens"]) if train and "tokens" in train[-1] else None,
             "exported_from_checkpoint": (run / "EXPORTED_FROM_CHECKPOINT").is_file(),
             "copy_token_accuracy": copy["token_accuracy"] if copy else None,
             "copy_exact_share": copy["exact_share"] if copy else None,
@@ -115,12 +133,16 @@ def cmd_report(args) -> int:
         return "n/a" if value is None else format(value, spec)
 
     lines = [f"# {args.title} ({date}, {args.device})", "",
-             "| model | parameters | steps (planned) | training s | val bits/token | copy token accuracy | exact trials |",
-             "|---|---|---|---|---|---|---|"]
+             ("| model | parameters | steps (planned) | tokens | training s | val bits/token, final | best (step) "
+              "| copy token accuracy | exact trials |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
+        best = (f"{fmt(r['best_validation_bits_per_token'], '.4f')} ({fmt(r['best_validation_step'], 'd')})"
+                if r["best_validation_bits_per_token"] is not None else "n/a")
         lines.append(f"| {r['name']} | {fmt(r['parameters'], ',')} | {fmt(r['steps'], 'd')} ({fmt(r['planned_steps'], 'd')})"
-                     f"{' stopped by time limit' if r['exported_from_checkpoint'] else ''} | {fmt(r['training_seconds'], '.0f')} | "
-                     f"{fmt(r['validation_bits_per_token'], '.4f')} | {fmt(r['copy_token_accuracy'], '.2%')} | "
+                     f"{' stopped by time limit' if r['exported_from_checkpoint'] else ''} | {fmt(r['tokens'], ',')} | "
+                     f"{fmt(r['training_seconds'], '.0f')} | "
+                     f"{fmt(r['validation_bits_per_token'], '.4f')} | {best} | {fmt(r['copy_token_accuracy'], '.2%')} | "
                      f"{fmt(r['copy_exact_share'], '.1%')} |")
     lines.append("")
     for r in table:
@@ -144,6 +166,9 @@ def main(argv=None) -> int:
     steps.add_argument("--min", type=int, default=20)
     steps.add_argument("--max", type=int, default=0)
     steps.add_argument("--round", type=int, default=50)
+    steps.add_argument("--max-passes", type=float, default=0.0,
+                       help="cap: at most this many passes over the demo corpus's training split (0: none)")
+    steps.add_argument("--tokens-per-step", type=int, default=0, help="batch x seq_len, for --max-passes")
     steps.set_defaults(func=cmd_steps)
     export = sub.add_parser("export")
     export.add_argument("run")

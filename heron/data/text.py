@@ -12,6 +12,11 @@ document ends and a window crossing a boundary sees the separator. ``TextSource.
 random windows with the trainer's ``torch.Generator`` only (the data contract of docs/design.md),
 so a saved generator state resumes the exact batch sequence.
 
+Optional *repeat augmentation* (``RepeatAugmentation``, off by default; the ``repeat_*`` options
+of ``heron train text``): some training rows get one span written a second time later in the
+row, so that the loss on the second copy rewards copying (issue 7: plain text repeats too little
+for a small model to learn to copy from it). Validation batches are never augmented.
+
 The demo corpus is the Python source (code and its English documentation strings) of the pinned
 PyPI package ``music21==10.5.1`` (BSD-3-Clause), an optional dependency of the project
 (``heron[music]``). Its bundled musical corpus (``music21/corpus/``) is left out — the music
@@ -31,6 +36,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +46,7 @@ from heron.data.tokenizers import END_OF_TEXT, get_tokenizer
 
 __all__ = [
     "TextSource",
+    "RepeatAugmentation",
     "tokenize_documents",
     "iter_documents",
     "load_token_file",
@@ -353,15 +360,124 @@ def most_frequent_tokens(tokens, count: int = 1000, exclude: Iterable[int] = (EN
     return torch.from_numpy(order.astype(np.int64))
 
 
+
+# ----------------------------------------------------------------------------------------------
+# repeat augmentation
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class RepeatAugmentation:
+    """Write a span of a training row a second time later in the same row.
+
+    With probability ``repeat_prob`` per row (a window of the corpus, ``seq_len + 1`` tokens
+    before the split into inputs and targets, so targets stay the inputs shifted by one):
+
+    - a span length ``L`` uniform in ``[repeat_min, min(repeat_max, (seq_len + 1) // 2)]``;
+    - a gap ``g``: 0 (the copy follows its first occurrence at once, as in the copy test of
+      ``heron generate --copy-eval``) with probability 1/2, otherwise uniform in
+      ``[1, repeat_gap]`` (bounded by the room the row leaves); the gap keeps the row's text;
+    - a start ``s`` uniform over the places where ``2 L + g`` tokens fit;
+    - with probability ``repeat_random`` the first occurrence ``row[s : s + L]`` is replaced by
+      ``L`` tokens drawn independently from the stream's own token distribution (random positions
+      of the training stream), otherwise it stays the row's text;
+    - ``row[s + L + g : s + 2 L + g] = row[s : s + L]``.
+
+    Why both kinds of span: a repeated *text* span can partly be predicted by a language model
+    without looking back, so it rewards copying only where the text is surprising; a span of
+    independent random tokens can be predicted after its first few tokens by copying alone, which
+    is exactly what the copy test asks (64 random tokens, then the first 8 again as a cue). Random
+    tokens come from the corpus's unigram distribution rather than from a fixed pool, so the
+    augmentation does not use the test's pool (the 1000 most frequent *validation* tokens), and
+    the model sees the frequent tokens it meets in text in random order too.
+
+    All draws come from the batch generator, a fixed number per batch, so a batch is a function of
+    the generator state; ``repeat_prob = 0`` draws nothing and leaves every batch unchanged.
+    """
+
+    repeat_prob: float = 0.0
+    repeat_min: int = 16
+    repeat_max: int = 128
+    repeat_random: float = 0.5
+    repeat_gap: int = 32
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.repeat_prob) or not 0.0 <= self.repeat_prob <= 1.0:
+            raise ValueError(f"repeat_prob: expected a number in [0, 1], got {self.repeat_prob!r}")
+        if not _is_int(self.repeat_min) or self.repeat_min < 2:
+            raise ValueError(f"repeat_min: expected an int >= 2 (span length in tokens), got {self.repeat_min!r}")
+        if not _is_int(self.repeat_max) or self.repeat_max < self.repeat_min:
+            raise ValueError(f"repeat_max: expected an int >= repeat_min = {self.repeat_min}, "
+                             f"got {self.repeat_max!r}")
+        if not _is_number(self.repeat_random) or not 0.0 <= self.repeat_random <= 1.0:
+            raise ValueError(f"repeat_random: expected a number in [0, 1], got {self.repeat_random!r}")
+        if not _is_int(self.repeat_gap) or self.repeat_gap < 0:
+            raise ValueError(f"repeat_gap: expected an int >= 0 (tokens), got {self.repeat_gap!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.repeat_prob > 0
+
+    def longest_span(self, seq_len: int) -> int:
+        """The longest span that fits twice in a row of ``seq_len + 1`` tokens."""
+        return min(self.repeat_max, (seq_len + 1) // 2)
+
+    def check_seq_len(self, seq_len: int) -> None:
+        if self.repeat_min > (seq_len + 1) // 2:
+            raise ValueError(f"repeat_min: {self.repeat_min} tokens do not fit twice in a row of seq_len + 1 = "
+                             f"{seq_len + 1} tokens; lower repeat_min to at most {(seq_len + 1) // 2}")
+
+    def apply(self, rows: np.ndarray, stream: np.ndarray, generator: torch.Generator) -> list[dict[str, int]]:
+        """Augment ``rows`` (``[B, seq_len + 1]`` token windows) in place; ``stream`` is the token
+        stream the random spans are drawn from. Returns where each repeat went (one dict per
+        augmented row: ``row``, ``start``, ``length``, ``gap``, ``random``), for tests and checks."""
+        if not self.enabled:
+            return []
+        batch, width = rows.shape
+        self.check_seq_len(width - 1)
+        longest = self.longest_span(width - 1)
+        # A fixed number of draws per batch whatever the outcome, so the generator advances the
+        # same way for every batch of this shape.
+        draws = torch.rand((batch, 6), generator=generator, dtype=torch.float64).numpy()
+        random_positions = torch.randint(0, stream.size, (batch, longest), generator=generator).numpy()
+        placements = []
+        for row in range(batch):
+            augment, length_draw, immediate_draw, gap_draw, start_draw, random_draw = draws[row]
+            if augment >= self.repeat_prob:
+                continue
+            length = self.repeat_min + int(length_draw * (longest - self.repeat_min + 1))
+            room = width - 2 * length  # tokens of the row outside the two copies
+            max_gap = min(self.repeat_gap, room)
+            gap = 0 if immediate_draw < 0.5 or max_gap == 0 else 1 + int(gap_draw * max_gap)
+            start = int(start_draw * (room - gap + 1))
+            use_random = bool(random_draw < self.repeat_random)
+            if use_random:
+                rows[row, start:start + length] = stream[random_positions[row, :length]]
+            copy_start = start + length + gap
+            rows[row, copy_start:copy_start + length] = rows[row, start:start + length]
+            placements.append({"row": row, "start": start, "length": length, "gap": gap, "random": int(use_random)})
+        return placements
+
+
 # ----------------------------------------------------------------------------------------------
 # the batch source
 
 class TextSource:
     """Random ``seq_len``-token windows of a token stream: ``batch()`` returns inputs
     ``tokens[s : s+T]`` and targets ``tokens[s+1 : s+T+1]`` for starts ``s`` drawn uniformly
-    with the given generator. Every position is scored (the end-of-text id is a target too)."""
+    with the given generator. Every position is scored (the end-of-text id is a target too).
 
-    def __init__(self, tokens, seq_len: int, vocab_size: int, name: str = "text"):
+    ``repeats`` (a :class:`RepeatAugmentation`) augments the rows of ``batch()`` only;
+    ``sequential_batches()`` (the validation loss) always reads the plain stream."""
+
+    def __init__(self, tokens, seq_len: int, vocab_size: int, name: str = "text",
+                 repeats: RepeatAugmentation | None = None):
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
@@ -373,10 +489,20 @@ class TextSource:
             raise ValueError(f"tokens: expected a 1-D integer token stream, got shape {array.shape} dtype {array.dtype}")
         if array.size < seq_len + 1:
             raise ValueError(f"tokens: the stream has {array.size} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+        if repeats is not None:
+            if not isinstance(repeats, RepeatAugmentation):
+                raise TypeError(f"repeats: expected a RepeatAugmentation or None, got {type(repeats).__name__}")
+            if repeats.enabled:  # an idle augmentation must not restrict seq_len
+                repeats.check_seq_len(seq_len)
         self.tokens = array
         self.seq_len = seq_len
         self.vocab_size = vocab_size
         self.name = name
+        self.repeats = repeats if repeats is not None and repeats.enabled else None
+
+    def with_repeats(self, repeats: RepeatAugmentation | None) -> TextSource:
+        """The same stream with ``repeats`` applied to ``batch()`` (None: plain windows)."""
+        return TextSource(self.tokens, self.seq_len, self.vocab_size, self.name, repeats=repeats)
 
     @property
     def num_tokens(self) -> int:
@@ -392,8 +518,11 @@ class TextSource:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         starts = torch.randint(0, self.num_windows, (batch_size,), generator=generator).numpy()
-        rows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)[None, :]]
-        rows = torch.from_numpy(rows.astype(np.int64))
+        rows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)[None, :]].astype(np.int64)
+        if self.repeats is not None:
+            # on the whole window, before the split, so targets stay the inputs shifted by one
+            self.repeats.apply(rows, self.tokens, generator)
+        rows = torch.from_numpy(rows)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
     def sequential_batches(self, batch_size: int, max_batches: int | None = None):
@@ -410,7 +539,8 @@ class TextSource:
 
     def holdout(self, fraction: float) -> tuple["TextSource", "TextSource"]:
         """Split into (train, validation) with the last ``fraction`` of the stream held out,
-        cut just after an end-of-text when one is near, so documents are not shared."""
+        cut just after an end-of-text when one is near, so documents are not shared. The
+        repeat augmentation, if any, stays with the training part only."""
         if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction: expected a float in (0, 1), got {fraction!r}")
         cut = int(round(self.num_tokens * (1.0 - fraction)))
@@ -419,7 +549,7 @@ class TextSource:
             cut = int(separators[-1]) + 1
         if cut < self.seq_len + 1 or self.num_tokens - cut < self.seq_len + 1:
             raise ValueError(f"fraction: {fraction} leaves fewer than seq_len + 1 tokens on one side")
-        return (TextSource(self.tokens[:cut], self.seq_len, self.vocab_size, self.name + ":train"),
+        return (TextSource(self.tokens[:cut], self.seq_len, self.vocab_size, self.name + ":train", self.repeats),
                 TextSource(self.tokens[cut:], self.seq_len, self.vocab_size, self.name + ":validation"))
 
     @classmethod
@@ -449,4 +579,4 @@ class TextSource:
 
     def __repr__(self) -> str:
         return (f"TextSource({self.name!r}, {self.num_tokens} tokens, seq_len={self.seq_len}, "
-                f"vocab_size={self.vocab_size})")
+                f"vocab_size={self.vocab_size}" + (f", repeats={self.repeats}" if self.repeats else "") + ")")

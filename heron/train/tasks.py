@@ -319,10 +319,19 @@ register_task(Task("arith", "add/subtract 1..D-digit numbers (spec §7), honest 
 TEXT_MODEL = dict(n_layer=4, n_embd=256, head_size=64, rosa="qkv1", rosa_estimator="window", deep_embed=True)
 
 
+# The repeat augmentation of the training rows (heron.data.text.RepeatAugmentation; docs/training.md):
+# off by default, the other values apply once repeat_prob > 0.
+TEXT_REPEAT_OPTIONS = {"repeat_prob": 0.0, "repeat_min": 16, "repeat_max": 128, "repeat_random": 0.5,
+                       "repeat_gap": 32}
+
+
 def _build_text_task(config: TrainConfig) -> TaskSetup:
     text = _import("heron.data.text", config.task)
     options = _options(config, {"data": [], "tokenizer": "world", "seq_len": 512, "validation_fraction": 0.05,
-                                "eval_batches": 8})
+                                "eval_batches": 8, **TEXT_REPEAT_OPTIONS})
+    # The repeat augmentation (off unless repeat_prob > 0) is built first, so a bad value is
+    # reported before any data is read; it applies to the training rows only.
+    repeats = text.RepeatAugmentation(**{name: options[name] for name in TEXT_REPEAT_OPTIONS})
     paths = [options["data"]] if isinstance(options["data"], str) else list(options["data"])
     missing = [str(path) for path in paths if not Path(path).exists()]
     if missing:
@@ -333,6 +342,7 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     else:  # the offline demo corpus with its documented split
         train_source = text.TextSource.demo("train", options["seq_len"], tokenizer=options["tokenizer"])
         validation = text.TextSource.demo("validation", options["seq_len"], tokenizer=options["tokenizer"])
+    train_source = train_source.with_repeats(repeats)
     model, identity = _language_model({**TEXT_MODEL, "vocab_size": train_source.vocab_size}, config)
     eval_batches = config.eval_samples or options["eval_batches"]
     eval_rows = max(1, min(config.batch_size, 64))

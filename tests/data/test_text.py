@@ -6,6 +6,7 @@ import torch
 
 from heron.data import text as text_module
 from heron.data.text import (
+    RepeatAugmentation,
     TextSource,
     demo_corpus_documents,
     demo_corpus_tokens,
@@ -228,3 +229,124 @@ def test_demo_corpus_validation_tokens(tmp_path):
 def test_demo_split_name_is_checked():
     with pytest.raises(ValueError, match="split"):
         demo_corpus_documents("test")
+
+
+# ----------------------------------------------------------------------------------------------
+# repeat augmentation
+
+
+def _distinct_stream(size=20_000):
+    """A stream without any repeated token: any repeat inside a window was written by the augmentation."""
+    return np.arange(1, size + 1, dtype=np.int64)
+
+
+def _repeated_span(row: np.ndarray):
+    """(first, second, length) of the repeated run in a row whose tokens are otherwise distinct."""
+    positions: dict[int, int] = {}
+    pairs = []
+    for index, token in enumerate(row.tolist()):
+        if token in positions:
+            pairs.append((positions[token], index))
+        else:
+            positions[token] = index
+    return pairs
+
+
+def test_repeat_augmentation_shapes_targets_and_copies():
+    source = TextSource(_distinct_stream(), 64, 30_000,
+                        repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=8, repeat_max=32, repeat_random=0.0))
+    inputs, targets = source.batch(16, torch.Generator().manual_seed(3))
+    assert inputs.shape == targets.shape == (16, 64) and inputs.dtype == torch.int64
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are the inputs shifted by one
+    rows = torch.cat([inputs, targets[:, -1:]], dim=1).numpy()
+    for row in rows:
+        pairs = _repeated_span(row)
+        # exactly one run of repeated positions: (s + i, s + L + g + i) for i < L, 8 <= L <= 32
+        assert 8 <= len(pairs) <= 32
+        offsets = {second - first for first, second in pairs}
+        assert len(offsets) == 1
+        firsts = [first for first, _ in pairs]
+        assert firsts == list(range(firsts[0], firsts[0] + len(pairs)))
+        (offset,) = offsets
+        assert len(pairs) <= offset <= len(pairs) + 32  # the gap is at most repeat_gap
+
+
+def test_repeat_placements_are_honest():
+    stream = _distinct_stream()
+    augmentation = RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_max=40, repeat_random=0.5, repeat_gap=5)
+    rows = np.stack([stream[i * 100:i * 100 + 33] for i in range(64)]).copy()
+    original = rows.copy()
+    placements = augmentation.apply(rows, stream, torch.Generator().manual_seed(0))
+    assert [p["row"] for p in placements] == list(range(64))
+    kinds = {(p["gap"] == 0, p["random"]) for p in placements}
+    assert kinds == {(True, 0), (True, 1), (False, 0), (False, 1)}  # both gap kinds, both span kinds
+    for p in placements:
+        row, start, length, gap = rows[p["row"]], p["start"], p["length"], p["gap"]
+        assert 4 <= length <= 16 and 0 <= gap <= 5  # 16 = (32 + 1) // 2 bounds repeat_max
+        assert start + 2 * length + gap <= 33
+        first = row[start:start + length]
+        assert np.array_equal(first, row[start + length + gap:start + 2 * length + gap])
+        # everything outside the two copies is the row's own text
+        outside = np.ones(33, dtype=bool)
+        outside[start:start + length] = outside[start + length + gap:start + 2 * length + gap] = False
+        assert np.array_equal(row[outside], original[p["row"]][outside])
+        if p["random"]:
+            assert not np.array_equal(first, original[p["row"]][start:start + length])
+        else:
+            assert np.array_equal(first, original[p["row"]][start:start + length])
+
+
+def test_repeat_augmentation_is_deterministic_and_seeded():
+    source = TextSource(_distinct_stream(), 64, 30_000, repeats=RepeatAugmentation(repeat_prob=0.5))
+    first = source.batch(32, torch.Generator().manual_seed(7))
+    again = source.batch(32, torch.Generator().manual_seed(7))
+    other = source.batch(32, torch.Generator().manual_seed(8))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    # about repeat_prob of the rows are augmented (32 rows: 16 expected; 4..28 is far outside noise)
+    augmented = sum(bool(_repeated_span(torch.cat([i, t[-1:]]).numpy())) for i, t in zip(*first))
+    assert 4 <= augmented <= 28
+
+
+def test_repeat_prob_zero_gives_the_plain_batches():
+    plain = TextSource(_distinct_stream(), 64, 30_000)
+    off = plain.with_repeats(RepeatAugmentation(repeat_prob=0.0, repeat_min=8))
+    assert off.repeats is None
+    generator_plain, generator_off = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    for _ in range(3):  # also the generator advances the same way
+        a, b = plain.batch(8, generator_plain), off.batch(8, generator_off)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_repeat_augmentation_leaves_validation_alone():
+    stream = _distinct_stream(5_000)
+    augmented = TextSource(stream, 32, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4))
+    plain = TextSource(stream, 32, 30_000)
+    for (a_in, a_out), (b_in, b_out) in zip(augmented.sequential_batches(8), plain.sequential_batches(8)):
+        assert torch.equal(a_in, b_in) and torch.equal(a_out, b_out)
+    train, validation = augmented.holdout(0.2)
+    assert train.repeats is augmented.repeats and validation.repeats is None
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"repeat_prob": 1.5}, "repeat_prob: expected a number in \\[0, 1\\]"),
+    ({"repeat_prob": True}, "repeat_prob"),
+    ({"repeat_prob": "half"}, "repeat_prob"),
+    ({"repeat_min": 1}, "repeat_min: expected an int >= 2"),
+    ({"repeat_min": 8.0}, "repeat_min"),
+    ({"repeat_min": 20, "repeat_max": 10}, "repeat_max: expected an int >= repeat_min = 20"),
+    ({"repeat_random": -0.1}, "repeat_random: expected a number in \\[0, 1\\]"),
+    ({"repeat_gap": -1}, "repeat_gap: expected an int >= 0"),
+])
+def test_bad_repeat_options(values, message):
+    with pytest.raises(ValueError, match=message):
+        RepeatAugmentation(**values)
+
+
+def test_repeat_min_must_fit_twice():
+    with pytest.raises(ValueError, match="repeat_min: 17 tokens do not fit twice .* at most 16"):
+        TextSource(np.arange(100), 32, 128, repeats=RepeatAugmentation(repeat_prob=0.5, repeat_min=17))
+    # an augmentation that is off does not restrict seq_len
+    assert TextSource(np.arange(100), 8, 128, repeats=RepeatAugmentation(repeat_min=16)).repeats is None
+    with pytest.raises(TypeError, match="repeats"):
+        TextSource(np.arange(100), 32, 128, repeats={"repeat_prob": 0.5})

@@ -137,3 +137,34 @@ def test_counting_errors(tmp_path):
         train(_config(tmp_path, "counting", steps=1, model_config={"n_layer": 2}))
     with pytest.raises(ValueError, match="has no model variants"):
         train(_config(tmp_path, "reverse", model="1bit", steps=1))
+
+
+def test_text_task_repeat_augmentation(tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text("the cat sat on the mat. " * 200)
+    options = {"data": [str(data)], "tokenizer": "bytes", "seq_len": 32, "repeat_prob": 0.5, "repeat_min": 4,
+               "repeat_max": 12, "repeat_random": 1.0, "repeat_gap": 0}
+    config = _config(tmp_path / "run", "text", steps=2, batch_size=4, warmup=1, eval_samples=2,
+                     model_config={**TINY_LM, "rosa": None}, task_options=options)
+    setup = get_task("text").build(config)
+    source = setup.sources.at(0)
+    assert source.repeats is not None and source.repeats.repeat_prob == 0.5 and source.repeats.repeat_gap == 0
+    assert train(config).finished
+    plain = get_task("text").build(_config(tmp_path / "plain", "text", model_config={**TINY_LM, "rosa": None},
+                                           task_options={**options, "repeat_prob": 0.0}))
+    assert plain.sources.at(0).repeats is None
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"repeat_prob": 2}, "repeat_prob: expected a number in \\[0, 1\\]"),
+    ({"repeat_prob": 0.5, "repeat_min": 40}, "repeat_min: 40 tokens do not fit twice"),
+    ({"repeat_max": 4}, "repeat_max: expected an int >= repeat_min = 16"),
+    ({"repeat_length": 8}, r"has no option\(s\) \['repeat_length'\]"),
+])
+def test_text_task_repeat_option_errors(tmp_path, options, message):
+    data = tmp_path / "corpus.txt"
+    data.write_text("the cat sat on the mat. " * 200)
+    config = _config(tmp_path / "run", "text", model_config={**TINY_LM, "rosa": None},
+                     task_options={"data": [str(data)], "tokenizer": "bytes", "seq_len": 32, **options})
+    with pytest.raises(ValueError, match=message):
+        get_task("text").build(config)
