@@ -26,7 +26,8 @@
 #          the RWKV-8 + ROSA LM and the RWKV-7 LM as in copy-scale (4-bit, tied keys, value
 #          estimator, tau 0.1, ~38M parameters each), all three with the repeat augmentation of
 #          the text task (COPY_TASK_OPTIONS, default "repeat_prob=1": every row) and at most COPY_PASSES
-#          (default 5) passes over the corpus (so all three train the same step count),
+#          (default 14: 2,127 steps, the fifth session's best run) passes over the corpus (so all
+#          three train the same step count),
 #          TRAIN_MIN=8.5 as the time limit, 16 validation points each; then each model's copy
 #          evaluation (200 trials) on its card. No benchmarks, no tests, no multi-GPU parts;
 #          `finish` only lists $OUT. The ROSA check of `setup` runs on GPU_A.
@@ -57,7 +58,7 @@ case $PLAN in
                          TRAIN_MIN=${TRAIN_MIN:-8.5} COPY_BITS=${COPY_BITS:-4}
                          "COPY_EXTRA=${COPY_EXTRA-rosa_qk_init=tied rosa_estimator=value}"
                          "COPY_TASK_OPTIONS=${COPY_TASK_OPTIONS-repeat_prob=1}"
-                         COPY_PASSES=${COPY_PASSES:-5} EVAL_POINTS=${EVAL_POINTS:-16}) ;;
+                         COPY_PASSES=${COPY_PASSES:-14} EVAL_POINTS=${EVAL_POINTS:-16}) ;;
   *) echo "PLAN must be reverse-music, copy-scale or copy-repeat, got $PLAN" >&2; exit 2 ;;
 esac
 # the card of setup's ROSA check: one the plan's trainings will use
