@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "rosa_core.h"
+#include "rosa_cuda.h"
 #include "rosa_grouping.h"
 
 namespace {
@@ -34,11 +35,8 @@ __global__ void rosa_forward_kernel(const int64_t* __restrict__ q, const int64_t
 
 }  // namespace
 
-// q, k, v, out: device pointers to contiguous int64 [batch, length, channels]; streams are the
-// (batch, channel) pairs. workspace: int32 of at least chunk_streams * make_layout(length,
-// sigma).total elements. Streams run in chunks of chunk_streams, all on `stream`.
-// chain_budget_per_token: see heron_rosa::rosa_run_stream (0 = two-phase algorithm only).
-// handed_over: nullptr for every stream, else per-stream flags (only flagged streams run).
+// Arguments as in rosa_cuda.h; handed_over: nullptr for every stream, else per-stream flags (only
+// flagged streams run).
 static cudaError_t run_automaton(const int64_t* q, const int64_t* k, const int64_t* v,
                                  int64_t* out, int64_t batch, int64_t length, int64_t channels,
                                  int64_t sigma, int64_t chain_budget_per_token,
@@ -70,9 +68,6 @@ cudaError_t heron_rosa_forward_cuda(const int64_t* q, const int64_t* k, const in
                        workspace, chunk_streams, threads_per_block, stream, nullptr);
 }
 
-// The grouping kernel for every stream, then the automaton for the streams it hands over.
-// handed_over: int32 device buffer of batch * channels flags. workspace and chunk_streams as for
-// run_automaton.
 cudaError_t heron_rosa_forward_cuda_grouping(const int64_t* q, const int64_t* k, const int64_t* v,
                                              int64_t* out, int64_t batch, int64_t length,
                                              int64_t channels, int64_t sigma,

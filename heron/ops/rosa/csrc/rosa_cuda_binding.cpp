@@ -9,21 +9,8 @@
 #include <cstdint>
 
 #include "rosa_core.h"
-#define ROSA_GROUPING_NO_LAUNCH_DECLARATION
+#include "rosa_cuda.h"
 #include "rosa_grouping.h"
-
-cudaError_t heron_rosa_forward_cuda(const int64_t* q, const int64_t* k, const int64_t* v,
-                                    int64_t* out, int64_t batch, int64_t length, int64_t channels,
-                                    int64_t sigma, int64_t chain_budget_per_token,
-                                    int32_t* workspace, int64_t chunk_streams,
-                                    int threads_per_block, cudaStream_t stream);
-cudaError_t heron_rosa_forward_cuda_grouping(const int64_t* q, const int64_t* k, const int64_t* v,
-                                             int64_t* out, int64_t batch, int64_t length,
-                                             int64_t channels, int64_t sigma,
-                                             int64_t chain_budget_per_token,
-                                             int64_t work_per_element, int32_t* handed_over,
-                                             int32_t* workspace, int64_t slots,
-                                             int threads_per_block, cudaStream_t stream);
 
 namespace {
 

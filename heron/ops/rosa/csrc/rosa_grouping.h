@@ -1,14 +1,11 @@
 // Sizes and entry point of the grouping kernel (rosa_grouping_cuda.cu), shared with the host
-// code that dispatches to it. No CUDA or torch headers beyond the runtime types.
+// code that dispatches to it. No torch headers; of CUDA only the runtime API types.
 #pragma once
 
+#include <cuda_runtime_api.h>
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define ROSA_GROUPING_HD __host__ __device__ inline
-#else
-#define ROSA_GROUPING_HD inline
-#endif
+#include "rosa_core.h"  // ROSA_HD
 
 namespace heron_rosa_grouping {
 
@@ -25,21 +22,16 @@ constexpr int64_t kDefaultWorkPerElement = 32;
 
 // Dynamic shared memory of one block: ids (2 x uint16), group scratch (uint16), flags
 // (2 x uint8) per element; answers (int16) and symbols (1 or 2 bytes) per position.
-ROSA_GROUPING_HD int64_t shared_bytes(int64_t length, bool token) {
+ROSA_HD int64_t shared_bytes(int64_t length, bool token) {
   const int64_t elements = token ? length : 2 * length;
   return elements * (2 * 2 + 2 + 2) + length * 2 + length * (token ? 1 : 2) + 16;
 }
 
-ROSA_GROUPING_HD bool fits(int64_t length, bool token) {
+ROSA_HD bool fits(int64_t length, bool token) {
   const int64_t elements = token ? length : 2 * length;
   return length >= 0 && elements <= kMaxElements;
 }
 
-}  // namespace heron_rosa_grouping
-
-#ifndef ROSA_GROUPING_NO_LAUNCH_DECLARATION
-#include <cuda_runtime_api.h>
-namespace heron_rosa_grouping {
 // One block per stream of contiguous int64 [batch, length, channels] q, k, v (token mode when
 // q == k). Writes `out` for every stream it finishes and handed_over[stream] = 0; sets
 // handed_over[stream] = 1 for the others (a symbol above kMaxSymbol, or the work budget spent),
@@ -48,4 +40,3 @@ cudaError_t launch(const int64_t* q, const int64_t* k, const int64_t* v, int64_t
                    int64_t batch, int64_t length, int64_t channels, int64_t work_per_element,
                    int32_t* handed_over, cudaStream_t stream);
 }  // namespace heron_rosa_grouping
-#endif

@@ -72,6 +72,17 @@ __device__ __forceinline__ DetectionValue shuffle_up(const DetectionValue& value
                         __shfl_up_sync(0xffffffffu, value.key_rank, delta)};
 }
 
+// Inclusive scan of one value per lane across a warp.
+template <typename Value>
+__device__ __forceinline__ Value warp_inclusive_scan(Value value, int lane) {
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const Value other = shuffle_up(value, offset);
+    if (lane >= offset) value = combine(other, value);
+  }
+  return value;
+}
+
 // Exclusive block scan of one value per thread (each thread's total over its ranks). Returns
 // the combination of every earlier thread's value; `*block_total` receives all of them. Needs
 // blockDim.x a multiple of 32; ends with a barrier so `scratch` can be reused at once.
@@ -79,24 +90,13 @@ template <typename Value>
 __device__ Value block_exclusive_scan(Value mine, const Value identity, Value* scratch,
                                       Value* block_total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  Value inclusive = mine;
-#pragma unroll
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const Value other = shuffle_up(inclusive, offset);
-    if (lane >= offset) inclusive = combine(other, inclusive);
-  }
+  const Value inclusive = warp_inclusive_scan(mine, lane);
   Value exclusive = shuffle_up(inclusive, 1);
   if (lane == 0) exclusive = identity;
   if (lane == 31) scratch[warp] = inclusive;
   __syncthreads();
   if (warp == 0) {
-    const Value warp_total = lane < warps ? scratch[lane] : identity;
-    Value warp_inclusive = warp_total;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-      const Value other = shuffle_up(warp_inclusive, offset);
-      if (lane >= offset) warp_inclusive = combine(other, warp_inclusive);
-    }
+    const Value warp_inclusive = warp_inclusive_scan(lane < warps ? scratch[lane] : identity, lane);
     Value warp_exclusive = shuffle_up(warp_inclusive, 1);
     if (lane == 0) warp_exclusive = identity;
     if (lane < warps) scratch[lane] = warp_exclusive;
