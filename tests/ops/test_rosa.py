@@ -93,6 +93,9 @@ def engine_outputs(q: list[int], k: list[int], v: list[int]) -> dict[str, list[i
         results[f"qkv/{budget_name}"] = ext.forward(query, key, value, sigma, *extra).reshape(-1).tolist()
         if q == k:
             results[f"token/{budget_name}"] = ext.forward(key, key, value, sigma, *extra).reshape(-1).tolist()
+    if q == k == v:  # one buffer three times: 1-bit streams try the sorting path first
+        results["token/one-buffer"] = ext.forward(key, key, key, sigma).reshape(-1).tolist()
+        results["token/one-buffer-engine"] = ext.forward(key, key, key, sigma, token_bits=False).reshape(-1).tolist()
     return results
 
 
@@ -177,7 +180,8 @@ def test_batched_streams_match_automaton_and_oracle(alphabet):
     keys = long_tensor(rows).unsqueeze(-1)
     sigma = rosa_module._dense_sigma(keys, ext.dense_max_sigma)
     for budget in (0, 1):  # the two-phase algorithm from the start, and after a fallback midway
-        assert ext.forward(keys, keys, keys, sigma, budget).squeeze(-1).tolist() == token_out
+        engine = ext.forward(keys, keys, keys, sigma, budget, token_bits=False)
+        assert engine.squeeze(-1).tolist() == token_out
         other = ext.forward(long_tensor(queries).unsqueeze(-1), keys, long_tensor(values).unsqueeze(-1),
                             sigma, budget)
         assert other.squeeze(-1).tolist() == qkv_out
@@ -187,6 +191,63 @@ def test_batched_streams_match_automaton_and_oracle(alphabet):
     for i in range(0, batch, 20):
         assert token_out[i] == rosa_oracle(rows[i])
         assert qkv_out[i] == rosa_qkv_oracle(queries[i], rows[i], values[i])
+
+
+def one_bit_streams(rng: random.Random, length: int) -> list[list[int]]:
+    """Random, all-zero, all-one, periodic and almost periodic 1-bit streams; the last ones also
+    with a long random prefix, so the sorting path meets its long-match cap midway."""
+    period_streams = []
+    for period in (1, 2, 3, 5, 7, 31, 32, 33):
+        pattern = [rng.randrange(2) for _ in range(period)]
+        stream = (pattern * (length // period + 1))[:length]
+        period_streams.append(stream)
+        almost = list(stream)
+        for _ in range(3):
+            if length:
+                almost[rng.randrange(length)] ^= 1
+        period_streams.append(almost)
+        prefix = [rng.randrange(2) for _ in range(length // 2)]
+        period_streams.append((prefix + stream)[:length])
+    sparse = [int(rng.random() < 0.05) for _ in range(length)]
+    return [[rng.randrange(2) for _ in range(length)] for _ in range(6)] + [
+        [0] * length, [1] * length, sparse, *period_streams]
+
+
+@pytest.mark.parametrize("length", [1, 2, 63, 64, 65, 500, 4096])
+def test_one_bit_token_sorting_path_matches_automaton(length):
+    # rosa_token_bits.h: token ROSA of 1-bit streams by sorting positions on their last 32
+    # symbols; it must equal the automaton wherever it answers, and hand the rest to the engine.
+    rng = random.Random(length)
+    streams = one_bit_streams(rng, length)
+    expected = [rosa_automaton(stream) for stream in streams]
+    ext = native_cpu()
+    batch = long_tensor(streams)  # [B, T]
+    assert rosa(batch, backend="cpu").tolist() == expected
+    keys = batch.unsqueeze(-1)
+    assert ext.forward(keys, keys, keys, 2).squeeze(-1).tolist() == expected
+    assert ext.forward(keys, keys, keys, 2, token_bits=False).squeeze(-1).tolist() == expected
+    # [B, T, S]: channel streams interleaved in time
+    channels = 3
+    layout = long_tensor(streams[: 2 * channels]).reshape(2, channels, length).permute(0, 2, 1).contiguous()
+    out = rosa(layout, backend="cpu")
+    for b in range(2):
+        for s in range(channels):
+            assert out[b, :, s].tolist() == expected[b * channels + s]
+    if length <= 500:
+        for stream, answer in zip(streams[:8], expected[:8]):
+            assert rosa_oracle(stream) == answer
+
+
+def test_one_bit_token_sorting_path_random_batch():
+    # Many random 1-bit streams at T = 4096: about one in 200-300 has a match of 31+ symbols and
+    # goes to the engine; every row must equal the engine alone and the automaton.
+    generator = torch.Generator().manual_seed(4096)
+    x = torch.randint(0, 2, (512, 4096), generator=generator)
+    out = rosa(x, backend="cpu")
+    keys = x.unsqueeze(-1)
+    assert torch.equal(out, native_cpu().forward(keys, keys, keys, 2, token_bits=False).squeeze(-1))
+    for row in range(0, 512, 64):
+        assert out[row].tolist() == rosa_automaton(x[row].tolist())
 
 
 def test_shapes_channels_and_layouts():
