@@ -32,6 +32,8 @@ _SCALAR_OPTIONS = {
     "--log-every": ("log_every", int, "log a CSV/TensorBoard row every N steps"),
     "--time-limit": ("time_limit", float, "minutes this invocation may train; then it checkpoints and exits"),
     "--out": ("out", str, "run directory (checkpoint, CSV, TensorBoard, final model)"),
+    "--keep-best": ("keep_best", str, "evaluation metric (e.g. eval_loss): each evaluation that improves it writes "
+                    "the model to OUT/best (lower is better for loss/bits/error/perplexity names)"),
     "--parallel": ("parallel", str, "under torchrun: ddp (replicated model, default) or fsdp (FSDP2: parameters, "
                    "gradients and optimiser state sharded per block)"),
     "--ce-chunk": ("ce_chunk", int, "apply the output head and cross-entropy N positions at a time, so the "

@@ -26,7 +26,7 @@ PARALLEL = ("ddp", "fsdp")
 # computation up to the order of floating-point operations).
 OPERATIONAL_FIELDS = frozenset(
     {"out", "eval_every", "ckpt_every", "log_every", "time_limit", "device", "progress",
-     "tensorboard", "eval_samples", "parallel", "grad_checkpointing", "compile", "ce_chunk"}
+     "tensorboard", "eval_samples", "parallel", "grad_checkpointing", "compile", "ce_chunk", "keep_best"}
 )
 
 
@@ -60,6 +60,9 @@ class TrainConfig:
     ckpt_every: int = 0  # 0: checkpoint only at exit
     log_every: int = 10
     time_limit: float = 0.0  # minutes this invocation may train before checkpointing; 0 = none
+    # An evaluation metric: every evaluation that improves it writes the task's model file to
+    # OUT/best (lower is better for names with "loss", "bits", "error" or "perplexity"). "": off.
+    keep_best: str = ""
     progress: bool = True
     tensorboard: bool = True
     # Execution (none changes the trajectory beyond the order of float operations).
@@ -106,6 +109,8 @@ class TrainConfig:
         for name in ("grad_checkpointing", "compile", "progress", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.keep_best, str):
+            raise ValueError(f"keep_best must be an evaluation metric name (or empty), got {self.keep_best!r}")
         if not isinstance(self.model_config, dict):
             raise TypeError(f"model_config must be a dict, got {type(self.model_config).__name__}")
         if not isinstance(self.task_options, dict):

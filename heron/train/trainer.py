@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import signal
 import threading
@@ -179,6 +180,14 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return make_lm_optimizer(model, config.lr, config.weight_decay)
 
 
+_LOWER_IS_BETTER = ("loss", "bits", "error", "perplexity")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of ``--keep-best``: loss-like metric names are minimised, the others maximised."""
+    return any(word in metric.lower() for word in _LOWER_IS_BETTER)
+
+
 def _train(config, task, device: torch.device, context: DistributedContext, resume) -> TrainResult:
     out = Path(config.out)
     if resume is None and (out / CHECKPOINT_NAME).exists():
@@ -190,6 +199,8 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     setup = task.build(config)
+    if config.keep_best and setup.export is None:
+        raise ValueError(f"keep_best: task {config.task!r} writes no model file, so there is no best model to keep")
     # fp64 trains the whole model in double precision (reference runs, gradient checks); the
     # other dtypes keep fp32 parameters and differ only in autocast.
     dtype = torch.float64 if config.dtype == "fp64" else None
@@ -199,6 +210,7 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     template = copy.deepcopy(setup.model).to(dtype=dtype) if fsdp and context.is_main else None
     model = setup.model.to(device, dtype=dtype)
     start_step, elapsed_before, tokens_seen = 0, 0.0, 0
+    best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the model in OUT/best
     payload = None
     if resume is not None:
         payload = _read_resume_checkpoint(Path(resume), config, setup)
@@ -214,6 +226,9 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
         start_step = int(payload["step"])
         elapsed_before = float(payload.get("elapsed_s", 0.0))
         tokens_seen = int(payload.get("tokens", 0))
+        saved_best = payload.get("best")
+        if saved_best is not None and saved_best.get("metric") == config.keep_best:
+            best = dict(saved_best)
         del payload
     trained_model = parallel.root
     autocast = _autocast(config, device)
@@ -245,8 +260,30 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
             "elapsed_s": elapsed,
             "tokens": tokens_seen,
             "world_size": context.world_size,
+            "best": best,
         }
         return save_checkpoint(payload, out / CHECKPOINT_NAME)
+
+    def keep_if_best(plain: torch.nn.Module, step: int, metrics: dict[str, float]) -> None:
+        """Rank 0: write the model to OUT/best when ``config.keep_best`` improved."""
+        nonlocal best
+        name = config.keep_best
+        if name not in metrics:
+            raise ValueError(f"keep_best: the {config.task} task reports no metric {name!r}; "
+                             f"its metrics are {sorted(metrics)}")
+        value = float(metrics[name])
+        if best is not None and math.isfinite(best["value"]):
+            improved = value < best["value"] if lower_is_better(name) else value > best["value"]
+            if not improved:
+                return
+        elif not math.isfinite(value):
+            return
+        best_dir = out / "best"
+        best_dir.mkdir(parents=True, exist_ok=True)
+        setup.export(plain, best_dir)
+        best = {"metric": name, "value": value, "step": step}
+        (best_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+        logger.message(f"step {step}: best {name} so far ({value:.6g}); model written to {best_dir}")
 
     def evaluate(step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -259,6 +296,8 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
                 metrics = setup.evaluate(plain, device, autocast)
             plain.train()
             logger.log_eval(step, metrics)
+            if config.keep_best:
+                keep_if_best(plain, step, metrics)
         del plain
         parallel.release()
         context.barrier()

@@ -190,3 +190,40 @@ def test_model_state_mismatch_names_keys_and_shapes():
     with pytest.raises(ValueError, match=r"another model configuration: missing keys \['head.bias'\]; "
                                          r"unexpected keys \['extra.weight'\]; shape mismatches emb.weight: \(7, 24\) vs \(7, 16\)"):
         _load_model_state(model, other, "checkpoint x")
+
+
+def _eval_rows(path):
+    header, *rows = (path / "eval.csv").read_text().splitlines()
+    names = header.split(",")
+    return [dict(zip(names, map(float, row.split(",")))) for row in rows]
+
+
+def test_keep_best_writes_the_best_evaluation_and_survives_resume(tmp_path):
+    import json
+
+    from heron.train.trainer import lower_is_better
+
+    assert lower_is_better("eval_loss") and lower_is_better("eval_bits_per_token")
+    assert not lower_is_better("next_token_accuracy")
+    # On this schedule the accuracy peaks before the last evaluation (a maximised metric).
+    first = train(synthetic.config(tmp_path, steps=30, eval_every=5, lr=3e-2, keep_best="next_token_accuracy"))
+    assert first.finished
+    rows = _eval_rows(tmp_path)
+    best_row = max(rows, key=lambda row: row["next_token_accuracy"])  # the first of equals
+    kept = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert kept == {"metric": "next_token_accuracy", "value": pytest.approx(best_row["next_token_accuracy"]),
+                    "step": int(best_row["step"])}
+    assert (tmp_path / "best" / "model.pt").is_file()
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["best"]["step"] == kept["step"]
+    # Resuming the finished run evaluates its last step again: the saved best, not a fresh
+    # start, is the bar that evaluation must beat, so OUT/best keeps the earlier step.
+    assert kept["step"] != 30, "the schedule should make an earlier evaluation the best"
+    again = train(synthetic.config(tmp_path, steps=30, eval_every=5, lr=3e-2, keep_best="next_token_accuracy"),
+                  resume=tmp_path / CHECKPOINT_NAME)
+    assert again.finished
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == kept["step"]
+
+
+def test_keep_best_names_the_metrics_when_unknown(tmp_path):
+    with pytest.raises(ValueError, match=r"keep_best: .* no metric 'accuracy'; its metrics are \['eval_bits_per_token', 'eval_loss', 'next_token_accuracy'\]"):
+        train(synthetic.config(tmp_path, steps=2, keep_best="accuracy"))
