@@ -1,18 +1,12 @@
 """benchmarks/rosa_forward.py on the CPU: its token, QKV and periodic rows and its option checks."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmark_runner import run_benchmark
 
 
 def _run(*options, timeout=300):
-    environment = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "rosa_forward.py"), *options], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=timeout)
+    return run_benchmark("rosa_forward.py", *options, timeout=timeout)
 
 
 def test_quick_cpu_rows(tmp_path):

@@ -1,18 +1,12 @@
 """benchmarks/train_step.py --tiny: every code path of the throughput benchmark on CPU."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmark_runner import run_benchmark
 
 
 def _run(*options, timeout=300):
-    environment = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), *options], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=timeout)
+    return run_benchmark("train_step.py", *options, timeout=timeout)
 
 
 def test_tiny_throughput_run(tmp_path):
