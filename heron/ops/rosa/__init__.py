@@ -60,11 +60,11 @@ _warned: set[str] = set()
 # over every SM.
 CUDA_THREADS_PER_BLOCK = 32
 # The grouping kernel (one block per stream, csrc/rosa_grouping_cuda.cu) runs first on streams
-# with symbols up to 255 and T <= 16384 (token) / 8192 (QKV); after this many element visits per
-# element (random streams need 10-15, periodic ones up to T) a stream goes to the automaton. 0 runs
-# the automaton alone (benchmarks compare the two this way).
+# with symbols up to the extension's `grouping_max_symbol` (255) and T <= 16384 (token) / 8192
+# (QKV); after this many element visits per element a stream goes to the automaton. Random 1- and
+# 4-bit streams need 10-15 (token and QKV, T = 512 and 4096: at most 15.0 in a simulation of the
+# algorithm), periodic ones up to T. 0 runs the automaton alone (benchmarks compare the two so).
 CUDA_GROUPING_WORK_PER_ELEMENT = 32
-CUDA_GROUPING_MAX_SYMBOL = 255
 
 
 def native_cpu():
@@ -182,7 +182,7 @@ def _cuda_forward(q, k, v, strict: bool, largest_key: int | None = None) -> torc
         workspace_limit = max(1, min(free_bytes // 2, 8 << 30))
         if largest_key is None and k.numel() > 0:
             largest_key = int(k.max())
-        grouping = CUDA_GROUPING_WORK_PER_ELEMENT if (largest_key or 0) <= CUDA_GROUPING_MAX_SYMBOL else 0
+        grouping = CUDA_GROUPING_WORK_PER_ELEMENT if (largest_key or 0) <= ext.grouping_max_symbol else 0
         return ext.forward(
             q, k, v, _dense_sigma(k, ext.dense_max_sigma, largest_key), CUDA_THREADS_PER_BLOCK,
             workspace_limit, torch.cuda.current_stream().cuda_stream,

@@ -82,5 +82,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("grouping_work_per_element") = 0);
   m.attr("dense_max_sigma") = heron_rosa::kDenseMaxSigma;
   m.attr("grouping_max_symbol") = heron_rosa_grouping::kMaxSymbol;
-  m.attr("grouping_default_work_per_element") = heron_rosa_grouping::kDefaultWorkPerElement;
 }

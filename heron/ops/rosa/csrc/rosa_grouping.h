@@ -15,10 +15,6 @@ constexpr int64_t kMaxElements = 16384;
 // Largest symbol the kernel stores (one byte per position); streams with larger symbols are
 // handed to the automaton.
 constexpr int64_t kMaxSymbol = 255;
-// Default work budget: element visits per element before a stream goes to the automaton.
-// Random streams need 10-15 (1-bit and 4-bit, token and QKV, T = 512 and 4096: at most 15.0 in a
-// simulation of the algorithm); periodic streams would need up to T.
-constexpr int64_t kDefaultWorkPerElement = 32;
 
 // Dynamic shared memory of one block: ids (2 x uint16), group scratch (uint16), flags
 // (2 x uint8) per element; answers (int16) and symbols (1 or 2 bytes) per position.

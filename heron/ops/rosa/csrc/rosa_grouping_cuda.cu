@@ -186,13 +186,13 @@ __global__ void __launch_bounds__(1024) rosa_grouping_kernel(
     const int64_t query = q[base + time * channels];
     shared.query_symbols[time] = static_cast<uint8_t>(query);
     bits_seen |= static_cast<unsigned int>(query);
-    too_large |= query > 255;
+    too_large |= query > heron_rosa_grouping::kMaxSymbol;
     query_varies |= query != first_query;
     if (!kToken) {
       const int64_t key = k[base + time * channels];
       shared.key_symbols[time] = static_cast<uint8_t>(key);
       bits_seen |= static_cast<unsigned int>(key);
-      too_large |= key > 255;
+      too_large |= key > heron_rosa_grouping::kMaxSymbol;
       key_varies |= key != first_key;
     }
     shared.latest_key[time] = -1;
