@@ -30,7 +30,9 @@ Training data (``--repeat-prob`` etc., default off): the repeat augmentation of 
 text`` (:class:`heron.data.text.RepeatAugmentation`, ``--task-option repeat_prob=...``): with
 probability ``--repeat-prob`` a row gets one span of ``--repeat-min`` .. ``--repeat-max`` tokens
 written twice (immediately or after a gap of up to ``--repeat-gap``), the first occurrence being
-random tokens of the corpus distribution with probability ``--repeat-random``. With
+random tokens of the corpus distribution with probability ``--repeat-random``;
+``--repeat-count N`` writes N such spans per augmented row, one in each of N equal consecutive
+segments of the row (spans then at most (``--seq-len`` + 1) // N // 2 tokens). With
 ``--repeat-prob 0`` the batches are exactly the plain windows. The validation loss never sees
 augmented rows.
 
@@ -186,6 +188,7 @@ def run(variant: str, args, train: TextSource, validation: TextSource, pool: tor
                        batch_size=args.trials)
     tail = losses[-args.log_every:]
     row = {"variant": variant, "model": model_label(args), "repeat_prob": args.repeat_prob,
+           "repeat_count": args.repeat_count,
            "parameters": parameters, "steps": step, "train_seconds": train_seconds,
            "tokens": step * args.batch_size * args.seq_len, "train_loss": sum(tail) / len(tail), "val_loss": val,
            "rep_acc": rep_second, "rep_acc1": rep_first, "copy": result.token_accuracy, "copy_exact": result.exact_share,
@@ -251,6 +254,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat-max", type=int, default=128)
     parser.add_argument("--repeat-random", type=float, default=0.5)
     parser.add_argument("--repeat-gap", type=int, default=32)
+    parser.add_argument("--repeat-count", type=int, default=1,
+                        help="repeated spans per augmented row, one per equal segment of the row")
     parser.add_argument("--json", help="write the rows (and the arguments) to this file")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -268,7 +273,7 @@ def main(argv=None) -> None:
     try:
         repeats = RepeatAugmentation(repeat_prob=args.repeat_prob, repeat_min=args.repeat_min,
                                      repeat_max=args.repeat_max, repeat_random=args.repeat_random,
-                                     repeat_gap=args.repeat_gap)
+                                     repeat_gap=args.repeat_gap, repeat_count=args.repeat_count)
         if repeats.enabled:
             repeats.check_seq_len(args.seq_len)
     except ValueError as exc:  # the messages start with the option's name: repeat_prob -> --repeat-prob

@@ -397,6 +397,15 @@ class RepeatAugmentation:
     augmentation does not use the test's pool (the 1000 most frequent *validation* tokens), and
     the model sees the frequent tokens it meets in text in random order too.
 
+    ``repeat_count`` (default 1) spans per augmented row: the row is split into ``repeat_count``
+    equal consecutive segments (``row[i W // n : (i + 1) W // n]`` for ``W = seq_len + 1``) and
+    the steps above are applied inside each segment, with the segment in place of the row (so
+    ``L <= min(repeat_max, segment // 2)`` and the gap is bounded by the segment's room); the spans
+    never overlap. Whether a row is augmented is one draw per row (all its spans or none).
+    ``repeat_min`` must fit twice in the shortest segment (``W // repeat_count`` tokens), else
+    :meth:`check_seq_len` raises a ``ValueError`` (no silent clamping); ``repeat_count = 1`` is
+    the single span above, draw for draw.
+
     All draws come from the batch generator, a fixed number per batch, so a batch is a function of
     the generator state; ``repeat_prob = 0`` draws nothing and leaves every batch unchanged.
     """
@@ -406,6 +415,7 @@ class RepeatAugmentation:
     repeat_max: int = 128
     repeat_random: float = 0.5
     repeat_gap: int = 32
+    repeat_count: int = 1
 
     def __post_init__(self) -> None:
         if not _is_number(self.repeat_prob) or not 0.0 <= self.repeat_prob <= 1.0:
@@ -419,49 +429,76 @@ class RepeatAugmentation:
             raise ValueError(f"repeat_random: expected a number in [0, 1], got {self.repeat_random!r}")
         if not _is_int(self.repeat_gap) or self.repeat_gap < 0:
             raise ValueError(f"repeat_gap: expected an int >= 0 (tokens), got {self.repeat_gap!r}")
+        if not _is_int(self.repeat_count) or self.repeat_count < 1:
+            raise ValueError(f"repeat_count: expected an int >= 1 (repeated spans per augmented row), "
+                             f"got {self.repeat_count!r}")
 
     @property
     def enabled(self) -> bool:
         return self.repeat_prob > 0
 
+    def segments(self, seq_len: int) -> list[tuple[int, int]]:
+        """``(begin, end)`` of the ``repeat_count`` consecutive segments of a row of ``seq_len + 1``
+        tokens, one repeated span in each."""
+        width, count = seq_len + 1, self.repeat_count
+        return [(index * width // count, (index + 1) * width // count) for index in range(count)]
+
     def longest_span(self, seq_len: int) -> int:
-        """The longest span that fits twice in a row of ``seq_len + 1`` tokens."""
-        return min(self.repeat_max, (seq_len + 1) // 2)
+        """The longest span that fits twice in a segment (the whole row of ``seq_len + 1`` tokens
+        when ``repeat_count`` is 1)."""
+        return min(self.repeat_max, max(end - begin for begin, end in self.segments(seq_len)) // 2)
 
     def check_seq_len(self, seq_len: int) -> None:
-        if self.repeat_min > (seq_len + 1) // 2:
-            raise ValueError(f"repeat_min: {self.repeat_min} tokens do not fit twice in a row of seq_len + 1 = "
-                             f"{seq_len + 1} tokens; lower repeat_min to at most {(seq_len + 1) // 2}")
+        width = seq_len + 1
+        shortest = width // self.repeat_count
+        if self.repeat_min > shortest // 2:
+            if self.repeat_count == 1:
+                raise ValueError(f"repeat_min: {self.repeat_min} tokens do not fit twice in a row of seq_len + 1 = "
+                                 f"{width} tokens; lower repeat_min to at most {width // 2}")
+            most = width // (2 * self.repeat_min)
+            count_hint = (f" or repeat_count to at most {most}" if most >= 1 else
+                          f"; repeat_min = {self.repeat_min} does not fit twice even in the whole row")
+            raise ValueError(f"repeat_min: {self.repeat_min} tokens do not fit twice in each of repeat_count = "
+                             f"{self.repeat_count} segments of a row of seq_len + 1 = {width} tokens (the shortest "
+                             f"has {shortest}); lower repeat_min to at most {shortest // 2}" + count_hint)
 
     def apply(self, rows: np.ndarray, stream: np.ndarray, generator: torch.Generator) -> list[dict[str, int]]:
         """Augment ``rows`` (``[B, seq_len + 1]`` token windows) in place; ``stream`` is the token
         stream the random spans are drawn from. Returns where each repeat went (one dict per
-        augmented row: ``row``, ``start``, ``length``, ``gap``, ``random``), for tests and checks."""
+        span written: ``row``, ``segment``, ``start`` (in the row), ``length``, ``gap``,
+        ``random``; ``repeat_count`` of them per augmented row), for tests and checks."""
         if not self.enabled:
             return []
         batch, width = rows.shape
         self.check_seq_len(width - 1)
+        segments = self.segments(width - 1)
         longest = self.longest_span(width - 1)
+        count = self.repeat_count
         # A fixed number of draws per batch whatever the outcome, so the generator advances the
-        # same way for every batch of this shape.
-        draws = torch.rand((batch, 6), generator=generator, dtype=torch.float64).numpy()
-        random_positions = torch.randint(0, stream.size, (batch, longest), generator=generator).numpy()
+        # same way for every batch of this shape. With repeat_count = 1 these are the draws of the
+        # single-span augmentation, in the same order ([B, 1, 6] and [B, 6] hold the same stream).
+        draws = torch.rand((batch, count, 6), generator=generator, dtype=torch.float64).numpy()
+        random_positions = torch.randint(0, stream.size, (batch, count, longest), generator=generator).numpy()
         placements = []
         for row in range(batch):
-            augment, length_draw, immediate_draw, gap_draw, start_draw, random_draw = draws[row]
-            if augment >= self.repeat_prob:
+            if draws[row, 0, 0] >= self.repeat_prob:  # one draw per row decides all its spans
                 continue
-            length = self.repeat_min + int(length_draw * (longest - self.repeat_min + 1))
-            room = width - 2 * length  # tokens of the row outside the two copies
-            max_gap = min(self.repeat_gap, room)
-            gap = 0 if immediate_draw < 0.5 or max_gap == 0 else 1 + int(gap_draw * max_gap)
-            start = int(start_draw * (room - gap + 1))
-            use_random = bool(random_draw < self.repeat_random)
-            if use_random:
-                rows[row, start:start + length] = stream[random_positions[row, :length]]
-            copy_start = start + length + gap
-            rows[row, copy_start:copy_start + length] = rows[row, start:start + length]
-            placements.append({"row": row, "start": start, "length": length, "gap": gap, "random": int(use_random)})
+            for index, (begin, end) in enumerate(segments):
+                _, length_draw, immediate_draw, gap_draw, start_draw, random_draw = draws[row, index]
+                seg_width = end - begin
+                seg_longest = min(self.repeat_max, seg_width // 2)
+                length = self.repeat_min + int(length_draw * (seg_longest - self.repeat_min + 1))
+                room = seg_width - 2 * length  # tokens of the segment outside the two copies
+                max_gap = min(self.repeat_gap, room)
+                gap = 0 if immediate_draw < 0.5 or max_gap == 0 else 1 + int(gap_draw * max_gap)
+                start = begin + int(start_draw * (room - gap + 1))
+                use_random = bool(random_draw < self.repeat_random)
+                if use_random:
+                    rows[row, start:start + length] = stream[random_positions[row, index, :length]]
+                copy_start = start + length + gap
+                rows[row, copy_start:copy_start + length] = rows[row, start:start + length]
+                placements.append({"row": row, "segment": index, "start": start, "length": length, "gap": gap,
+                                   "random": int(use_random)})
         return placements
 
 

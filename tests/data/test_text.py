@@ -350,3 +350,107 @@ def test_repeat_min_must_fit_twice():
     assert TextSource(np.arange(100), 8, 128, repeats=RepeatAugmentation(repeat_min=16)).repeats is None
     with pytest.raises(TypeError, match="repeats"):
         TextSource(np.arange(100), 32, 128, repeats={"repeat_prob": 0.5})
+
+
+# repeat_count: several non-overlapping spans per augmented row
+
+def _single_span_reference(augmentation, rows, stream, generator):
+    """The single-span augmentation as it was before repeat_count existed (the reference that
+    repeat_count = 1 must reproduce draw for draw)."""
+    batch, width = rows.shape
+    longest = min(augmentation.repeat_max, width // 2)
+    draws = torch.rand((batch, 6), generator=generator, dtype=torch.float64).numpy()
+    random_positions = torch.randint(0, stream.size, (batch, longest), generator=generator).numpy()
+    for row in range(batch):
+        augment, length_draw, immediate_draw, gap_draw, start_draw, random_draw = draws[row]
+        if augment >= augmentation.repeat_prob:
+            continue
+        length = augmentation.repeat_min + int(length_draw * (longest - augmentation.repeat_min + 1))
+        room = width - 2 * length
+        max_gap = min(augmentation.repeat_gap, room)
+        gap = 0 if immediate_draw < 0.5 or max_gap == 0 else 1 + int(gap_draw * max_gap)
+        start = int(start_draw * (room - gap + 1))
+        if random_draw < augmentation.repeat_random:
+            rows[row, start:start + length] = stream[random_positions[row, :length]]
+        rows[row, start + length + gap:start + 2 * length + gap] = rows[row, start:start + length]
+
+
+@pytest.mark.parametrize("seq_len, repeat_prob", [(32, 1.0), (64, 0.5), (128, 1.0)])
+def test_repeat_count_one_is_the_single_span_augmentation(seq_len, repeat_prob):
+    stream = np.random.default_rng(0).integers(0, 300, 5_000)
+    augmentation = RepeatAugmentation(repeat_prob=repeat_prob, repeat_min=4, repeat_gap=7)
+    assert augmentation.repeat_count == 1 and augmentation == RepeatAugmentation(
+        repeat_prob=repeat_prob, repeat_min=4, repeat_gap=7, repeat_count=1)
+    rows = stream[np.arange(16)[:, None] * 97 + np.arange(seq_len + 1)[None, :]].copy()
+    reference = rows.copy()
+    generator, reference_generator = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    placements = augmentation.apply(rows, stream, generator)
+    _single_span_reference(augmentation, reference, stream, reference_generator)
+    assert np.array_equal(rows, reference)
+    assert torch.equal(generator.get_state(), reference_generator.get_state())  # same number of draws
+    assert all(p["segment"] == 0 for p in placements)
+
+
+def test_repeat_count_writes_one_span_per_segment():
+    stream = _distinct_stream()
+    augmentation = RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_max=40, repeat_random=0.5,
+                                      repeat_gap=5, repeat_count=3)
+    width = 65  # segments [0, 21), [21, 43), [43, 65): spans of 4..10 tokens
+    assert augmentation.segments(width - 1) == [(0, 21), (21, 43), (43, 65)]
+    assert augmentation.longest_span(width - 1) == 11
+    rows = np.stack([stream[i * 100:i * 100 + width] for i in range(32)]).copy()
+    original = rows.copy()
+    placements = augmentation.apply(rows, stream, torch.Generator().manual_seed(1))
+    assert len(placements) == 3 * 32
+    assert [(p["row"], p["segment"]) for p in placements] == [(r, s) for r in range(32) for s in range(3)]
+    assert {(p["gap"] == 0, p["random"]) for p in placements} == {(True, 0), (True, 1), (False, 0), (False, 1)}
+    for row in range(32):
+        spans = [p for p in placements if p["row"] == row]
+        outside = np.ones(width, dtype=bool)
+        for p, (begin, end) in zip(spans, augmentation.segments(width - 1)):
+            start, length, gap = p["start"], p["length"], p["gap"]
+            assert 4 <= length <= min(40, (end - begin) // 2) and 0 <= gap <= 5
+            assert begin <= start and start + 2 * length + gap <= end  # inside its segment: no overlap
+            first = rows[row, start:start + length]
+            assert np.array_equal(first, rows[row, start + length + gap:start + 2 * length + gap])
+            assert np.array_equal(first, original[row, start:start + length]) == (not p["random"])
+            outside[start:start + length] = outside[start + length + gap:start + 2 * length + gap] = False
+        assert np.array_equal(rows[row, outside], original[row, outside])
+        # the only repeats in the row are the three written spans (the stream has none of its own)
+        assert len(_repeated_span(rows[row])) == sum(p["length"] for p in spans)
+
+
+def test_repeat_count_is_deterministic_and_leaves_validation_alone():
+    stream = _distinct_stream(5_000)
+    augmentation = RepeatAugmentation(repeat_prob=0.5, repeat_min=4, repeat_count=4)
+    source = TextSource(stream, 64, 30_000, repeats=augmentation)
+    generators = [torch.Generator().manual_seed(9) for _ in range(2)]
+    for _ in range(3):
+        first, again = source.batch(16, generators[0]), source.batch(16, generators[1])
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    # a fixed number of draws per batch: the generator state after a batch does not depend on the data
+    other = TextSource(stream[::-1].copy(), 64, 30_000, repeats=augmentation)
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    source.batch(16, a), other.batch(16, b)
+    assert torch.equal(a.get_state(), b.get_state())
+    plain = TextSource(stream, 64, 30_000)
+    for (a_in, a_out), (b_in, b_out) in zip(source.sequential_batches(8), plain.sequential_batches(8)):
+        assert torch.equal(a_in, b_in) and torch.equal(a_out, b_out)
+    train, validation = source.holdout(0.2)
+    assert train.repeats.repeat_count == 4 and validation.repeats is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, "3", None])
+def test_bad_repeat_count(value):
+    with pytest.raises(ValueError, match="repeat_count: expected an int >= 1"):
+        RepeatAugmentation(repeat_count=value)
+
+
+def test_repeat_count_must_leave_room_for_repeat_min():
+    # 129 tokens in 3 segments of 43: spans of 16..21 fit; 5 segments of 25 do not hold 16 twice
+    TextSource(np.arange(1000), 128, 2000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_count=3))
+    with pytest.raises(ValueError, match="repeat_min: 16 tokens do not fit twice in each of repeat_count = 5 "
+                                         ".* at most 12 or repeat_count to at most 4"):
+        TextSource(np.arange(1000), 128, 2000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_count=5))
+    # an augmentation that is off does not restrict seq_len
+    assert TextSource(np.arange(1000), 128, 2000, repeats=RepeatAugmentation(repeat_count=50)).repeats is None

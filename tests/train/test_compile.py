@@ -123,3 +123,21 @@ def test_compiled_blocks_on_gpu():
     config = dict(n_layer=2, n_embd=768, vocab_size=1024, head_size=64, rosa=None, deep_embed=False)
     tokens = torch.randint(0, config["vocab_size"], (32, 512), generator=torch.Generator().manual_seed(3)).cuda()
     _check_compiled_blocks(config, tokens, autocast=True, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rosa", ["qkv1", "qkv4"])
+def test_compiled_rosa_blocks_on_gpu(rosa):
+    # The ROSA-QKV block inside each block's Inductor graph (heron::rosa_* custom ops, CUDA
+    # kernels), value estimator with the gain bound, as benchmarks/train_step.py compiles it.
+    config = dict(n_layer=2, n_embd=256, vocab_size=1024, head_size=64, rosa=rosa, deep_embed=True,
+                  rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0, rosa_tau=0.1)
+    tokens = torch.randint(0, config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(4)).cuda()
+    _check_compiled_blocks(config, tokens, autocast=True, rtol=5e-2)
+
+
+def test_traced_rosa_blocks_give_the_eager_gradients():
+    # CPU: the ROSA-QKV block traced (dynamo + AOTAutograd) with the rest of each block
+    config = dict(TINY, n_layer=1, rosa="qkv1", rosa_estimator="value", rosa_qk_init="tied",
+                  rosa_max_gain=1.0, rosa_tau=0.1)
+    _check_compiled_blocks(config, _tokens(3), autocast=False, rtol=1e-4, backend="aot_eager")

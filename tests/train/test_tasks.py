@@ -153,12 +153,18 @@ def test_text_task_repeat_augmentation(tmp_path):
     plain = get_task("text").build(_config(tmp_path / "plain", "text", model_config={**TINY_LM, "rosa": None},
                                            task_options={**options, "repeat_prob": 0.0}))
     assert plain.sources.at(0).repeats is None
+    counted = get_task("text").build(_config(tmp_path / "counted", "text", model_config={**TINY_LM, "rosa": None},
+                                             task_options={**options, "repeat_count": 2}))
+    assert counted.sources.at(0).repeats.repeat_count == 2
 
 
 @pytest.mark.parametrize("options, message", [
     ({"repeat_prob": 2}, "repeat_prob: expected a number in \\[0, 1\\]"),
     ({"repeat_prob": 0.5, "repeat_min": 40}, "repeat_min: 40 tokens do not fit twice"),
     ({"repeat_max": 4}, "repeat_max: expected an int >= repeat_min = 16"),
+    ({"repeat_count": 0}, "repeat_count: expected an int >= 1"),
+    ({"repeat_prob": 0.5, "repeat_min": 8, "repeat_count": 3}, "repeat_min: 8 tokens do not fit twice in each of "
+                                                               "repeat_count = 3"),
     ({"repeat_length": 8}, r"has no option\(s\) \['repeat_length'\]"),
 ])
 def test_text_task_repeat_option_errors(tmp_path, options, message):

@@ -254,7 +254,24 @@ def _rosa_qkv_trusted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alphabe
     if isinstance(alphabet, bool) or not isinstance(alphabet, int) or alphabet < 1:
         raise ValueError(f"_rosa_qkv_trusted: alphabet must be a positive int, got {alphabet!r}")
     largest_key = min(alphabet, SYMBOL_LIMIT) - 1 if k.numel() > 0 else -1
-    return _dispatch(q, k, v, largest_key)
+    return torch.ops.heron.rosa_qkv_symbols(q, k, v, largest_key, k is q)
+
+
+# The engine as a torch.library custom op, so that torch.compile traces the ROSA layers into one
+# graph with the rest of a block (an opaque extension call would be a graph break per layer) and
+# autograd Functions around it stay traceable. ``keys_are_queries`` keeps token ROSA's "k is q"
+# through tracing, where tensor identity is not preserved.
+@torch.library.custom_op("heron::rosa_qkv_symbols", mutates_args=())
+def _rosa_qkv_symbols(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, largest_key: int, keys_are_queries: bool
+) -> torch.Tensor:
+    out = _dispatch(q, q if keys_are_queries else k, v, largest_key)
+    return out.clone() if out.data_ptr() in (q.data_ptr(), k.data_ptr(), v.data_ptr()) and out.numel() else out
+
+
+@_rosa_qkv_symbols.register_fake
+def _(q, k, v, largest_key, keys_are_queries):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def rosa(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

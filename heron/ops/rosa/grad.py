@@ -316,10 +316,42 @@ def flip_deltas(q, k, v, val, bits: int, window: int, *, token: bool, want=(True
     ``want``: which of (q, k, v) to compute in QKV mode (``None`` for the others). Runs the C++ or
     CUDA kernel when available, else :func:`flip_deltas_reference` (with one warning).
     """
+    want = tuple(bool(w) for w in want)
+    deltas = torch.ops.heron.rosa_flip_deltas(q, k, v, val, bits, window, token, *want)
+    if token:
+        return (deltas[0],)
+    return tuple(d if w else None for d, w in zip(deltas, want))
+
+
+# The estimator kernels as torch.library custom ops (see heron.ops.rosa's rosa_qkv_symbols): the
+# backward of the ROSA autograd Functions then traces into a compiled graph. Outputs not wanted
+# come back as empty [0] tensors (a custom op returns tensors, never None).
+@torch.library.custom_op("heron::rosa_flip_deltas", mutates_args=())
+def _flip_deltas_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, val: torch.Tensor, bits: int, window: int,
+    token: bool, want_q: bool, want_k: bool, want_v: bool,
+) -> list[torch.Tensor]:
+    want = (want_q, want_k, want_v)
+    deltas = _flip_deltas_eager(q, k, v, val, bits, window, token=token, want=want)
+    if token:
+        return [deltas[0].contiguous()]
+    empty = val.new_empty(0)
+    return [d.contiguous() if w and d is not None else empty.clone() for d, w in zip(deltas, want)]
+
+
+@_flip_deltas_op.register_fake
+def _(q, k, v, val, bits, window, token, want_q, want_k, want_v):
+    S, T = val.shape[0], val.shape[1]
+    if token:
+        return [val.new_empty(S, T, bits)]
+    return [val.new_empty(S, T, bits) if w else val.new_empty(0) for w in (want_q, want_k, want_v)]
+
+
+def _flip_deltas_eager(q, k, v, val, bits: int, window: int, *, token: bool, want=(True, True, True)):
     device = val.device
     if val.dtype not in (torch.float32, torch.float64):
         # bf16/fp16 upstream gradients (autocast): sum the deltas in fp32, hand back the input dtype
-        deltas = flip_deltas(q, k, v, val.float(), bits, window, token=token, want=want)
+        deltas = _flip_deltas_eager(q, k, v, val.float(), bits, window, token=token, want=want)
         return tuple(d.to(val.dtype) if d is not None else None for d in deltas)
     S, T = val.shape[0], val.shape[1]
     if S == 0 or T == 0:
@@ -331,7 +363,7 @@ def flip_deltas(q, k, v, val, bits: int, window: int, *, token: bool, want=(True
             ext = native_flip_cuda()
         except ExtensionUnavailable as exc:
             _warn_once("cuda", f"{exc}; the ROSA flip estimator runs on the CPU for CUDA tensors")
-            cpu = flip_deltas(
+            cpu = _flip_deltas_eager(
                 q.cpu(), k.cpu(), v.cpu(), val.cpu(), bits, window, token=token, want=want
             )
             return tuple(d.to(device) if d is not None else None for d in cpu)
@@ -415,6 +447,20 @@ def value_deltas(retrieved: torch.Tensor, values: torch.Tensor, val: torch.Tenso
 
 def retrieval_indices(q: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
     """Retrieval index ``j + 1`` of every position of ``[S, T]`` streams (``-1`` = no match)."""
+    return torch.ops.heron.rosa_retrieval_indices(q, k, bits)
+
+
+@torch.library.custom_op("heron::rosa_retrieval_indices", mutates_args=())
+def _retrieval_indices_op(q: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
+    return _retrieval_indices_eager(q, k, bits)
+
+
+@_retrieval_indices_op.register_fake
+def _(q, k, bits):
+    return torch.empty_like(q, dtype=torch.int64, memory_format=torch.contiguous_format)
+
+
+def _retrieval_indices_eager(q: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tensor:
     if q.device.type == "cuda":
         try:
             ext = native_flip_cuda()
@@ -422,7 +468,7 @@ def retrieval_indices(q: torch.Tensor, k: torch.Tensor, bits: int) -> torch.Tens
                 return ext.retrieval(q.contiguous(), k.contiguous(), 2**bits, *stream_args)
         except ExtensionUnavailable as exc:
             _warn_once("cuda-r", f"{exc}; ROSA retrieval indices are computed on the CPU")
-            return retrieval_indices(q.cpu(), k.cpu(), bits).to(q.device)
+            return _retrieval_indices_eager(q.cpu(), k.cpu(), bits).to(q.device)
     try:
         return native_flip_cpu().retrieval(q.contiguous(), k.contiguous(), 2**bits)
     except ExtensionUnavailable as exc:
