@@ -122,6 +122,11 @@ def parse_args(argv=None):
                         help="under torchrun: DDP or FSDP2 (default %(default)s)")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the profiled steps of the time breakdown")
+    parser.add_argument("--rosa-grouping-work", type=int, default=None, metavar="N",
+                        help="set heron.ops.rosa.CUDA_GROUPING_WORK_PER_ELEMENT (0: the automaton kernel alone; "
+                             "benchmarks/rosa_layer_streams.py compares values)")
+    parser.add_argument("--profile-top", type=int, default=0, metavar="N",
+                        help="with the breakdown: also print the N ops with the most device time per step")
     parser.add_argument("--baseline", type=Path, help="--json of a one-GPU run: print the scaling against it")
     parser.add_argument("--json", type=Path, help="write the results here (rank 0)")
     parser.add_argument("--tiny", action="store_true",
@@ -417,6 +422,8 @@ def profile_breakdown(step, args, device, context, steps: int = 2):
                 for i in range(steps):
                     step(i)
                 _sync(device)
+            if args.profile_top > 0:
+                print_top_ops(prof, steps, args.profile_top, device.type == "cuda")
             return breakdown_from_profile(prof, steps), syncs_from_profile(prof, steps, device.type == "cuda")
         for i in range(steps):
             step(i)
@@ -424,6 +431,22 @@ def profile_breakdown(step, args, device, context, steps: int = 2):
         return None, None
     except Exception as exc:  # the breakdown is a diagnostic: never lose the throughput figures
         return f"profiler failed: {type(exc).__name__}: {exc}", None
+
+
+def print_top_ops(prof, steps: int, count: int, cuda: bool) -> None:
+    """The ``count`` ops (kernels on a GPU) with the most self device time, per step."""
+    def self_time(event) -> float:
+        if cuda:
+            return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
+        return event.self_cpu_time_total
+
+    events = sorted(prof.key_averages(), key=self_time, reverse=True)[:count]
+    total = sum(self_time(e) for e in prof.key_averages())
+    print(f"    top {count} ops by self {'device' if cuda else 'CPU'} time per step "
+          f"(all ops: {total / 1e3 / steps:.1f} ms per step):", flush=True)
+    for event in events:
+        print(f"      {self_time(event) / 1e3 / steps:8.2f} ms  {event.count // steps:6d} calls  {event.key[:110]}",
+              flush=True)
 
 
 def context_max(context, value: float, device) -> float:
@@ -571,7 +594,9 @@ def header(device, context, args) -> str:
     return (f"heron train-step benchmark on {device_name(device)} x {context.world_size}, "
             f"torch {torch.__version__}{', compiled' if args.compile else ''}"
             f"{', grad checkpointing' if args.grad_checkpointing else ''}"
-            f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}")
+            f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}"
+            + (f", ROSA grouping work per element {args.rosa_grouping_work}"
+               if args.rosa_grouping_work is not None else ""))
 
 
 def write_json(args, context, rows) -> None:
@@ -583,6 +608,12 @@ def write_json(args, context, rows) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rosa_grouping_work is not None:
+        if args.rosa_grouping_work < 0:
+            raise SystemExit("--rosa-grouping-work must be >= 0")
+        import heron.ops.rosa  # noqa: F401  (the module, not the function heron.ops re-exports)
+
+        sys.modules["heron.ops.rosa"].CUDA_GROUPING_WORK_PER_ELEMENT = args.rosa_grouping_work
     device, context = setup(args)
     try:
         if args.loss_curve:

