@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--train-steps", type=int, default=0,
                         help="AdamW steps on random tokens before the streams are recorded (default 0: at init)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 32, 128, 512, 2048])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 8, 32, 128, 512])
     parser.add_argument("--repeats", type=int, default=5, help="timed passes over the layers per budget (median)")
     parser.add_argument("--tiny", action="store_true", help="the train-step benchmark's tiny model (CPU smoke run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,8 @@
 # Environment: TRAIN_MIN (training minutes per run, default 8; --time-limit and the step budget),
 #   GPU_A/GPU_B/GPU_C, SESSION_DIR (default /tmp/heron-lm-session), OUT (results; default
 #   $SESSION_DIR/out), HERON_SESSION_TINY=1 (CPU smoke mode: tiny models, seconds of training,
-#   8 copy trials, 2 tunes), COPY_BITS (1 or 4: ROSA width of the two ROSA LMs, default 1),
+#   8 copy trials, 2 tunes), COPY_BITS (1 or 4: ROSA width of the two ROSA LMs, default 1;
+#   COPY_BITS_ROSALM / COPY_BITS_RWKV8 set one of them),
 #   COPY_EXTRA (more --model-config fields of the two ROSA LMs), COPY_TASK_OPTIONS (more
 #   --task-option fields of all three copy LMs, e.g. "repeat_prob=0.5": the repeat augmentation of
 #   docs/training.md), COPY_PASSES (cap the copy LMs' steps at this many passes over the demo
@@ -36,6 +37,7 @@ OUT=${OUT:-$S/out}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 GPU_A=${GPU_A:-0}; GPU_B=${GPU_B:-1}; GPU_C=${GPU_C:-2}
 COPY_BITS=${COPY_BITS:-1}
+COPY_BITS_ROSALM=${COPY_BITS_ROSALM:-$COPY_BITS}; COPY_BITS_RWKV8=${COPY_BITS_RWKV8:-$COPY_BITS}
 SRC=$S/src
 export PYTHONPATH="$SRC:$S/site" PYTHONUNBUFFERED=1 MPLBACKEND=Agg PYTHONDONTWRITEBYTECODE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -75,10 +77,10 @@ job_args() {  # NAME -> TASK ARGS... in the array ARGS
   fi
   copy+=(--batch-size $COPY_BATCH --task-option seq_len=$COPY_SEQ "${copy_options[@]}")
   case $1 in
-    copy-rosalm) ARGS=("${copy[@]}" --model rosa_lm --model-config "${small[@]}" dim_ffn=1696 bits=$COPY_BITS rosa_tau=0.1
+    copy-rosalm) ARGS=("${copy[@]}" --model rosa_lm --model-config "${small[@]}" dim_ffn=1696 bits=$COPY_BITS_ROSALM rosa_tau=0.1
                        "${copy_extra[@]}") ;;
     copy-rwkv8)  ARGS=("${copy[@]}" --model-config "${small[@]}" ${small:+head_size=16} deep_embed=false
-                       rosa=qkv$COPY_BITS rosa_tau=0.1 "${copy_extra[@]}") ;;
+                       rosa=qkv$COPY_BITS_RWKV8 rosa_tau=0.1 "${copy_extra[@]}") ;;
     copy-rwkv7)  ARGS=("${copy[@]}" --model-config "${small[@]}" ${small:+head_size=16} rosa=null deep_embed=false dim_ffn=1541) ;;
     music-rosa)  ARGS=(abc --config "$SRC/examples/music/config.toml" "${music_tiny[@]}")
                  if [ "$TINY" = 1 ]; then ARGS+=(--model-config n_layer=1 n_embd=32 head_size=16); fi ;;

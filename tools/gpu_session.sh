@@ -30,7 +30,8 @@
 #          three train the same step count),
 #          TRAIN_MIN=8.5 as the time limit, 16 validation points each; then each model's copy
 #          evaluation (200 trials) on its card. No benchmarks, no tests, no multi-GPU parts;
-#          `finish` only lists $OUT. The ROSA check of `setup` runs on GPU_A.
+#          `finish` only lists $OUT. The ROSA check of `setup` runs on GPU_A. BENCH_GPU (unset: none):
+#          a fourth card for tools/gpu_rosa_speed.sh (issue 9) while the three train.
 # reverse-music and copy-scale: at `finish`, once the cards are free, 2/4-GPU DDP, the loss curves and FSDP2.
 # Needs only PYTHONPATH (no install); music21 comes from ./.whl (carry it).
 set -uo pipefail
@@ -113,8 +114,15 @@ setup)
   [ "$PLAN" = reverse-music ] && REVERSE_GPU=0 TWIN_GPU=1 tools/gpu_reverse_session.sh start "$minutes" 2>&1 \
     | tee "$logs/reverse-start.txt"
   env "${LM_ENV[@]}" tools/gpu_lm_session.sh start 2>&1 | tee "$logs/lm-start.txt"
-  # 4. benchmarks and tests on the cards the trainings leave (copy-repeat: none, card 0 is not ours)
-  [ "$PLAN" = copy-repeat ] && { sleep 10; progress; exit 0; }
+  # 4. benchmarks and tests on the cards the trainings leave (copy-repeat: BENCH_GPU, when set, runs
+  #    tools/gpu_rosa_speed.sh on that card; its files are packed into $OUT/rosa-speed.tar.gz by collect)
+  if [ "$PLAN" = copy-repeat ]; then
+    if [ -n "${BENCH_GPU:-}" ]; then
+      mkdir -p "$logs/rosa_speed"
+      bench_chain rosa-speed "$BENCH_GPU" true "OUT=$logs/rosa_speed tools/gpu_rosa_speed.sh"
+    fi
+    sleep 10; progress; exit 0
+  fi
   mkdir -p "$logs/bench" "$logs/train_step"
   gpu_tests="timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests > $logs/bench/gpu-tests.txt 2>&1"
   if [ "$PLAN" = reverse-music ]; then
@@ -144,6 +152,11 @@ collect)  # the trainings' results into $OUT (call again if it exits 3)
   else
     env "${LM_ENV[@]}" tools/gpu_lm_session.sh collect "${2:-420}" 2>&1 | tail -n 40 | tee "$logs/lm-collect.txt"
     [ "${PIPESTATUS[0]}" = 3 ] && exit 3
+  fi
+  if [ -d "$logs/rosa_speed" ]; then
+    cp "$logs/bench-rosa-speed.log" "$logs/rosa_speed/" 2>/dev/null
+    tar -czf "$out/rosa-speed.tar.gz" -C "$logs" rosa_speed
+    grep -E "tokens/s|best:|fastest" "$logs/rosa_speed/rosa_speed.log" 2>/dev/null | tail -n 20
   fi
   ls -la "$out"
   ;;
