@@ -34,7 +34,7 @@ def _grads(model, tokens, autocast: bool) -> dict[str, torch.Tensor]:
 
 
 def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, rtol: float,
-                           backend: str = "inductor") -> None:
+                           backend: str = "inductor", dtype: torch.dtype = torch.float32) -> None:
     torch.manual_seed(0)
     eager = RWKV8(RWKV8Config(**config))
     init_lm_recipe(eager)
@@ -43,7 +43,7 @@ def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, r
         for block in eager.blocks:
             block.att.output.weight.normal_(std=0.02)
             block.ffn.value.weight.normal_(std=0.02)
-    eager.to(tokens.device)
+    eager.to(device=tokens.device, dtype=dtype)
     compiled = copy.deepcopy(eager)
     apply_compile(compiled, backend=backend)
     expected = _grads(eager, tokens, autocast)
@@ -130,10 +130,13 @@ def test_compiled_blocks_on_gpu():
 def test_compiled_rosa_blocks_on_gpu(rosa):
     # The ROSA-QKV block inside each block's Inductor graph (heron::rosa_* custom ops, CUDA
     # kernels), value estimator with the gain bound, as benchmarks/train_step.py compiles it.
+    # float64: ROSA thresholds q, k, v at 0, so the last-bit differences between Inductor's and
+    # eager's float32/bf16 arithmetic flip the odd bit and change matches (a qkv4 run under bf16
+    # autocast failed so on an H100); in float64 no value lands that close to 0.
     config = dict(n_layer=2, n_embd=256, vocab_size=1024, head_size=64, rosa=rosa, deep_embed=True,
                   rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0, rosa_tau=0.1)
     tokens = torch.randint(0, config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(4)).cuda()
-    _check_compiled_blocks(config, tokens, autocast=True, rtol=5e-2)
+    _check_compiled_blocks(config, tokens, autocast=False, rtol=1e-6, dtype=torch.float64)
 
 
 def test_traced_rosa_blocks_give_the_eager_gradients():
