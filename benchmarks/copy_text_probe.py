@@ -66,6 +66,10 @@ Example (docs/benchmarks/copy.md, "CPU probe: copying after training on text, gr
 Repeat augmentation (docs/benchmarks/copy.md, "Repeat augmentation on the CPU"):
 
     OMP_NUM_THREADS=1 python benchmarks/copy_text_probe.py --variants clip_all --minutes 7 --repeat-prob 0.5
+
+Three repeated spans per row (docs/benchmarks/copy.md, "Sixth session"):
+
+    OMP_NUM_THREADS=1 python benchmarks/copy_text_probe.py --variants clip_all --minutes 6 --repeat-prob 1 --repeat-count 3
 """
 
 from __future__ import annotations
