@@ -221,7 +221,9 @@ def _run_copy_eval(args, model, vocab_size) -> int:
                   "cue": result.cue, "pool": args.copy_pool, "pool_origin": origin, "tokenizer": tokenizer.name,
                   "seed": args.copy_seed, "device": str(args.device), "seconds": elapsed,
                   "parameters": sum(p.numel() for p in model.parameters()),
-                  "per_trial_accuracy": result.per_trial_accuracy}
+                  "tokens_after_first_error": result.tokens_after_first_error(),
+                  "per_trial_accuracy": result.per_trial_accuracy,
+                  "per_trial_first_error": result.per_trial_first_error}
         path = Path(args.copy_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")

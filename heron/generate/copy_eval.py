@@ -5,7 +5,10 @@ from a pool — the 1000 most frequent tokens of the validation split, end-of-te
 prompt the model with those 64 tokens followed by their first ``cue = 8``, decode the next
 ``length - cue = 56`` tokens greedily, and compare them with tokens ``cue .. length-1`` of the
 draw. ``token_accuracy`` is the share of equal tokens over all trials (the issue's metric, to
-reach >= 95% over 200 trials); ``exact_share`` the share of trials copied without a mistake.
+reach >= 95% over 200 trials); ``exact_share`` the share of trials copied without a mistake;
+``per_trial_first_error`` where each trial's first mistake falls (``length - cue`` when there is
+none), which tells a model that loses the thread (and never finds it again) from one that slips
+now and then.
 
 The prompt is random, so the model can only succeed by retrieving what followed the cue earlier
 in its context — what ROSA's suffix matching provides and a small RNN usually cannot.
@@ -30,11 +33,28 @@ class CopyEvalResult:
     length: int
     cue: int
     per_trial_accuracy: list[float] = field(repr=False, default_factory=list)
+    per_trial_first_error: list[int] = field(repr=False, default_factory=list)
+
+    def tokens_after_first_error(self) -> float:
+        """Share of the tokens after each failing trial's first mistake that are still right
+        (0 when no trial fails): near 0, a mistake ends the copy; higher, the model recovers."""
+        decoded = self.length - self.cue
+        right = total = 0.0
+        for accuracy, first in zip(self.per_trial_accuracy, self.per_trial_first_error):
+            if first < decoded:
+                right += accuracy * decoded - first
+                total += decoded - first - 1
+        return right / total if total else 0.0
 
     def summary(self) -> str:
+        failing = sorted(first for first in self.per_trial_first_error if first < self.length - self.cue)
+        detail = ""
+        if failing:
+            detail = (f"; failing trials' first mistake at token {failing[len(failing) // 2]} (median), "
+                      f"{100 * self.tokens_after_first_error():.1f}% right after it")
         return (f"copy ability: {100 * self.token_accuracy:.2f}% of {self.trials} x {self.length - self.cue} tokens "
                 f"copied, {100 * self.exact_share:.1f}% of trials exact "
-                f"(prompt = {self.length} random tokens + their first {self.cue})")
+                f"(prompt = {self.length} random tokens + their first {self.cue}){detail}")
 
 
 def copy_prompts(pool: torch.Tensor, trials: int, length: int, cue: int,
@@ -70,13 +90,18 @@ def copy_eval(model: torch.nn.Module, pool, *, trials: int = 200, length: int = 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
     prompts, expected = copy_prompts(pool, trials, length, cue, torch.Generator().manual_seed(seed))
-    per_trial = []
+    per_trial, first_errors = [], []
+    decoded = length - cue
     for first in range(0, trials, batch_size):
         chunk = prompts[first:first + batch_size]
-        output = generate(model, chunk, length - cue, temperature=0.0, incremental=incremental)
+        output = generate(model, chunk, decoded, temperature=0.0, incremental=incremental)
         produced = torch.tensor(output.tokens, dtype=torch.int64)
-        per_trial.extend((produced == expected[first:first + batch_size]).double().mean(dim=1).tolist())
+        wrong = produced != expected[first:first + batch_size]
+        per_trial.extend((~wrong).double().mean(dim=1).tolist())
+        # index of the first mistake; decoded (one past the end) for a trial without one
+        positions = torch.where(wrong, torch.arange(decoded), torch.full_like(wrong, decoded, dtype=torch.int64))
+        first_errors.extend(positions.min(dim=1).values.tolist())
     accuracy = sum(per_trial) / trials
     exact = sum(1 for value in per_trial if value == 1.0) / trials
     return CopyEvalResult(token_accuracy=accuracy, exact_share=exact, trials=trials, length=length, cue=cue,
-                          per_trial_accuracy=per_trial)
+                          per_trial_accuracy=per_trial, per_trial_first_error=first_errors)

@@ -328,7 +328,13 @@ TEXT_REPEAT_OPTIONS = {"repeat_prob": 0.0, "repeat_min": 16, "repeat_max": 128, 
 def _build_text_task(config: TrainConfig) -> TaskSetup:
     text = _import("heron.data.text", config.task)
     options = _options(config, {"data": [], "tokenizer": "world", "seq_len": 512, "validation_fraction": 0.05,
-                                "eval_batches": 8, **TEXT_REPEAT_OPTIONS})
+                                "eval_batches": 8, "copy_trials": 0, "copy_seed": 1, "copy_pool": 1000,
+                                **TEXT_REPEAT_OPTIONS})
+    copy_trials, copy_seed, copy_pool_size = options["copy_trials"], options["copy_seed"], options["copy_pool"]
+    for name, value, low in (("copy_trials", copy_trials, 0), ("copy_seed", copy_seed, 0),
+                             ("copy_pool", copy_pool_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
     # The repeat augmentation (off unless repeat_prob > 0) is built first, so a bad value is
     # reported before any data is read; it applies to the training rows only.
     repeats = text.RepeatAugmentation(**{name: options[name] for name in TEXT_REPEAT_OPTIONS})
@@ -347,11 +353,36 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     eval_batches = config.eval_samples or options["eval_batches"]
     eval_rows = max(1, min(config.batch_size, 64))
 
+    # The copy protocol of `heron generate --copy-eval` (issue 7) at every evaluation, on the
+    # copy_pool (1000) most frequent validation tokens, with its own seed (default 1: not the
+    # final evaluation's 0)
+    copy_pool = None
+    if copy_trials:
+        try:
+            copy_pool = text.most_frequent_tokens(validation.tokens, copy_pool_size)
+        except ValueError as exc:
+            raise ValueError(f"copy_pool: {exc}; lower copy_pool for this corpus") from None
+
     def evaluate(model, device, autocast) -> dict[str, float]:
-        return _next_token_metrics(model, validation.sequential_batches(eval_rows, eval_batches), device, autocast)
+        metrics = _next_token_metrics(model, validation.sequential_batches(eval_rows, eval_batches), device, autocast)
+        if copy_trials:
+            metrics.update(_copy_metrics(model, copy_pool, copy_trials, copy_seed))
+        return metrics
 
     return TaskSetup(Curriculum([(0, train_source)]), train_source.vocab_size, model, identity, evaluate,
                      _save_with_heron)
+
+
+def _copy_metrics(model, pool, trials: int, seed: int) -> dict[str, float]:
+    from heron.generate.copy_eval import copy_eval
+
+    # Generation steps the blocks one token at a time with a state: with compiled blocks that
+    # would recompile per shape, so the evaluation runs them eagerly (same weights, same numbers),
+    # in the weights' dtype as `heron generate --copy-eval` does (no autocast).
+    stance = getattr(torch.compiler, "set_stance", None)
+    with stance("force_eager") if stance is not None else contextlib.nullcontext():
+        result = copy_eval(model, pool, trials=trials, seed=seed, batch_size=min(trials, 50))
+    return {"copy_token_accuracy": result.token_accuracy, "copy_exact_share": result.exact_share}
 
 
 register_task(Task("text", "language modelling on --data files (.txt/.jsonl/binidx) or the demo corpus",

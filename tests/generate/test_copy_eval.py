@@ -60,3 +60,25 @@ def test_bad_arguments():
         copy_eval(model, torch.tensor([1, 25]))
     with pytest.raises(ValueError, match="trials"):
         copy_eval(model, torch.arange(1, 5), trials=0)
+
+
+def test_first_error_positions_and_recovery_share():
+    from heron.generate.copy_eval import CopyEvalResult
+
+    model = ToyROSAModel(vocab_size=20, seed=4)
+    pool = torch.arange(1, 20)
+    result = copy_eval(model, pool, trials=8, length=16, cue=4, seed=2)
+    prompts, expected = copy_prompts(pool, 8, 16, 4, torch.Generator().manual_seed(2))
+    from heron.generate.loop import generate
+
+    produced = torch.tensor(generate(model, prompts, 12, temperature=0.0).tokens)
+    for trial in range(8):
+        wrong = (produced[trial] != expected[trial]).nonzero().flatten().tolist()
+        assert result.per_trial_first_error[trial] == (wrong[0] if wrong else 12)
+    # by hand: one trial exact, one wrong from token 2 on with 3 of the 9 later tokens right
+    by_hand = CopyEvalResult(token_accuracy=0.0, exact_share=0.5, trials=2, length=16, cue=4,
+                             per_trial_accuracy=[1.0, 5 / 12], per_trial_first_error=[12, 2])
+    assert by_hand.tokens_after_first_error() == pytest.approx(3 / 9)
+    assert "first mistake at token 2" in by_hand.summary()
+    exact = CopyEvalResult(1.0, 1.0, 1, 16, 4, [1.0], [12])
+    assert exact.tokens_after_first_error() == 0.0 and "first mistake" not in exact.summary()

@@ -158,7 +158,27 @@ def test_text_task_repeat_augmentation(tmp_path):
     assert counted.sources.at(0).repeats.repeat_count == 2
 
 
+def test_text_task_copy_metric_at_every_evaluation(tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text("the cat sat on the mat. a dog ran. " * 200)
+    config = _config(tmp_path / "run", "text", steps=2, batch_size=4, warmup=1, eval_samples=1, eval_every=1,
+                     model_config={**TINY_LM, "rosa": "qkv4", "rosa_estimator": "value"},
+                     task_options={"data": [str(data)], "tokenizer": "bytes", "seq_len": 32, "copy_trials": 3,
+                                   "copy_pool": 10})
+    result = train(config)
+    assert result.finished
+    assert 0.0 <= result.metrics["copy_token_accuracy"] <= 1.0
+    assert result.metrics["copy_exact_share"] in (0.0, 1 / 3, 2 / 3, 1.0)
+    plain = train(_config(tmp_path / "plain", "text", steps=1, batch_size=4, warmup=1, eval_samples=1,
+                          model_config={**TINY_LM, "rosa": None},
+                          task_options={"data": [str(data)], "tokenizer": "bytes", "seq_len": 32}))
+    assert "copy_token_accuracy" not in plain.metrics  # off by default
+
+
 @pytest.mark.parametrize("options, message", [
+    ({"copy_trials": -1}, "copy_trials: expected an int >= 0"),
+    ({"copy_seed": 1.5}, "copy_seed: expected an int >= 0"),
+    ({"copy_trials": 2}, "copy_pool: count: the stream has only .* lower copy_pool"),
     ({"repeat_prob": 2}, "repeat_prob: expected a number in \\[0, 1\\]"),
     ({"repeat_prob": 0.5, "repeat_min": 40}, "repeat_min: 40 tokens do not fit twice"),
     ({"repeat_max": 4}, "repeat_max: expected an int >= repeat_min = 16"),
