@@ -122,6 +122,10 @@ def parse_args(argv=None):
                         help="under torchrun: DDP or FSDP2 (default %(default)s)")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the profiled steps of the time breakdown")
+    parser.add_argument("--fresh-batches", action="store_true",
+                        help="a new random batch every step (default: 4 batches in turn, which a model starts to "
+                             "memorise within a few steps; the ROSA engine's cost depends on what the model has "
+                             "learnt, docs/benchmarks/rosa.md); no batch-0 learning check then")
     parser.add_argument("--rosa-grouping-work", type=int, default=None, metavar="N",
                         help="set heron.ops.rosa.CUDA_GROUPING_WORK_PER_ELEMENT (0: the automaton kernel alone; "
                              "benchmarks/rosa_layer_streams.py compares values)")
@@ -310,8 +314,19 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     generator = torch.Generator(device="cpu").manual_seed(args.seed + 1000 * context.rank)
     B = args.tokens_per_step // ctx if args.tokens_per_step else args.batch
     T, V = ctx, values["vocab_size"]
-    batches = [torch.randint(0, V, (B, T + 1), generator=generator) for _ in range(4)]
-    batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
+    if args.fresh_batches:
+        batches = []
+        device_generator = torch.Generator(device=device).manual_seed(args.seed + 1000 * context.rank)
+
+        def batch_at(index: int):
+            rows = torch.randint(0, V, (B, T + 1), generator=device_generator, device=device)
+            return rows[:, :-1], rows[:, 1:]
+    else:
+        batches = [torch.randint(0, V, (B, T + 1), generator=generator) for _ in range(4)]
+        batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
+
+        def batch_at(index: int):
+            return batches[index % len(batches)]
     use_bf16 = device.type == "cuda"
     progress(context, f"{label} {parameters / 1e6:.1f}M parameters, batch {B} x {T} per process, built in "
                       f"{time.perf_counter() - built:.1f} s")
@@ -322,7 +337,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     losses = []  # per step, on the device until the timing is over
 
     def step(index: int) -> torch.Tensor:
-        x, y = batches[index % len(batches)]
+        x, y = batch_at(index)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = parallel.root(x, y)
         (loss / y.numel()).backward()
@@ -380,7 +395,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     per_token = [value / (B * T) for value in torch.stack(losses).tolist()]
     # the 4 batches repeat: batch 0 at step 1 and at its last visit (steps 5, 9, ...) tells whether
     # the weights moved; a configuration that trains memorises it within a few visits
-    last_visit = (len(per_token) - 1) // len(batches) * len(batches)
+    last_visit = (len(per_token) - 1) // len(batches) * len(batches) if batches else None
     row = {
         "config": name, "model": values, "ctx": T, "batch_per_process": B, "processes": context.world_size,
         "parallel": args.parallel if context.enabled else "single", "compile": args.compile,
@@ -392,8 +407,10 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
         "timed_steps": timed, "warmup_steps": len(warmup_times),
         "first_step_s": warmup_times[0] if warmup_times else None,
         "loss": per_token[-1], "losses": per_token,
-        "loss_batch0_first": per_token[0], "loss_batch0_last": per_token[last_visit],
-        "batch0_last_step": last_visit + 1,
+        "fresh_batches": args.fresh_batches,
+        "loss_batch0_first": per_token[0] if batches else None,
+        "loss_batch0_last": per_token[last_visit] if batches else None,
+        "batch0_last_step": last_visit + 1 if batches else None,
         "grad_norm_max": largest_norm, "nonfinite_grad_norm_steps": nonfinite,
     }
     if args.compile and len(warmup_times) >= 2:
@@ -596,7 +613,8 @@ def header(device, context, args) -> str:
             f"{', grad checkpointing' if args.grad_checkpointing else ''}"
             f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}"
             + (f", ROSA grouping work per element {args.rosa_grouping_work}"
-               if args.rosa_grouping_work is not None else ""))
+               if args.rosa_grouping_work is not None else "")
+            + (", a fresh random batch every step" if args.fresh_batches else ", 4 random batches in turn"))
 
 
 def write_json(args, context, rows) -> None:

@@ -5,10 +5,12 @@
 #      on a model's own, self-repeating streams);
 #   2. benchmarks/train_step.py --compile at ctx 512 x batch 32: rwkv7 (the same-run baseline),
 #      rwkv8, rwkv8-rosa-value (4-bit), rwkv8-rosa1-value (1-bit), then the two ROSA rows again
-#      with the 1-bit configuration's fastest budget from step 1 when it is not the default;
+#      with a fresh random batch every step (the benchmark's default cycles 4, which the model
+#      starts to memorise) and with the 1-bit configuration's fastest budget from step 1 when it
+#      is not the default;
 #   3. the GPU tests of the compiled ROSA blocks and the ROSA estimators.
 # Writes into $OUT (default /tmp/out): rosa_speed.log, layer_streams.json, compiled.json,
-# compiled_budget.json, gpu_tests.txt. Assumes the extensions are built (tools/gpu_session.sh setup).
+# compiled_fresh.json, compiled_budget.json, gpu_tests.txt. Assumes the extensions are built (tools/gpu_session.sh setup).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
@@ -27,6 +29,9 @@ echo "fastest grouping budget for the 1-bit layer streams: ${best:-unknown}" | t
 part 300 "compiled train step ctx 512 x 32" python3 benchmarks/train_step.py \
   --configs rwkv7,rwkv8,rwkv8-rosa-value,rwkv8-rosa1-value --ctx 512 --batch 32 --compile --steps 10 --warmup 2 \
   --no-breakdown --time-budget 55 --json "$out/compiled.json"
+part 150 "compiled ROSA rows, a fresh batch every step" python3 benchmarks/train_step.py \
+  --configs rwkv8-rosa-value,rwkv8-rosa1-value --ctx 512 --batch 32 --compile --steps 10 --warmup 2 \
+  --no-breakdown --time-budget 55 --fresh-batches --json "$out/compiled_fresh.json"
 default=$(python3 -c "import heron.ops.rosa as r, sys; print(sys.modules['heron.ops.rosa'].CUDA_GROUPING_WORK_PER_ELEMENT)")
 if [ -n "$best" ] && [ "$best" != "$default" ]; then
   part 150 "compiled ROSA rows with grouping budget $best" python3 benchmarks/train_step.py \

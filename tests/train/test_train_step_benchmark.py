@@ -76,3 +76,16 @@ def test_deep_rosa_configuration_trains_and_the_unbounded_one_is_flagged(tmp_pat
     assert bounded["loss_batch0_last"] < bounded["loss_batch0_first"] - 0.1  # it learns batch 0
     assert unbounded["grad_norm_max"] > 1e12 or unbounded["nonfinite_grad_norm_steps"] > 0
     assert "WARNING: gradient norm non-finite or huge" in result.stdout
+
+
+def test_fresh_batches_and_the_profile_options(tmp_path):
+    out = tmp_path / "fresh.json"
+    result = _run("--tiny", "--steps", "2", "--warmup", "1", "--configs", "rwkv8-rosa1-value", "--fresh-batches",
+                  "--profile-top", "3", "--rosa-grouping-work", "0", "--json", str(out))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    row = json.loads(out.read_text())["results"][0]
+    assert row["fresh_batches"] and row["loss_batch0_first"] is None and row["tokens_per_s"] > 0
+    assert len(set(row["losses"])) == 3  # three different batches
+    assert "a fresh random batch every step" in result.stdout and "ROSA grouping work per element 0" in result.stdout
+    assert "top 3 ops by self CPU time per step" in result.stdout
+    assert "training loss on batch 0" not in result.stdout
