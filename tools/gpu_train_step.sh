@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 9: training-step throughput. The default parts need ONE GPU and about 8 minutes (each
-# bounded by `timeout`: 430 s at worst); the multi-GPU parts are opt-in through PARTS.
+# bounded by `timeout`: 600 s at worst, the per-call limit); the multi-GPU parts are opt-in through PARTS.
 # PARTS (comma-separated, default build,eager,compiled,rosa_compiled):
 #   build          the CUDA extensions (WKV7, ROSA, ROSA estimators), in parallel, before any timing
 #   eager          1 GPU, ctx 512, batch 16, eager: rwkv7 (the baseline of the ROSA ratio), rwkv8
