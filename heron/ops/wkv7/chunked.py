@@ -115,36 +115,39 @@ def _wkv7_chunked(r, w, k, v, a, b, state, chunk_length, force_pairwise):
     log_decay = prepare((-torch.exp(w.to(compute))).clamp(min=LOG_DECAY_FLOOR[compute]))
 
     g = log_decay.cumsum(-2)  # inclusive cumulative log-decay within each chunk
-    g_excl = torch.nn.functional.pad(g[..., :-1, :], (0, 0, 1, 0))
     g_last = g[..., -1:, :]
 
     pairwise = force_pairwise or bool((g_last.detach().min() < -FACTORED_LOG_DECAY_LIMIT).item())
-    a_decayed = a_ * g_excl.exp()  # a_t e^{g_{t-1}}: reads S_0 into h_t
-    r_decayed = r_ * g.exp()  # r_t e^{g_t}: reads S_0 into y_t
+    decay_to = g.exp()  # e^{g_t}; e^{g_{t-1}} is the same shifted by one step (1 at the start)
+    decay_end = g_last.exp()  # [C, BH, 1, N_k]
+    a_decayed = a_ * torch.nn.functional.pad(decay_to[..., :-1, :], (0, 0, 1, 0), value=1.0)  # reads S_0 into h_t
+    r_decayed = r_ * decay_to  # r_t e^{g_t}: reads S_0 into y_t
     strict = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
     inclusive = torch.ones(L, L, dtype=torch.bool, device=device).tril(0)
     if pairwise:
+        g_excl = torch.nn.functional.pad(g[..., :-1, :], (0, 0, 1, 0))  # g_{t-1}
         m_ab = _pairwise_coupling(a_, g_excl, b_, g, strict)  # h_t <- h_s
         m_ak = _pairwise_coupling(a_, g_excl, k_, g, strict)  # h_t <- v_s
         m_rb = _pairwise_coupling(r_, g, b_, g, inclusive)  # y_t <- h_s
         m_rk = _pairwise_coupling(r_, g, k_, g, inclusive)  # y_t <- v_s
+        to_end = (g_last - g).clamp(max=0.0).exp()
+        b_to_end = b_ * to_end
+        k_to_end = k_ * to_end
     else:
-        inverse_decay = torch.exp(-g)
+        # e^{-g_s} (at most e^{FACTORED_LOG_DECAY_LIMIT} here) as a reciprocal of e^{g_s}: one
+        # exp fewer over the whole input, equal to rounding
+        b_undecayed = b_ / decay_to
+        k_undecayed = k_ / decay_to
+        b_to_end = b_undecayed * decay_end  # b_s e^{g_L - g_s}: carries h_s to the chunk's end
+        k_to_end = k_undecayed * decay_end
         # Contiguous [N, L] operands: batched matmuls with a transposed operand are several
         # times slower on CPU.
-        b_undecayed = (b_ * inverse_decay).transpose(-1, -2).contiguous()
-        k_undecayed = (k_ * inverse_decay).transpose(-1, -2).contiguous()
+        b_undecayed = b_undecayed.transpose(-1, -2).contiguous()
+        k_undecayed = k_undecayed.transpose(-1, -2).contiguous()
         m_ab = (a_decayed @ b_undecayed).masked_fill(~strict, 0.0)
         m_ak = (a_decayed @ k_undecayed).masked_fill(~strict, 0.0)
         m_rb = (r_decayed @ b_undecayed).masked_fill(~inclusive, 0.0)
         m_rk = (r_decayed @ k_undecayed).masked_fill(~inclusive, 0.0)
-
-    if pairwise:
-        to_end = (g_last - g).clamp(max=0.0).exp()
-    else:
-        to_end = inverse_decay * g_last.exp()
-    b_to_end = b_ * to_end
-    k_to_end = k_ * to_end
 
     # Solve (I - M_ab) [U | Hv] = [a_decayed | M_ak V]: h_t = S_0 u_t + hv_t.
     # (I - M_ab)^{-1} by a triangular solve against the identity (substitution: exact even for
@@ -159,30 +162,21 @@ def _wkv7_chunked(r, w, k, v, a, b, state, chunk_length, force_pairwise):
     hv = (inverse @ m_ak) @ v_  # L x L products first: cheaper than inverse @ (M_ak V)
     y_free = m_rk @ v_  # the S_0-free part of y
 
-    # Carry the state from chunk to chunk, batched over B*H:
-    #   h = U S_0^T + Hv,  y = R_decayed S_0^T + M_rb h + M_rk V,
-    #   S_L = S_0 diag(e^{g_L}) + V^T K_to_end + h^T B_to_end.
-    # The S_0-free parts of h and y are formed for all chunks at once beforehand.
-    decay_end = g_last.exp()  # [C, BH, 1, N_k]
-    # Per chunk: [h; y_S] = [Hv; M_rk V] + [U; R_decayed] S_0^T (one product), then
-    # S_L = S_0 diag(e^{g_L}) + V^T K_to_end + h^T B_to_end (accumulated in place into the
-    # freshly decayed state). unbind once: indexing chunk c inside the loop would make
-    # autograd scatter every chunk's gradient into a full-size zero tensor (quadratic in C).
-    reads = torch.cat([u, r_decayed], dim=-2).unbind(0)  # [BH, 2L, N_k] each
-    free = torch.cat([hv, y_free], dim=-2).unbind(0)  # [BH, 2L, N_v] each
-    values_transposed = v_.transpose(-1, -2).unbind(0)
-    keys_to_end, removals_to_end = k_to_end.unbind(0), b_to_end.unbind(0)
-    couplings = m_rb.unbind(0)
-    decays = decay_end.unbind(0)
-
+    # Carry the state from chunk to chunk, batched over B*H; the S_0-free parts of h and y were
+    # formed for all chunks at once above. Per chunk: h = Hv + U S_0^T,
+    # y = M_rk V + R_decayed S_0^T + M_rb h, then S_L = S_0 diag(e^{g_L}) + V^T K_to_end +
+    # h^T B_to_end (accumulated in place into the freshly decayed state). Two products per chunk rather than one on concatenated operands:
+    # the concatenations cost more than the extra calls. unbind once: indexing chunk c inside
+    # the loop would make autograd scatter every chunk's gradient into a full-size zero tensor
+    # (quadratic in C).
+    per_chunk = [x.unbind(0) for x in (u, r_decayed, hv, y_free, v_.transpose(-1, -2), k_to_end, b_to_end,
+                                        m_rb, decay_end)]
     outputs = []
     current = state.reshape(BH, N, N)
-    for read, free_c, value_t, key_to_end, removal_to_end, coupling, decay in zip(
-        reads, free, values_transposed, keys_to_end, removals_to_end, couplings, decays
-    ):
-        h_and_y = torch.baddbmm(free_c, read, current.transpose(-1, -2))
-        h = h_and_y[:, :L]
-        outputs.append(torch.baddbmm(h_and_y[:, L:], coupling, h))
+    for read_h, read_y, free_h, free_y, value_t, key_to_end, removal_to_end, coupling, decay in zip(*per_chunk):
+        state_t = current.transpose(-1, -2)
+        h = torch.baddbmm(free_h, read_h, state_t)
+        outputs.append(torch.baddbmm(free_y, read_y, state_t).baddbmm_(coupling, h))
         decayed = current * decay
         current = decayed.baddbmm_(value_t, key_to_end).baddbmm_(h.transpose(-1, -2), removal_to_end)
     current = current.reshape(B, H, N, N)
