@@ -121,6 +121,9 @@ def cmd_report(args) -> int:
             "copy_token_accuracy": copy["token_accuracy"] if copy else None,
             "copy_exact_share": copy["exact_share"] if copy else None,
             "copy_trials": copy["trials"] if copy else None,
+            # heron train text --task-option copy_trials=N: the copy metric at every evaluation
+            "copy_during_training": [(int(row["step"]), row["copy_token_accuracy"]) for row in evaluation
+                                     if row.get("copy_token_accuracy") is not None],
             "seconds_per_step_probe": config.get("seconds_per_step"),
             "command": config.get("command"),
         })
@@ -150,6 +153,11 @@ def cmd_report(args) -> int:
             verdict = "PASS" if r["copy_token_accuracy"] >= 0.95 else "FAIL"
             lines.append(f"- {verdict}: {r['name']} copy token accuracy >= 95% ({r['copy_token_accuracy']:.2%}, "
                          f"{r['copy_trials']} trials)")
+    for r in table:
+        if r["copy_during_training"]:
+            points = ", ".join(f"{step}: {accuracy:.1%}" for step, accuracy in r["copy_during_training"])
+            lines.append(f"- {r['name']}, copy token accuracy at the evaluations (step: accuracy, their own "
+                         f"trials): {points}")
     lines += ["", "![curves](curves.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
