@@ -9,6 +9,8 @@ Configurations (L12-D768, vocabulary 65536, head size 64, ``--configs``):
     rwkv8-rosa       deep_embed=True, rosa="qkv1", rosa_estimator="window" (ROSA-QKV 1-bit)
     rwkv8-rosa-value deep_embed=True, rosa="qkv4", rosa_estimator="value", rosa_qk_init="tied"
     rwkv8-rosa1-value  the same with rosa="qkv1" (1-bit symbols)
+    rwkv8-rosa-shared / rwkv8-rosa1-shared  those two with rosa_qk_init="shared" (the same model
+                     under the value estimator: token ROSA, one projection fewer)
                      (the ROSA rows have rosa_max_gain=1.0: see docs/estimators.md, "Deep models")
     rwkv8-rosa-unbounded  rwkv8-rosa without the bound (the spec's estimator as is): a diagnosis
     rwkv7-L24-D2048  RWKV-7, 24 layers, width 2048 (the FSDP2 configuration)
@@ -77,6 +79,12 @@ CONFIGS = {
     # the same estimator on 1-bit symbols (the official ROSA-QKV width)
     "rwkv8-rosa1-value": dict(BASE, rosa="qkv1", rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0,
                               deep_embed=True),
+    # the same two with shared keys (rosa_qk_init="shared"): under the value estimator a tied k never
+    # leaves q, so this is the same model with one projection fewer and token ROSA in the engine
+    "rwkv8-rosa-shared": dict(BASE, rosa="qkv4", rosa_estimator="value", rosa_qk_init="shared", rosa_max_gain=1.0,
+                              deep_embed=True),
+    "rwkv8-rosa1-shared": dict(BASE, rosa="qkv1", rosa_estimator="value", rosa_qk_init="shared",
+                               rosa_max_gain=1.0, deep_embed=True),
     "rwkv7-L24-D2048": dict(BASE, n_layer=24, n_embd=2048, rosa=None, deep_embed=False),
     # the spec's unbounded estimator, for the diagnosis only (its gradient norm overflows at 12 layers)
     "rwkv8-rosa-unbounded": dict(BASE, rosa="qkv1", rosa_estimator="window", deep_embed=True),

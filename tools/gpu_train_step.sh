@@ -10,7 +10,7 @@
 #   compiled       1 GPU, RWKV-7 L12-D768 bf16 --compile, 16384 tokens per step: ctx 512 x batch 32
 #                  (the 150k tokens/s target) and ctx 4096 x batch 4 (the same logits memory, so
 #                  both run the plain cross-entropy)
-#   rosa_compiled  1 GPU, ctx 512 batch 32 --compile: rwkv8, rwkv8-rosa1-value, rwkv8-rosa-value
+#   rosa_compiled  1 GPU, ctx 512 batch 32 --compile: rwkv8, rwkv8-rosa1-value, rwkv8-rosa1-shared
 #                  (ROSA_COMPILED_CONFIGS overrides the list)
 #   multi, loss1, lossN, fsdp   the 2/4-GPU DDP rows, loss curves and FSDP2 (earlier sessions)
 # Every timing part prints each configuration's figures (with MFU) as soon as they exist and has a
@@ -66,7 +66,7 @@ want compiled && part 140 "1 GPU RWKV-7 compiled, ctx 512 x 32 and 4096 x 4" pyt
 #    compiled part above is the same-run RWKV-7 baseline; ROSA_COMPILED_CONFIGS changes the list;
 #    the ROSA layers compile into each block's graph: heron::rosa_* custom ops)
 want rosa_compiled && part 250 "1 GPU RWKV-8 (+ROSA) compiled ctx 512 batch 32" python3 $bench \
-  --configs ${ROSA_COMPILED_CONFIGS:-rwkv8,rwkv8-rosa1-value,rwkv8-rosa-value} --ctx 512 --batch 32 \
+  --configs ${ROSA_COMPILED_CONFIGS:-rwkv8,rwkv8-rosa1-value,rwkv8-rosa1-shared} --ctx 512 --batch 32 \
   --compile --steps 10 --warmup 2 --no-breakdown --time-budget 60 --json "$out/rosa_compiled.json" "${extra[@]}"
 
 # --- opt-in: several GPUs (earlier sessions' parts; need the eager baseline for the scaling) ---

@@ -95,7 +95,7 @@ class ROSAState:
         return cls(OnlineROSA.from_state_dict(data["automaton"]), None if x_prev is None else x_prev.to(device))
 
 
-QK_INITS = ("independent", "tied")
+QK_INITS = ("independent", "tied", "shared")
 
 
 def check_qk_init(value, name: str = "qk_init") -> str:
@@ -321,10 +321,15 @@ class ROSAQKV(nn.Module):
     ``shift(x)[t] = x[t-1]`` with ``state.x_prev`` (or zeros) at ``t = 0``.
 
     ``qk_init``: ``"independent"`` (official: ``q`` and ``k`` are drawn independently, so at
-    initialisation a channel's query bits have nothing to do with its key bits) or ``"tied"``
+    initialisation a channel's query bits have nothing to do with its key bits), ``"tied"``
     (``k`` starts as a copy of ``q`` and ``x_k`` as a copy of ``x_q``, so every channel starts as
-    token ROSA on its own bit stream; the two still train separately). Only the initial values
-    differ; no extra random numbers are drawn, so the other parameters are the same for a seed.
+    token ROSA on its own bit stream; the two still train separately) or ``"shared"`` (there is
+    no key path: the keys *are* the queries, ``k = q``, and the block has no ``k`` / ``x_k``
+    parameters). No extra random numbers are drawn, so the other parameters are the same for a
+    seed (``"shared"`` draws ``k`` and drops it). ``"shared"`` runs token ROSA on each channel
+    (the cheaper kernels) and computes one projection fewer; with the ``"value"`` estimator,
+    which gives ``q`` and ``k`` no gradient, a ``"tied"`` block keeps ``k == q`` for ever, so
+    ``"shared"`` is the same model at a lower cost.
 
     ``max_gain`` bounds the gradient the estimator sends into ``q, k, v`` (and from there into the
     block input) to ``max_gain`` times the op's output gradient: the remedy for deep models,
@@ -355,13 +360,19 @@ class ROSAQKV(nn.Module):
         self.o = nn.Linear(n_embd, n_embd)
         if self.qk_init == "tied":
             self.tie_qk_()
+        elif self.qk_init == "shared":  # drawn above (same random stream as the others), then dropped
+            del self.k, self.x_k
+            self.k = self.x_k = None
 
     def extra_repr(self) -> str:
         return f"qk_init={self.qk_init!r}" if self.qk_init != "independent" else ""
 
     @torch.no_grad()
     def tie_qk_(self) -> "ROSAQKV":
-        """Set the key path to the query path (``k <- q``, ``x_k <- x_q``), in place."""
+        """Set the key path to the query path (``k <- q``, ``x_k <- x_q``), in place (nothing to
+        do for ``qk_init="shared"``, which has no key path)."""
+        if self.k is None:
+            return self
         self.k.weight.copy_(self.q.weight)
         self.k.bias.copy_(self.q.bias)
         self.x_k.copy_(self.x_q)
@@ -378,7 +389,7 @@ class ROSAQKV(nn.Module):
         shifted = torch.cat([first, x[:, :-1]], dim=1)
         xx = shifted - x
         q = self.q(x + xx * self.x_q)
-        k = self.k(x + xx * self.x_k)
+        k = q if self.k is None else self.k(x + xx * self.x_k)  # shared: the same tensor (token ROSA)
         v = self.v(x + xx * self.x_v)
         if state is None and not return_state:
             return self.o(self.rosa_qkv(q, k, v))

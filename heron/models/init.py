@@ -52,7 +52,8 @@ def _reset_rosa_qkv_block(module: nn.Module) -> None:
     ``rosa_qkv.emb = 1``; its Linear layers were reset to torch's defaults already. A block built
     with ``qk_init="tied"`` then copies its query path into its key path again."""
     for name in ("x_q", "x_k", "x_v"):
-        getattr(module, name).zero_()
+        if getattr(module, name) is not None:  # qk_init="shared" has no x_k
+            getattr(module, name).zero_()
     module.rosa_qkv.emb.fill_(1.0)
     if getattr(module, "qk_init", "independent") == "tied":
         module.tie_qk_()

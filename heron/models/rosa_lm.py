@@ -42,8 +42,10 @@ class ROSALMConfig:
       an LM trains on long contexts; ``"flip"`` is the official O(T^2) one.
     - ``rosa_qk_init``: ``"independent"`` (official: the ROSA blocks' ``q`` and ``k`` projections
       are drawn independently) or ``"tied"`` (each block's ``k`` and ``x_k`` start equal to its
-      ``q`` and ``x_q``, so every channel starts as token ROSA on its own bit stream; see
-      :class:`heron.layers.rosa.ROSAQKV` and docs/models.md).
+      ``q`` and ``x_q``, so every channel starts as token ROSA on its own bit stream) or
+      ``"shared"`` (no key projection: the keys are the queries; with the ``"value"`` estimator
+      the same model as ``"tied"``, cheaper); see :class:`heron.layers.rosa.ROSAQKV` and
+      docs/models.md.
     - ``rosa_max_gain``: ``None`` (the spec's unbounded estimator) or a bound on the gradient each
       ROSA block's estimator sends upstream, relative to its output gradient (docs/estimators.md,
       "Deep models").

@@ -54,8 +54,10 @@ class RWKV8Config:
     - ``lora_rank_decay / _iclr / _value / _gate``: time-mix LoRA ranks, defaults from spec §5.
     - ``rosa``: ``None`` or ``"qkv1"`` / ``"qkv4"``: a ROSA-QKV block (``ln3``, ``rosa``) beside
       every time-mix; ``rosa_estimator``/``rosa_tau`` configure its gradient estimator;
-      ``rosa_qk_init`` its initial key projection: ``"independent"`` (official) or ``"tied"``
-      (``k``/``x_k`` start equal to ``q``/``x_q``; see :class:`heron.layers.rosa.ROSAQKV`);
+      ``rosa_qk_init`` its initial key projection: ``"independent"`` (official), ``"tied"``
+      (``k``/``x_k`` start equal to ``q``/``x_q``) or ``"shared"`` (no key projection: the keys
+      are the queries, token ROSA per channel; with the ``"value"`` estimator the same model as
+      ``"tied"``, cheaper; see :class:`heron.layers.rosa.ROSAQKV`);
       ``rosa_max_gain`` (default ``None``, the spec's unbounded estimator) bounds the gradient each
       ROSA block's estimator sends upstream to that many times its output gradient: without it the
       estimator's gain compounds through the layers of a deep model (docs/estimators.md).

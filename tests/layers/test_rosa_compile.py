@@ -48,6 +48,27 @@ def test_rosa_qkv_block_compiles_to_one_graph_with_eager_gradients(estimator, bi
     _compare(layer, _input(16))
 
 
+@pytest.mark.parametrize("estimator", ["value", "flip"])
+def test_shared_keys_compile_to_one_graph_with_eager_gradients(estimator, monkeypatch):
+    # qk_init="shared": k is q, so the engine runs token ROSA; the identity must survive tracing
+    import heron.ops.rosa as rosa_package
+
+    module = __import__("sys").modules["heron.ops.rosa"]
+    calls = []
+    original = module._dispatch
+
+    def spy(q, k, v, largest_key, backend="auto"):
+        calls.append(k is q)
+        return original(q, k, v, largest_key, backend)
+
+    monkeypatch.setattr(module, "_dispatch", spy)
+    torch.manual_seed(2)
+    layer = ROSAQKV(16, bits=4, estimator=estimator, tau=0.1, window=4, qk_init="shared")
+    _compare(layer, _input(16, seed=3))
+    assert calls and all(calls), "shared keys should reach the engine as token ROSA (k is q)"
+    assert rosa_package is not None
+
+
 @pytest.mark.parametrize("estimator", ["value", "window"])
 def test_channel_rosa_layer_compiles_to_one_graph_with_eager_gradients(estimator):
     torch.manual_seed(1)

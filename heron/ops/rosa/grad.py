@@ -565,14 +565,21 @@ class _QKVROSA(torch.autograd.Function):
 
     ``retrieve``: as for :class:`_ChannelROSA` (value estimator, ``v`` needing a gradient); only
     ``v``, its symbols, the output and the retrieval indices are saved then, since the value
-    estimator's ``q``/``k`` gradients are zero."""
+    estimator's ``q``/``k`` gradients are zero.
+
+    ``k=None``: shared keys (the keys are the queries; one symbol tensor, so the engine runs token
+    ROSA without the matcher). The estimator's query and key gradients are formed as for two
+    inputs and summed into ``q``'s. (None rather than ``q`` twice: torch.compile cannot trace an
+    autograd Function given one tensor for two inputs.)"""
 
     @staticmethod
     def forward(ctx, q, k, v, table, bits: int, config: EstimatorConfig, retrieve: bool = False):
-        qs, ks, vs = (pack_symbols(t, bits) for t in (q, k, v))
-        ctx.bits, ctx.config, ctx.retrieve = bits, config, retrieve
+        shared = k is None
+        qs, vs = pack_symbols(q, bits), pack_symbols(v, bits)
+        ks = qs if shared else pack_symbols(k, bits)
+        ctx.bits, ctx.config, ctx.retrieve, ctx.shared = bits, config, retrieve, shared
         ctx.q_like = (q.shape, q.dtype, q.device)
-        ctx.k_like = (k.shape, k.dtype, k.device)
+        ctx.k_like = ctx.q_like if shared else (k.shape, k.dtype, k.device)
         if retrieve:
             retrieved = _retrieve(qs, ks, bits)
             y = _retrieved_values(vs, retrieved)
@@ -590,6 +597,8 @@ class _QKVROSA(torch.autograd.Function):
             q = k = qs = ks = None
         else:
             q, k, v, table, qs, ks, vs, y = ctx.saved_tensors
+            if ctx.shared:
+                k, ks = q, qs
             retrieved = None
         B, T, C = v.shape
         G = C // bits
@@ -598,6 +607,8 @@ class _QKVROSA(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_table = _table_grad(table, y, grad_out, bits)
         want = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        if ctx.shared:  # the key gradient is part of the query's
+            want = (want[0], want[0], want[2])
         if config.estimator == "value":
             # copy-through: the matches are held fixed, so q and k get exact zeros
             for i, (shape, dtype, device) in enumerate((ctx.q_like, ctx.k_like)):
@@ -619,6 +630,10 @@ class _QKVROSA(torch.autograd.Function):
                 if want[i]:
                     grads[i] = _finish(_from_streams(delta, B, G), inp, config.tau)
         grads = _bound_gain(grads, grad_out, config.max_gain)
+        if ctx.shared:
+            present = [g for g in grads[:2] if g is not None]
+            grads[0] = present[0] + present[1] if len(present) == 2 else (present[0] if present else None)
+            grads[1] = None
         return grads[0], grads[1], grads[2], grad_table, None, None, None
 
 
@@ -648,7 +663,7 @@ def rosa_qkv_channels(q, k, v, table: torch.Tensor, bits: int, config: Estimator
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     _check_table(table, bits, q)
-    return _QKVROSA.apply(q, k, v, table, bits, config, _wants_retrieval(config, v))
+    return _QKVROSA.apply(q, None if k is q else k, v, table, bits, config, _wants_retrieval(config, v))
 
 
 def _check_table(table: torch.Tensor, bits: int, like: torch.Tensor) -> None:
