@@ -20,6 +20,7 @@ from heron.ops.rosa import (
     rosa_qkv,
     rosa_qkv_automaton,
     rosa_qkv_grouping,
+    rosa_runs,
     rosa_qkv_oracle,
     unpack_bits,
 )
@@ -118,8 +119,19 @@ def test_token_rosa_matches_oracle(x):
     expected = rosa_oracle(x)
     assert rosa_automaton(x) == expected
     assert rosa_grouping(x) == expected  # the GPU kernel's algorithm
+    assert rosa_runs(x) == expected  # the planned algorithm for nearly constant streams
     assert rosa(long_tensor(x), backend="cpu").tolist() == expected
     assert_all_paths(x, x, x, expected)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(1, 3), st.lists(st.tuples(st.integers(0, 2), st.integers(1, 40)), min_size=1, max_size=8))
+def test_runs_algorithm_on_nearly_constant_streams(alphabet, runs):
+    # few long runs (the deep layers' channels), with positions as values (the retrieval)
+    x = [symbol % alphabet for symbol, size in runs for _ in range(size)]
+    positions = list(range(len(x)))
+    assert rosa_runs(x) == rosa_oracle(x)
+    assert rosa_runs(x, positions) == rosa_qkv_oracle(x, x, positions)
 
 
 @PROPERTY_SETTINGS

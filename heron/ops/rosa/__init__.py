@@ -27,6 +27,7 @@ from .reference import (
     rosa_qkv_automaton,
     rosa_qkv_grouping,
     rosa_qkv_oracle,
+    rosa_runs,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "rosa_qkv_automaton",
     "rosa_grouping",
     "rosa_qkv_grouping",
+    "rosa_runs",
     "SuffixAutomatonROSA",
     "native_cpu",
     "native_cuda",

@@ -6,7 +6,9 @@ transitions, suffix links, last-end-position update along the suffix-link chain)
 quadratic on constant or periodic streams. It is the baseline the fast paths are measured
 against and the oracle validates it. ``rosa_qkv_grouping`` is the level-by-level grouping
 algorithm of the CUDA kernel ``csrc/rosa_grouping_cuda.cu``, written plainly so that the oracle can
-check the algorithm itself on the CPU.
+check the algorithm itself on the CPU. ``rosa_runs`` answers token ROSA from the stream's runs of
+equal symbols in O(T R + R^2) for R runs: the algorithm planned for the streams that defeat the
+grouping kernel (nearly constant channels, docs/benchmarks/rosa.md); not yet a kernel.
 """
 
 from __future__ import annotations
@@ -176,3 +178,67 @@ def rosa_qkv_grouping(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> l
 def rosa_grouping(x: Sequence[int]) -> list[int]:
     """Token ROSA on one stream through :func:`rosa_qkv_grouping`."""
     return rosa_qkv_grouping(x, x, x)
+
+
+def rosa_runs(x: Sequence[int], v: Sequence[int] | None = None) -> list[int]:
+    """Token ROSA on one stream from its runs of equal symbols: ``v[j* + 1]`` (``v`` defaults to
+    ``x``) for the latest ``j* < i`` ending the longest suffix of ``x[0..i]`` seen before, ``-1``
+    when ``x[i]`` is new. O(T R + R^2) for R runs, so linear on nearly constant streams, the
+    deep-layer channels on which the grouping kernel's work grows with the match length.
+
+    Position ``i`` lies in run ``k`` (symbol ``s_k``, start ``b_k``, length ``n_k``) at offset
+    ``o = i - b_k``. A candidate ``j`` in run ``m`` at offset ``o'`` shares ``min(o, o') + 1``
+    symbols with ``i`` when ``s_m = s_k`` and ``o' != o`` (then one side leaves its run while the
+    other still reads ``s_k``), and ``o + 1 + E(k - 1, m - 1)`` when ``o' = o``, with ``E(a, b)``
+    the backward common length of the prefixes ending with runs ``a`` and ``b``: 0 for unequal
+    symbols, the shorter length for unequal lengths, else ``n_a + E(a - 1, b - 1)``. So per
+    earlier run ``m`` with ``s_m = s_k`` only three candidates matter: ``b_m + o`` (if
+    ``n_m > o``), the run's end ``b_m + n_m - 1`` (length ``min(n_m, o + 1)``), and in the own run
+    ``i - 1`` (length ``o``); the longest wins, then the latest.
+    """
+    length = len(x)
+    values = x if v is None else v
+    if len(values) != length:
+        raise ValueError("x and v must have the same length")
+    starts: list[int] = []
+    run_of: list[int] = []
+    for time in range(length):
+        if time == 0 or x[time] != x[time - 1]:
+            starts.append(time)
+        run_of.append(len(starts) - 1)
+    runs = len(starts)
+    ends = starts[1:] + [length]
+    sizes = [end - start for start, end in zip(starts, ends)]
+    symbols = [x[start] for start in starts]
+    # common[a + 1][b + 1] = E(a, b); row and column 0 stand for "before the stream" (E = 0)
+    common = [[0] * (runs + 1) for _ in range(runs + 1)]
+    for a in range(runs):
+        for b in range(runs):
+            if symbols[a] != symbols[b]:
+                continue
+            if sizes[a] != sizes[b]:
+                common[a + 1][b + 1] = min(sizes[a], sizes[b])
+            else:
+                common[a + 1][b + 1] = sizes[a] + common[a][b]
+    out = [-1] * length
+    for i in range(length):
+        run = run_of[i]
+        offset = i - starts[run]
+        best_length, best_end = 0, -1
+
+        def consider(match: int, end: int) -> None:
+            nonlocal best_length, best_end
+            if match > best_length or (match == best_length and match > 0 and end > best_end):
+                best_length, best_end = match, end
+
+        if offset >= 1:
+            consider(offset, i - 1)
+        for other in range(run - 1):  # adjacent runs differ in symbol
+            if symbols[other] != symbols[run]:
+                continue
+            if sizes[other] > offset:
+                consider(offset + 1 + common[run][other], starts[other] + offset)
+            consider(min(sizes[other], offset + 1), starts[other] + sizes[other] - 1)
+        if best_length > 0:
+            out[i] = values[best_end + 1]
+    return out
