@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-rosa_ops = sys.modules.get("heron.ops.rosa") or __import__("heron.ops.rosa", fromlist=["_dispatch"])
+import heron.ops.rosa  # noqa: E402,F401
+# The package `heron.ops` re-exports the function `rosa`, which shadows the submodule attribute.
+rosa_ops = sys.modules["heron.ops.rosa"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import CONFIGS, TINY  # noqa: E402

@@ -160,6 +160,8 @@ def parse_args(argv=None):
         parser.error("--tokens-per-step needs no --loss-curve and at least one sequence of the longest --ctx")
     if args.steps < 1 or args.warmup < 0 or args.time_budget < 0:
         parser.error("--steps must be >= 1, --warmup and --time-budget >= 0")
+    if args.rosa_grouping_work is not None and args.rosa_grouping_work < 0:
+        parser.error("--rosa-grouping-work must be >= 0")
     if args.compile and args.warmup < 1:
         args.warmup = 1  # the compilation must happen in an untimed step
     try:
@@ -465,8 +467,9 @@ def print_top_ops(prof, steps: int, count: int, cuda: bool) -> None:
             return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
         return event.self_cpu_time_total
 
-    events = sorted(prof.key_averages(), key=self_time, reverse=True)[:count]
-    total = sum(self_time(e) for e in prof.key_averages())
+    averages = prof.key_averages()
+    events = sorted(averages, key=self_time, reverse=True)[:count]
+    total = sum(self_time(e) for e in averages)
     print(f"    top {count} ops by self {'device' if cuda else 'CPU'} time per step "
           f"(all ops: {total / 1e3 / steps:.1f} ms per step):", flush=True)
     for event in events:
@@ -635,8 +638,6 @@ def write_json(args, context, rows) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.rosa_grouping_work is not None:
-        if args.rosa_grouping_work < 0:
-            raise SystemExit("--rosa-grouping-work must be >= 0")
         import heron.ops.rosa  # noqa: F401  (the module, not the function heron.ops re-exports)
 
         sys.modules["heron.ops.rosa"].CUDA_GROUPING_WORK_PER_ELEMENT = args.rosa_grouping_work

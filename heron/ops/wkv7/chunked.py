@@ -165,10 +165,10 @@ def _wkv7_chunked(r, w, k, v, a, b, state, chunk_length, force_pairwise):
     # Carry the state from chunk to chunk, batched over B*H; the S_0-free parts of h and y were
     # formed for all chunks at once above. Per chunk: h = Hv + U S_0^T,
     # y = M_rk V + R_decayed S_0^T + M_rb h, then S_L = S_0 diag(e^{g_L}) + V^T K_to_end +
-    # h^T B_to_end (accumulated in place into the freshly decayed state). Two products per chunk rather than one on concatenated operands:
-    # the concatenations cost more than the extra calls. unbind once: indexing chunk c inside
-    # the loop would make autograd scatter every chunk's gradient into a full-size zero tensor
-    # (quadratic in C).
+    # h^T B_to_end (accumulated in place into the freshly decayed state). Two products per chunk
+    # rather than one on concatenated operands: the concatenations cost more than the extra
+    # calls. unbind once: indexing chunk c inside the loop would make autograd scatter every
+    # chunk's gradient into a full-size zero tensor (quadratic in C).
     per_chunk = [x.unbind(0) for x in (u, r_decayed, hv, y_free, v_.transpose(-1, -2), k_to_end, b_to_end,
                                         m_rb, decay_end)]
     outputs = []
