@@ -32,7 +32,9 @@ probability ``--repeat-prob`` a row gets one span of ``--repeat-min`` .. ``--rep
 written twice (immediately or after a gap of up to ``--repeat-gap``), the first occurrence being
 random tokens of the corpus distribution with probability ``--repeat-random``;
 ``--repeat-count N`` writes N such spans per augmented row, one in each of N equal consecutive
-segments of the row (spans then at most (``--seq-len`` + 1) // N // 2 tokens). With
+segments of the row (spans then at most (``--seq-len`` + 1) // N // 2 tokens); ``--repeat-pool N``
+draws the random tokens uniformly from the N most frequent training tokens instead (the copy
+test's distribution, without its validation pool). With
 ``--repeat-prob 0`` the batches are exactly the plain windows. The validation loss never sees
 augmented rows.
 
@@ -192,7 +194,7 @@ def run(variant: str, args, train: TextSource, validation: TextSource, pool: tor
                        batch_size=args.trials)
     tail = losses[-args.log_every:]
     row = {"variant": variant, "model": model_label(args), "repeat_prob": args.repeat_prob,
-           "repeat_count": args.repeat_count,
+           "repeat_count": args.repeat_count, "repeat_pool": args.repeat_pool,
            "parameters": parameters, "steps": step, "train_seconds": train_seconds,
            "tokens": step * args.batch_size * args.seq_len, "train_loss": sum(tail) / len(tail), "val_loss": val,
            "rep_acc": rep_second, "rep_acc1": rep_first, "copy": result.token_accuracy, "copy_exact": result.exact_share,
@@ -260,6 +262,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat-gap", type=int, default=32)
     parser.add_argument("--repeat-count", type=int, default=1,
                         help="repeated spans per augmented row, one per equal segment of the row")
+    parser.add_argument("--repeat-pool", type=int, default=0,
+                        help="random spans uniform over this many most frequent training tokens (0: unigram draws)")
     parser.add_argument("--json", help="write the rows (and the arguments) to this file")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -277,7 +281,8 @@ def main(argv=None) -> None:
     try:
         repeats = RepeatAugmentation(repeat_prob=args.repeat_prob, repeat_min=args.repeat_min,
                                      repeat_max=args.repeat_max, repeat_random=args.repeat_random,
-                                     repeat_gap=args.repeat_gap, repeat_count=args.repeat_count)
+                                     repeat_gap=args.repeat_gap, repeat_count=args.repeat_count,
+                                     repeat_pool=args.repeat_pool)
         if repeats.enabled:
             repeats.check_seq_len(args.seq_len)
     except ValueError as exc:  # the messages start with the option's name: repeat_prob -> --repeat-prob

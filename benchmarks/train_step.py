@@ -52,6 +52,7 @@ import argparse
 import gc
 import json
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -383,9 +384,17 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     started = time.perf_counter()
     timed = 0
     report_every = max(1, args.steps // 5)
+    # Per-step times from events on the stream, read after the loop (no per-step host sync):
+    # a ROSA model's steps vary with what it has learnt, so the spread is worth seeing.
+    step_events = [torch.cuda.Event(enable_timing=True)] if device.type == "cuda" else []
+    for event in step_events:
+        event.record()
     while timed < args.steps:
         step(len(warmup_times) + timed)
         timed += 1
+        if step_events:
+            step_events.append(torch.cuda.Event(enable_timing=True))
+            step_events[-1].record()
         if timed % report_every == 0 or timed == args.steps:
             _sync(device)  # at most 5 such waits per timing: < 1 ms each against steps of 100+ ms
             progress(context, f"{label} timed step {timed}/{args.steps}: {time.perf_counter() - started:.2f} s so far")
@@ -394,6 +403,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
             break
     _sync(device)
     step_s = (time.perf_counter() - started) / timed
+    step_ms_each = [first.elapsed_time(second) for first, second in zip(step_events, step_events[1:])]
     step_s = float(context_max(context, step_s, device))
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -415,6 +425,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
         "parameters": parameters, "matmul_parameters": flop_parameters, "device": device_name(device),
         "step_ms": step_s * 1000, "tokens_per_s": tokens_per_s, "peak_memory_mb_per_process": peak_mb,
         "timed_steps": timed, "warmup_steps": len(warmup_times),
+        "step_ms_each": step_ms_each, "step_ms_median": statistics.median(step_ms_each) if step_ms_each else None,
         "first_step_s": warmup_times[0] if warmup_times else None,
         "loss": per_token[-1], "losses": per_token,
         "fresh_batches": args.fresh_batches,
@@ -508,6 +519,11 @@ def report_row(row: dict, by_key: dict, baseline: dict | None) -> None:
     if row.get("timed_steps") is not None:
         line += f", {row['timed_steps']} timed step(s)"
     print(line)
+    if row.get("step_ms_each") and len(row["step_ms_each"]) > 1:
+        each = row["step_ms_each"]
+        median_tokens = row["batch_per_process"] * row["ctx"] * row["processes"] / (row["step_ms_median"] / 1000)
+        print(f"    per step (GPU stream): median {row['step_ms_median']:.1f} ms = {_fmt_tokens(median_tokens)} tokens/s, "
+              f"min {min(each):.1f}, max {max(each):.1f}; " + " ".join(f"{value:.0f}" for value in each))
     if row.get("compile_s") is not None:
         print(f"    compilation (first warm-up step less a compiled one, not timed): {row['compile_s']:.1f} s")
     parts = row.get("breakdown_ms")

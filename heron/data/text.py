@@ -36,7 +36,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -406,6 +406,12 @@ class RepeatAugmentation:
     :meth:`check_seq_len` raises a ``ValueError`` (no silent clamping); ``repeat_count = 1`` is
     the single span above, draw for draw.
 
+    ``repeat_pool = N`` (default 0: the unigram draws above) draws each token of a random span
+    uniformly from the ``N`` most frequent tokens of the training stream instead (ranked once per
+    stream by :func:`most_frequent_tokens`: end-of-text excluded, ties by smaller id), matching the
+    copy test's prompts (uniform over its 1000 most frequent tokens) without using the validation
+    split; a stream with fewer than ``N`` distinct tokens is a ``ValueError``.
+
     All draws come from the batch generator, a fixed number per batch, so a batch is a function of
     the generator state; ``repeat_prob = 0`` draws nothing and leaves every batch unchanged.
     """
@@ -416,6 +422,11 @@ class RepeatAugmentation:
     repeat_random: float = 0.5
     repeat_gap: int = 32
     repeat_count: int = 1
+    repeat_pool: int = 0
+    # (stream, its pool) of the last stream seen: ranking a stream of tens of millions of tokens
+    # costs far more than a batch, so it is done once per stream. Holding the stream keeps its id
+    # from being reused by another array while the entry lives.
+    _pool_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _is_number(self.repeat_prob) or not 0.0 <= self.repeat_prob <= 1.0:
@@ -432,6 +443,9 @@ class RepeatAugmentation:
         if not _is_int(self.repeat_count) or self.repeat_count < 1:
             raise ValueError(f"repeat_count: expected an int >= 1 (repeated spans per augmented row), "
                              f"got {self.repeat_count!r}")
+        if not _is_int(self.repeat_pool) or self.repeat_pool < 0:
+            raise ValueError(f"repeat_pool: expected an int >= 0 (most frequent training tokens the random spans "
+                             f"draw from uniformly; 0: the stream's own distribution), got {self.repeat_pool!r}")
 
     @property
     def enabled(self) -> bool:
@@ -462,6 +476,29 @@ class RepeatAugmentation:
                              f"{self.repeat_count} segments of a row of seq_len + 1 = {width} tokens (the shortest "
                              f"has {shortest}); lower repeat_min to at most {shortest // 2}" + count_hint)
 
+    def pool_tokens(self, stream: np.ndarray) -> np.ndarray:
+        """The ``repeat_pool`` most frequent tokens of ``stream`` (the random spans' tokens when
+        ``repeat_pool > 0``), ranked once per stream object."""
+        key = (id(stream), stream.size)
+        cached = self._pool_cache.get(key)
+        if cached is not None:
+            return cached[1]
+        try:
+            pool = most_frequent_tokens(stream, self.repeat_pool).numpy()
+        except ValueError:
+            counts = np.bincount(np.asarray(stream).astype(np.int64))
+            if 0 <= END_OF_TEXT < counts.size:
+                counts[END_OF_TEXT] = 0
+            distinct = int((counts > 0).sum())
+            if distinct >= self.repeat_pool:
+                raise
+            raise ValueError(f"repeat_pool: the training stream has only {distinct} distinct tokens (end-of-text "
+                             f"excluded), fewer than repeat_pool = {self.repeat_pool}; lower repeat_pool to at most "
+                             f"{distinct}") from None
+        self._pool_cache.clear()  # one entry: the cache must not keep every stream it has seen alive
+        self._pool_cache[key] = (stream, pool)
+        return pool
+
     def apply(self, rows: np.ndarray, stream: np.ndarray, generator: torch.Generator) -> list[dict[str, int]]:
         """Augment ``rows`` (``[B, seq_len + 1]`` token windows) in place; ``stream`` is the token
         stream the random spans are drawn from. Returns where each repeat went (one dict per
@@ -474,11 +511,16 @@ class RepeatAugmentation:
         segments = self.segments(width - 1)
         longest = self.longest_span(width - 1)
         count = self.repeat_count
+        # ranked before any draw or write, so a stream too poor for the pool leaves rows and generator alone
+        pool = self.pool_tokens(stream) if self.repeat_pool and self.repeat_random > 0 else None
         # A fixed number of draws per batch whatever the outcome, so the generator advances the
         # same way for every batch of this shape. With repeat_count = 1 these are the draws of the
         # single-span augmentation, in the same order ([B, 1, 6] and [B, 6] hold the same stream).
         draws = torch.rand((batch, count, 6), generator=generator, dtype=torch.float64).numpy()
-        random_positions = torch.randint(0, stream.size, (batch, count, longest), generator=generator).numpy()
+        # repeat_pool > 0 draws indices into the pool instead of stream positions: same shape, same count
+        random_positions = torch.randint(0, self.repeat_pool or stream.size, (batch, count, longest),
+                                         generator=generator).numpy()
+        random_source = stream if pool is None else pool
         placements = []
         for row in range(batch):
             if draws[row, 0, 0] >= self.repeat_prob:  # one draw per row decides all its spans
@@ -494,7 +536,7 @@ class RepeatAugmentation:
                 start = begin + int(start_draw * (room - gap + 1))
                 use_random = bool(random_draw < self.repeat_random)
                 if use_random:
-                    rows[row, start:start + length] = stream[random_positions[row, index, :length]]
+                    rows[row, start:start + length] = random_source[random_positions[row, index, :length]]
                 copy_start = start + length + gap
                 rows[row, copy_start:copy_start + length] = rows[row, start:start + length]
                 placements.append({"row": row, "segment": index, "start": start, "length": length, "gap": gap,
@@ -531,6 +573,8 @@ class TextSource:
                 raise TypeError(f"repeats: expected a RepeatAugmentation or None, got {type(repeats).__name__}")
             if repeats.enabled:  # an idle augmentation must not restrict seq_len
                 repeats.check_seq_len(seq_len)
+                if repeats.repeat_pool and repeats.repeat_random > 0:
+                    repeats.pool_tokens(array)  # a pool the stream cannot fill fails here, not at the first batch
         self.tokens = array
         self.seq_len = seq_len
         self.vocab_size = vocab_size

@@ -337,6 +337,9 @@ def test_repeat_augmentation_leaves_validation_alone():
     ({"repeat_min": 20, "repeat_max": 10}, "repeat_max: expected an int >= repeat_min = 20"),
     ({"repeat_random": -0.1}, "repeat_random: expected a number in \\[0, 1\\]"),
     ({"repeat_gap": -1}, "repeat_gap: expected an int >= 0"),
+    ({"repeat_pool": -1}, "repeat_pool: expected an int >= 0"),
+    ({"repeat_pool": 2.0}, "repeat_pool: expected an int >= 0"),
+    ({"repeat_pool": True}, "repeat_pool: expected an int >= 0"),
 ])
 def test_bad_repeat_options(values, message):
     with pytest.raises(ValueError, match=message):
@@ -350,6 +353,83 @@ def test_repeat_min_must_fit_twice():
     assert TextSource(np.arange(100), 8, 128, repeats=RepeatAugmentation(repeat_min=16)).repeats is None
     with pytest.raises(TypeError, match="repeats"):
         TextSource(np.arange(100), 32, 128, repeats={"repeat_prob": 0.5})
+
+
+# repeat_pool: random spans uniform over the most frequent training tokens
+
+POOL_TOKENS = (3, 7, 11, 20, 42, 55, 60, 99)
+
+
+def _pooled_stream():
+    """POOL_TOKENS with 1000, 1100, ... occurrences, 2000 other ids once each and end-of-text (0)
+    most often of all: the 8 most frequent non-end-of-text tokens are POOL_TOKENS, by far."""
+    parts = [np.full(1000 + 100 * rank, token) for rank, token in enumerate(POOL_TOKENS)]
+    parts += [np.arange(200, 2200), np.zeros(20_000, dtype=np.int64)]
+    return np.random.default_rng(0).permutation(np.concatenate(parts)).astype(np.int64)
+
+
+def test_repeat_pool_draws_from_the_most_frequent_training_tokens():
+    stream = _pooled_stream()
+    augmentation = RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_max=40, repeat_random=1.0,
+                                      repeat_gap=5, repeat_pool=len(POOL_TOKENS))
+    pool = augmentation.pool_tokens(stream)
+    assert sorted(pool.tolist()) == sorted(POOL_TOKENS)
+    assert augmentation.pool_tokens(stream) is pool  # ranked once per stream
+    # rows of ids outside the stream: every pool token in a row was written by the augmentation
+    rows = 10_000 + np.arange(64 * 33).reshape(64, 33)
+    placements = augmentation.apply(rows, stream, torch.Generator().manual_seed(0))
+    assert len(placements) == 64 and all(p["random"] for p in placements)
+    seen = set()
+    for p in placements:
+        row, start, length, gap = rows[p["row"]], p["start"], p["length"], p["gap"]
+        first = row[start:start + length]
+        assert set(first.tolist()) <= set(POOL_TOKENS)
+        assert np.array_equal(first, row[start + length + gap:start + 2 * length + gap])
+        seen.update(first.tolist())
+    assert seen == set(POOL_TOKENS)  # uniform draws reach the whole pool, not only its most frequent
+    other = _distinct_stream(100)  # another stream gets its own pool (all ties: the smallest ids)
+    assert augmentation.pool_tokens(other).tolist() == list(range(1, 9)) == most_frequent_tokens(other, 8).tolist()
+
+
+def test_repeat_pool_zero_is_the_augmentation_without_it():
+    stream = np.random.default_rng(0).integers(0, 300, 5_000)
+    unset = TextSource(stream, 64, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_count=2))
+    zero = unset.with_repeats(RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_count=2, repeat_pool=0))
+    generators = [torch.Generator().manual_seed(5) for _ in range(2)]
+    for _ in range(3):
+        a, b = unset.batch(16, generators[0]), zero.batch(16, generators[1])
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+
+
+def test_repeat_pool_is_deterministic_and_draws_as_much_as_without_it():
+    stream = _pooled_stream()
+    source = TextSource(stream, 64, 30_000, repeats=RepeatAugmentation(repeat_prob=0.5, repeat_min=4, repeat_pool=8))
+    generators = [torch.Generator().manual_seed(9) for _ in range(2)]
+    for _ in range(3):
+        first, again = source.batch(16, generators[0]), source.batch(16, generators[1])
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(source.batch(16, torch.Generator().manual_seed(10))[0], first[0])
+    unigram = source.with_repeats(RepeatAugmentation(repeat_prob=0.5, repeat_min=4))
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    source.batch(16, a), unigram.batch(16, b)
+    assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_repeat_pool_larger_than_the_stream_vocabulary():
+    stream = _pooled_stream()  # 8 + 2000 distinct tokens besides end-of-text
+    augmentation = RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_pool=2009)
+    rows = stream[:64].reshape(2, 32).copy()
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    with pytest.raises(ValueError, match="repeat_pool: the training stream has only 2008 distinct tokens"):
+        augmentation.apply(rows, stream, generator)
+    assert np.array_equal(rows, stream[:64].reshape(2, 32)) and torch.equal(generator.get_state(), state)
+    with pytest.raises(ValueError, match="repeat_pool: .* 2008 distinct tokens"):  # when the source is built
+        TextSource(stream, 31, 30_000, repeats=augmentation)
+    # no random spans, no pool to fill
+    TextSource(stream, 31, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_random=0.0,
+                                                               repeat_pool=2009)).batch(4, generator)
 
 
 # repeat_count: several non-overlapping spans per augmented row

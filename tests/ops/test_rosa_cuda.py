@@ -150,6 +150,45 @@ def test_grouping_kernel_constant_streams():
         assert torch.equal(grouping_forward(k.cuda(), k.cuda(), k.cuda(), 32).cpu(), rosa(k, backend="cpu"))
 
 
+def few_run_streams(batch: int, length: int, channels: int, alphabet: int, seed: int) -> torch.Tensor:
+    """[B, T, S] streams made of few runs of equal symbols: a random number of runs on both sides
+    of the runs branch's limit (64), with random sizes, sizes repeating in a short pattern (long
+    chains of equal runs in the backward common-length table) and a single long run."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.empty(batch, length, channels, dtype=torch.int64)
+    for row in range(batch):
+        for channel in range(channels):
+            runs = int(torch.randint(1, min(length, 72) + 1, (1,), generator=generator))
+            if channel % 3 == 1:  # sizes repeating with period 2 or 3 over the whole stream
+                pattern = torch.randint(1, 6, (int(torch.randint(2, 4, (1,), generator=generator)),), generator=generator)
+                sizes = pattern.repeat(length // int(pattern.sum()) + 1)
+            else:
+                cuts = torch.randperm(length - 1, generator=generator)[: runs - 1] + 1
+                bounds = torch.cat([torch.zeros(1, dtype=torch.int64), cuts.sort().values, torch.tensor([length])])
+                sizes = bounds.diff()
+            symbols = torch.randint(0, alphabet, (sizes.numel(),), generator=generator)
+            if alphabet > 1:  # adjacent runs differ
+                for index in range(1, symbols.numel()):
+                    while symbols[index] == symbols[index - 1]:
+                        symbols[index] = torch.randint(0, alphabet, (1,), generator=generator)
+            x[row, :, channel] = symbols.repeat_interleave(sizes)[:length]
+    return x
+
+
+@pytest.mark.parametrize("alphabet", [2, 3, 16])
+@pytest.mark.parametrize("length", [5, 37, 129, 512, 4096])
+def test_grouping_kernel_runs_branch_equals_cpu(alphabet, length):
+    # Token streams with at most 64 runs are answered from their runs; those just above go
+    # through the grouping. Values distinct per position show which key position answered.
+    x = few_run_streams(2, length, 24, alphabet, seed=length * 5 + alphabet)
+    v = torch.randint(0, 1 << 20, x.shape, generator=torch.Generator().manual_seed(length))
+    xc, vc = x.cuda(), v.cuda()
+    expected = rosa_qkv(x, x, v, backend="cpu")
+    for budget in (1, 32, 1 << 40):
+        assert torch.equal(grouping_forward(xc, xc, vc, budget).cpu(), expected), budget
+    assert torch.equal(grouping_forward(xc, xc, xc, 32).cpu(), rosa(x, backend="cpu"))
+
+
 def test_default_engine_uses_grouping_and_matches_cpu():
     # The public functions with the module's defaults, alphabets on both sides of the grouping
     # kernel's symbol limit.

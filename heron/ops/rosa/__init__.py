@@ -66,6 +66,8 @@ CUDA_THREADS_PER_BLOCK = 32
 # (QKV); after this many element visits per element a stream goes to the automaton. Random 1- and
 # 4-bit streams need 10-15 (token and QKV, T = 512 and 4096: at most 15.0 in a simulation of the
 # algorithm), periodic ones up to T. 0 runs the automaton alone (benchmarks compare the two so).
+# Token streams with at most 64 runs of equal symbols (the nearly constant channels of trained deep
+# layers) are answered from their runs inside the grouping kernel and never reach the budget.
 CUDA_GROUPING_WORK_PER_ELEMENT = 32
 
 

@@ -14,6 +14,9 @@
 //     d + 1 and the nearest such key is the latest; groups without a matching query are marked
 //     dead. The block stops when no query matched.
 //
+// Token streams with at most kMaxRuns runs of equal symbols skip the grouping: they are answered
+// from their runs (answer_from_runs), linear in T on exactly the nearly constant streams whose
+// long matches keep groups alive for many levels.
 // Periodic streams keep every group alive for up to T levels (quadratic work), so after
 // `work_per_element * n` element visits a stream is handed to the automaton kernel (rosa_cuda.cu)
 // through a device-side flag; streams with a symbol above 255 go there at once. Constant streams
@@ -148,6 +151,88 @@ struct Shared {
   uint8_t* key_symbols;
 };
 
+// Token ROSA of a stream with at most kMaxRuns runs of equal symbols, from its runs (the
+// `rosa_runs` of reference.py, whose docstring derives it). Position i in run r (symbol s_r,
+// start b_r, size n_r) at offset o = i - b_r matches, in an earlier run m with s_m = s_r, at
+// b_m + o with length o + 1 + E(r - 1, m - 1) when n_m > o, and at the run's end with length
+// min(n_m, o + 1); in its own run at i - 1 with length o. E(a, b), the backward common length of
+// the prefixes ending with runs a and b, is 0 for unequal symbols, the shorter size for unequal
+// sizes, else n_a + E(a - 1, b - 1): a table filled one diagonal a - b per thread.
+// Returns false (touching nothing) when the stream has more runs; the tables reuse the work
+// region at `tables`, which the grouping has not used yet.
+__device__ bool answer_from_runs(const uint8_t* symbols, int length, const int64_t* __restrict__ v,
+                                 int64_t* __restrict__ out, int64_t base, int64_t channels,
+                                 unsigned char* tables) {
+  constexpr int kMaxRuns = heron_rosa_grouping::kMaxRuns;
+  __shared__ int run_count;
+  if (threadIdx.x == 0) run_count = 0;
+  __syncthreads();
+  int starts_here = 0;
+  for (int time = threadIdx.x; time < length; time += blockDim.x)
+    starts_here += time == 0 || symbols[time] != symbols[time - 1];
+  starts_here = __reduce_add_sync(0xffffffffu, starts_here);
+  if ((threadIdx.x & 31) == 0 && starts_here) atomicAdd(&run_count, starts_here);
+  __syncthreads();
+  const int runs = run_count;
+  if (runs > kMaxRuns) return false;
+
+  uint16_t* run_start = reinterpret_cast<uint16_t*>(tables);  // runs + 1 entries
+  uint16_t* run_symbol = run_start + (kMaxRuns + 1);
+  uint16_t* common = run_symbol + kMaxRuns;  // E(a, b) at a (a - 1) / 2 + b, for a > b
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int found = 0;
+    for (int first = 0; first < length; first += 32) {
+      const int time = first + lane;
+      const bool starts = time < length && (time == 0 || symbols[time] != symbols[time - 1]);
+      const unsigned int ballot = __ballot_sync(0xffffffffu, starts);
+      if (starts) {
+        const int run = found + __popc(ballot & ((1u << lane) - 1u));
+        run_start[run] = static_cast<uint16_t>(time);
+        run_symbol[run] = symbols[time];
+      }
+      found += __popc(ballot);
+    }
+    if (lane == 0) run_start[runs] = static_cast<uint16_t>(length);
+  }
+  __syncthreads();
+  for (int diagonal = static_cast<int>(threadIdx.x) + 1; diagonal < runs; diagonal += blockDim.x) {
+    int previous = 0;  // E(a - 1, b - 1); 0 before the stream
+    for (int b = 0; b + diagonal < runs; ++b) {
+      const int a = b + diagonal;
+      const int size_a = run_start[a + 1] - run_start[a], size_b = run_start[b + 1] - run_start[b];
+      int value = 0;
+      if (run_symbol[a] == run_symbol[b]) value = size_a != size_b ? min(size_a, size_b) : size_a + previous;
+      common[a * (a - 1) / 2 + b] = static_cast<uint16_t>(value);
+      previous = value;
+    }
+  }
+  __syncthreads();
+  for (int time = threadIdx.x; time < length; time += blockDim.x) {
+    int run = 0;  // the last run starting at or before `time`
+    for (int step = kMaxRuns / 2; step >= 1; step >>= 1)
+      if (run + step < runs && run_start[run + step] <= time) run += step;
+    const int offset = time - run_start[run];
+    const int symbol = run_symbol[run];
+    int best_length = offset, best_end = time - 1;  // own run: length `offset` (none at 0)
+    auto consider = [&](int match, int end) {
+      if (match > best_length || (match == best_length && end > best_end)) {
+        best_length = match;
+        best_end = end;
+      }
+    };
+    for (int other = 0; other + 1 < run; ++other) {  // adjacent runs differ in symbol
+      if (run_symbol[other] != symbol) continue;
+      const int start = run_start[other], size = run_start[other + 1] - start;
+      if (size > offset)
+        consider(offset + 1 + (other > 0 ? common[(run - 1) * (run - 2) / 2 + other - 1] : 0), start + offset);
+      consider(min(size, offset + 1), start + size - 1);
+    }
+    out[base + time * channels] = best_length > 0 ? v[base + (best_end + 1) * channels] : -1;
+  }
+  return true;
+}
+
 template <bool kToken>
 __global__ void __launch_bounds__(1024) rosa_grouping_kernel(
     const int64_t* __restrict__ q, const int64_t* __restrict__ k, const int64_t* __restrict__ v,
@@ -172,7 +257,8 @@ __global__ void __launch_bounds__(1024) rosa_grouping_kernel(
   shared.group_scratch = reinterpret_cast<uint16_t*>(cursor); cursor += elements * 2;
   shared.latest_key = reinterpret_cast<int16_t*>(cursor); cursor += length * 2;
   shared.flags[0] = cursor; cursor += elements;
-  shared.flags[1] = cursor; cursor += elements;
+  shared.flags[1] = cursor;
+  cursor = shared_memory + heron_rosa_grouping::work_region_bytes(length, kToken);
   shared.query_symbols = cursor; cursor += length;
   shared.key_symbols = kToken ? shared.query_symbols : cursor;
   const Stream stream{shared.query_symbols, shared.key_symbols};
@@ -218,6 +304,9 @@ __global__ void __launch_bounds__(1024) rosa_grouping_kernel(
   const bool hand_over_now = __syncthreads_or(too_large);
   if (threadIdx.x == 0) handed_over[stream_index] = hand_over_now;
   if (hand_over_now) return;
+  if constexpr (kToken) {
+    if (answer_from_runs(shared.query_symbols, length, v, out, base, channels, shared_memory)) return;
+  }
   const int bits = symbol_bits == 0 ? 0 : 32 - __clz(symbol_bits);
   const int passes = bits > 0 ? bits : 1;  // one pass still drops the elements out of history
 
