@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Issue 9 on ONE card (CUDA_VISIBLE_DEVICES picks it), ~11 minutes on an H100 (each part is
+# Issue 9 on ONE card (CUDA_VISIBLE_DEVICES picks it), ~14 minutes on an H100 (each part is
 # time-boxed, so a shorter window cuts the last parts):
 #   1. the CUDA ROSA tests (tests/ops/test_rosa_cuda.py: the grouping kernel's runs branch against
 #      the CPU engine) before anything is timed;
 #   2. benchmarks/train_step.py --compile at ctx 512 x batch 32, 20 timed steps each (per-step
 #      times from CUDA events): rwkv7 (the same-run baseline), RWKV-8 + ROSA-QKV with shared keys
 #      (rwkv8-rosa-shared 4-bit, rwkv8-rosa1-shared 1-bit: token ROSA, where the runs branch
-#      applies) and with tied keys (rwkv8-rosa-value, rwkv8-rosa1-value);
-#   3. the shared rows again with a fresh random batch every step (the default cycles 4, which the
-#      model starts to memorise);
+#      applies) and with tied keys (rwkv8-rosa-value, rwkv8-rosa1-value). --compile keeps the ROSA
+#      layers eager on CUDA (their compiled gradients are wrong, docs/limits.md);
+#   3. the shared rows again with --compile-rosa (the ROSA layers inside the graphs, the seventh
+#      session's figures: fast, gradients wrong) and with a fresh random batch every step;
 #   4. the GPU tests of the compiled ROSA blocks and the ROSA estimators;
 #   5. benchmarks/rosa_layer_streams.py after 8 training steps on 4 cycled batches (the nearly
 #      constant deep-layer streams): the engine per grouping budget, 0 = the automaton alone.
 # Writes into $OUT (default /tmp/out): rosa_speed.log, rosa_cuda_tests.txt, compiled.json,
-# compiled_fresh.json, gpu_tests.txt, layer_streams.json. Assumes the extensions are built
+# compiled_rosa.json, compiled_fresh.json, gpu_tests.txt, layer_streams.json. Assumes the extensions are built
 # (tools/gpu_session.sh setup).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,9 @@ tail -n 1 "$out/rosa_cuda_tests.txt" | tee -a "$log"
 part 420 "compiled train step ctx 512 x 32" python3 benchmarks/train_step.py \
   --configs rwkv7,rwkv8-rosa-shared,rwkv8-rosa1-shared,rwkv8-rosa-value,rwkv8-rosa1-value --ctx 512 \
   --batch 32 --compile --steps 20 --warmup 3 --no-breakdown --time-budget 75 --json "$out/compiled.json"
+part 200 "shared-key rows with the ROSA layers compiled too (gradients wrong)" python3 benchmarks/train_step.py \
+  --configs rwkv8-rosa-shared,rwkv8-rosa1-shared --ctx 512 --batch 32 --compile --compile-rosa --steps 20 \
+  --warmup 3 --no-breakdown --time-budget 75 --json "$out/compiled_rosa.json"
 part 200 "compiled shared-key rows, a fresh batch every step" python3 benchmarks/train_step.py \
   --configs rwkv8-rosa-shared,rwkv8-rosa1-shared --ctx 512 --batch 32 --compile --steps 20 --warmup 3 \
   --no-breakdown --time-budget 75 --fresh-batches --json "$out/compiled_fresh.json"

@@ -410,7 +410,11 @@ class RepeatAugmentation:
     uniformly from the ``N`` most frequent tokens of the training stream instead (ranked once per
     stream by :func:`most_frequent_tokens`: end-of-text excluded, ties by smaller id), matching the
     copy test's prompts (uniform over its 1000 most frequent tokens) without using the validation
-    split; a stream with fewer than ``N`` distinct tokens is a ``ValueError``.
+    split; a stream with fewer than ``N`` distinct tokens is a ``ValueError``. Measured, it does
+    not help: models trained so (seventh session, docs/benchmarks/copy.md) copied the training
+    spans but 1-4% of the test's, whose prompts hold tokens outside the training pool (688 of the
+    two splits' 1000 most frequent tokens are shared); the copying learnt on pool tokens did not
+    carry over. Keep the default unless the pool covers every token the model must copy.
 
     All draws come from the batch generator, a fixed number per batch, so a batch is a function of
     the generator state; ``repeat_prob = 0`` draws nothing and leaves every batch unchanged.

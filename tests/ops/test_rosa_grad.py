@@ -588,3 +588,18 @@ def test_cuda_flip_at_the_dp_limit_equals_cpu(bits):
         for g, w in zip(got, want):
             assert torch.isfinite(g).all()
             torch.testing.assert_close(g.cpu(), w, rtol=0, atol=1e-12)
+
+
+def test_max_gain_factor_keeps_float64_precision():
+    # The bound's factor is computed in float64 for float64 gradients (a float32 factor would put
+    # a 1e-7 relative error into every bounded float64 gradient) and in float32 for bf16 ones.
+    generator = torch.Generator().manual_seed(11)
+    grads = [torch.randn(3, 5, 8, generator=generator, dtype=torch.float64) * 10, None]
+    grad_out = torch.randn(3, 5, 8, generator=generator, dtype=torch.float64)
+    (bounded, missing) = G._bound_gain(grads, grad_out, 1.0)
+    expected = grads[0] * (grad_out.norm() / grads[0].norm())
+    assert missing is None
+    assert torch.allclose(bounded, expected, rtol=1e-13, atol=0)
+    low = G._bound_gain([grads[0].bfloat16()], grad_out.bfloat16(), 1.0)[0]
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.double(), expected, rtol=2e-2)

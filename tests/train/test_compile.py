@@ -34,7 +34,8 @@ def _grads(model, tokens, autocast: bool) -> dict[str, torch.Tensor]:
 
 
 def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, rtol: float,
-                           backend: str = "inductor", dtype: torch.dtype = torch.float32) -> None:
+                           backend: str = "inductor", dtype: torch.dtype = torch.float32,
+                           rosa_eager: bool = False) -> None:
     torch.manual_seed(0)
     eager = RWKV8(RWKV8Config(**config))
     init_lm_recipe(eager)
@@ -45,7 +46,7 @@ def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, r
             block.ffn.value.weight.normal_(std=0.02)
     eager.to(device=tokens.device, dtype=dtype)
     compiled = copy.deepcopy(eager)
-    apply_compile(compiled, backend=backend)
+    apply_compile(compiled, backend=backend, rosa_eager=rosa_eager)
     expected = _grads(eager, tokens, autocast)
     for _ in range(2):  # the second call runs the cached graphs
         got = _grads(compiled, tokens, autocast)
@@ -126,17 +127,41 @@ def test_compiled_blocks_on_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rosa_eager", [
+    pytest.param(False, id="rosa-compiled", marks=pytest.mark.xfail(
+        strict=True, reason="known bug (docs/limits.md): with the ROSA layers inside the compiled blocks the "
+                            "gradients below them are ~100% off on CUDA; parallelize keeps them eager there")),
+    pytest.param(True, id="rosa-eager"),
+])
 @pytest.mark.parametrize("rosa", ["qkv1", "qkv4"])
-def test_compiled_rosa_blocks_on_gpu(rosa):
+def test_compiled_rosa_blocks_on_gpu(rosa, rosa_eager):
     # The ROSA-QKV block inside each block's Inductor graph (heron::rosa_* custom ops, CUDA
-    # kernels), value estimator with the gain bound, as benchmarks/train_step.py compiles it.
+    # kernels), value estimator with the gain bound, as benchmarks/train_step.py --compile-rosa
+    # compiles it; and around it, the ROSA layers eager (what --compile does on CUDA).
     # float64: ROSA thresholds q, k, v at 0, so the last-bit differences between Inductor's and
     # eager's float32/bf16 arithmetic flip the odd bit and change matches (a qkv4 run under bf16
     # autocast failed so on an H100); in float64 no value lands that close to 0.
     config = dict(n_layer=2, n_embd=256, vocab_size=1024, head_size=64, rosa=rosa, deep_embed=True,
                   rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0, rosa_tau=0.1)
     tokens = torch.randint(0, config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(4)).cuda()
-    _check_compiled_blocks(config, tokens, autocast=False, rtol=1e-6, dtype=torch.float64)
+    _check_compiled_blocks(config, tokens, autocast=False, rtol=1e-6, dtype=torch.float64, rosa_eager=rosa_eager)
+
+
+def test_rosa_eager_compile_leaves_the_rosa_layers_out():
+    # apply_compile(rosa_eager=True), what parallelize does on CUDA: every part of a ROSA block
+    # but its ROSA layer is compiled, and the gradients stay the eager ones.
+    config = dict(TINY, rosa="qkv1", rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0, rosa_tau=0.1)
+    model = RWKV8(RWKV8Config(**config))
+    apply_compile(model, backend="aot_eager", rosa_eager=True)
+
+    def compiled(module):
+        return getattr(module, "_compiled_call_impl", None) is not None
+
+    for block in model.blocks:
+        assert not compiled(block) and not compiled(block.rosa)
+        assert compiled(block.att) and compiled(block.ffn) and compiled(block.ln3)
+        assert not any(compiled(inner) for inner in block.rosa.modules())
+    _check_compiled_blocks(config, _tokens(5), autocast=False, rtol=1e-5, backend="aot_eager", rosa_eager=True)
 
 
 def test_traced_rosa_blocks_give_the_eager_gradients():

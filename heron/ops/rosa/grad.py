@@ -505,10 +505,12 @@ def _bound_gain(grads: list, grad_out: torch.Tensor, max_gain: float | None) -> 
     present = [g for g in grads if g is not None]
     if max_gain is None or not present:
         return grads
-    squares = torch.stack([g.float().square().sum() for g in present]).sum()
-    limit = max_gain * grad_out.float().norm()
+    # at least float32 (bf16/fp16 gradients under autocast), float64 for float64 gradients
+    compute = torch.float64 if any(g.dtype == torch.float64 for g in present) else torch.float32
+    squares = torch.stack([g.to(compute).square().sum() for g in present]).sum()
+    limit = max_gain * grad_out.to(compute).norm()
     # limit / norm <= 1 is the factor; clamp_min keeps 0 / 0 away for an all-zero estimate
-    factor = (limit / squares.sqrt().clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
+    factor = (limit / squares.sqrt().clamp_min(torch.finfo(compute).tiny)).clamp(max=1.0)
     factor = torch.where(torch.isfinite(squares), factor, torch.zeros_like(factor))
     return [None if g is None else g * factor.to(g.dtype) for g in grads]
 
