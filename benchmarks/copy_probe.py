@@ -47,14 +47,27 @@ from heron.models.init import LM_GRAD_CLIP, init_lm_recipe, lm_learning_rate, ma
 
 
 def copy_batch(batch_size: int, seq_len: int, vocab_size: int, seg_min: int, seg_max: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(inputs [B, T], targets [B, T], copy_mask [B, T])``: each row a random segment repeated."""
+               generator: torch.Generator, span_pool: int = 0,
+               noise_max: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inputs [B, T], targets [B, T], copy_mask [B, T])``: each row a random segment repeated.
+
+    ``span_pool`` > 0: the segment's tokens are drawn from ``0 .. span_pool - 1`` only (0: the
+    whole vocabulary). ``noise_max`` > 0: each row starts with ``0 .. noise_max`` tokens drawn
+    from the whole vocabulary, so tokens outside the pool are seen, but never in a segment."""
     lengths = torch.randint(seg_min, seg_max + 1, (batch_size,), generator=generator)
-    tokens = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator)
+    tokens = torch.randint(0, span_pool or vocab_size, (batch_size, seq_len + 1), generator=generator)
     position = torch.arange(seq_len + 1)
-    source = position.unsqueeze(0) % lengths.unsqueeze(1)          # index into the segment
-    rows = tokens.gather(1, source)
-    copy_mask = position[1:].unsqueeze(0) >= lengths.unsqueeze(1)  # target t+1 repeats an earlier token
+    if noise_max:
+        offsets = torch.randint(0, noise_max + 1, (batch_size,), generator=generator)
+        noise = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator)
+    else:
+        offsets = torch.zeros(batch_size, dtype=torch.int64)
+        noise = tokens
+    shifted = (position.unsqueeze(0) - offsets.unsqueeze(1)).clamp_min(0)
+    source = shifted % lengths.unsqueeze(1)                         # index into the segment
+    rows = torch.where(position.unsqueeze(0) < offsets.unsqueeze(1), noise, tokens.gather(1, source))
+    # target t + 1 repeats an earlier token
+    copy_mask = position[1:].unsqueeze(0) >= (offsets + lengths).unsqueeze(1)
     return rows[:, :-1], rows[:, 1:], copy_mask
 
 
@@ -99,14 +112,15 @@ def run(kind: str, qk_init: str, args) -> dict:
     optimizer = make_lm_optimizer(model, args.lr)
     data = torch.Generator().manual_seed(args.seed)
     held_out = copy_batch(args.eval_batch, args.seq_len, args.vocab, args.seg_min, args.seg_max,
-                          torch.Generator().manual_seed(args.seed + 10_007))
+                          torch.Generator().manual_seed(args.seed + 10_007), args.span_pool, args.noise_max)
     pool = torch.arange(args.vocab)
     curve, start = [], time.time()
     for step in range(args.steps):
         lr = lm_learning_rate(step, args.steps, args.lr, args.lr_final, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        inputs, targets, _ = copy_batch(args.batch_size, args.seq_len, args.vocab, args.seg_min, args.seg_max, data)
+        inputs, targets, _ = copy_batch(args.batch_size, args.seq_len, args.vocab, args.seg_min, args.seg_max, data,
+                                        args.span_pool, args.noise_max)
         logits = model(inputs)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -124,6 +138,13 @@ def run(kind: str, qk_init: str, args) -> dict:
                                    seed=args.seed, batch_size=args.trials)
                 point["copy_token_accuracy"] = result.token_accuracy
                 point["copy_exact"] = result.exact_share
+            if last and args.span_pool:
+                # prompts from the segments' pool only, and from the tokens never in a segment
+                for name, subset in (("in_pool", torch.arange(args.span_pool)),
+                                     ("out_of_pool", torch.arange(args.span_pool, args.vocab))):
+                    result = copy_eval(model, subset, trials=args.trials, length=args.copy_length,
+                                       cue=args.copy_cue, seed=args.seed, batch_size=args.trials)
+                    point[f"copy_token_accuracy_{name}"] = result.token_accuracy
             if last:
                 point["first_repeat_acc"] = first_repeat_accuracy(model, args)
                 for cue in args.extra_cues:
@@ -136,6 +157,9 @@ def run(kind: str, qk_init: str, args) -> dict:
                      if "copy_token_accuracy" in point else "")
             for cue in args.extra_cues if last else ():
                 extra += f" (cue {cue}: {100 * point[f'copy_token_accuracy_cue{cue}']:.1f}%)"
+            if last and args.span_pool:
+                extra += (f" (prompts from the pool: {100 * point['copy_token_accuracy_in_pool']:.1f}%, "
+                          f"from outside it: {100 * point['copy_token_accuracy_out_of_pool']:.1f}%)")
             if last:
                 first = point["first_repeat_acc"]
                 extra += " first-repeat acc at offsets 0..8: " + " ".join(f"{a:.2f}" for a in first[:9])
@@ -157,6 +181,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seg-min", type=int, default=8, help="shortest repeated segment")
     parser.add_argument("--seg-max", type=int, default=48, help="longest repeated segment")
     parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--span-pool", type=int, default=0,
+                        help="draw the segments from tokens 0 .. N-1 only (0: the whole vocabulary); the final "
+                             "test then also scores prompts from inside and from outside that pool")
+    parser.add_argument("--noise-max", type=int, default=0,
+                        help="start each row with 0 .. N tokens from the whole vocabulary (so tokens outside "
+                             "--span-pool occur, never in a segment)")
     parser.add_argument("--dim", type=int, default=64, help="n_embd")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=16, help="RWKV time-mix head size")
@@ -180,6 +210,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.seg_min <= args.seg_max <= args.seq_len:
         parser.error("need 1 <= --seg-min <= --seg-max <= --seq-len")
+    if not 0 <= args.span_pool < args.vocab or args.span_pool == 1:
+        parser.error("--span-pool: 0 (the whole vocabulary) or 2 .. --vocab - 1")
+    if not 0 <= args.noise_max < args.seq_len - args.seg_max:
+        parser.error("--noise-max: 0 .. --seq-len - --seg-max - 1 (room for the segment and a repeat)")
     args.extra_cues = [int(cue) for cue in args.extra_cues.split(",") if cue.strip()]
     if any(not 1 <= cue < args.copy_length for cue in [args.copy_cue, *args.extra_cues]):
         parser.error("cues must lie in 1 .. --copy-length - 1")

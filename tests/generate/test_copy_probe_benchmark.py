@@ -1,0 +1,59 @@
+"""benchmarks/copy_probe.py: its synthetic rows (segments from a token pool after a noise prefix)
+and a CPU smoke run of the pool comparison."""
+
+import importlib.util
+import json
+
+import torch
+
+from tests.benchmark_runner import REPO, run_benchmark
+
+_spec = importlib.util.spec_from_file_location("copy_probe", REPO / "benchmarks" / "copy_probe.py")
+copy_probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(copy_probe)
+
+
+def test_pool_rows_repeat_a_pool_segment_after_whole_vocabulary_noise():
+    generator = torch.Generator().manual_seed(3)
+    inputs, targets, mask = copy_probe.copy_batch(64, 96, 50, 4, 12, generator, span_pool=10, noise_max=8)
+    rows = torch.cat([inputs, targets[:, -1:]], dim=1)
+    assert torch.equal(rows[:, 1:], targets)
+    saw_noise_outside_pool = False
+    for row, row_mask in zip(rows, mask):
+        start = int(torch.nonzero(row_mask)[0]) + 1  # first copied position of the row
+        # the copied targets repeat the token one segment earlier, and the segment is from the pool
+        copied = torch.nonzero(row_mask).flatten() + 1
+        length = next(n for n in range(4, 13) if torch.equal(row[copied], row[copied - n]))
+        offset = start - length
+        assert 0 <= offset <= 8
+        assert int(row[offset:].max()) < 10
+        saw_noise_outside_pool |= bool((row[:offset] >= 10).any())
+    assert saw_noise_outside_pool
+
+
+def test_default_rows_are_the_plain_repeats():
+    # without a pool or noise: the earlier batches, draw for draw
+    generator = torch.Generator().manual_seed(4)
+    inputs, targets, mask = copy_probe.copy_batch(8, 40, 30, 3, 7, generator)
+    again = torch.Generator().manual_seed(4)
+    lengths = torch.randint(3, 8, (8,), generator=again)
+    tokens = torch.randint(0, 30, (8, 41), generator=again)
+    position = torch.arange(41)
+    rows = tokens.gather(1, position.unsqueeze(0) % lengths.unsqueeze(1))
+    assert torch.equal(inputs, rows[:, :-1]) and torch.equal(targets, rows[:, 1:])
+    assert torch.equal(mask, position[1:].unsqueeze(0) >= lengths.unsqueeze(1))
+
+
+def test_probe_scores_prompts_inside_and_outside_the_pool(tmp_path):
+    out = tmp_path / "probe.json"
+    result = run_benchmark("copy_probe.py", "--models", "rwkv8", "--qk-init", "tied", "--bits", "4",
+                           "--estimator", "value", "--vocab", "32", "--span-pool", "16", "--noise-max", "4",
+                           "--steps", "2", "--seq-len", "32", "--seg-max", "12", "--trials", "4",
+                           "--copy-length", "8", "--extra-cues", "", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = json.loads(out.read_text())["results"][0]
+    for key in ("copy_token_accuracy", "copy_token_accuracy_in_pool", "copy_token_accuracy_out_of_pool"):
+        assert 0.0 <= final[key] <= 1.0
+    assert "from outside it" in result.stdout
+    bad = run_benchmark("copy_probe.py", "--span-pool", "32", "--vocab", "32")
+    assert bad.returncode != 0 and "--span-pool" in bad.stderr
