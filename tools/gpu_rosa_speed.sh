@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue 9 on ONE card (CUDA_VISIBLE_DEVICES picks it), ~14 minutes on an H100 (each part is
+# Issue 9 on ONE card (CUDA_VISIBLE_DEVICES picks it), ~16 minutes on an H100 (each part is
 # time-boxed, so a shorter window cuts the last parts):
 #   1. the CUDA ROSA tests (tests/ops/test_rosa_cuda.py: the grouping kernel's runs branch against
-#      the CPU engine) before anything is timed;
+#      the CPU engine) before anything is timed, and tools/compile_grad_check.py (do blocks compiled
+#      with their ROSA layers give the eager gradients yet?);
 #   2. benchmarks/train_step.py --compile at ctx 512 x batch 32, 20 timed steps each (per-step
 #      times from CUDA events): rwkv7 (the same-run baseline), RWKV-8 + ROSA-QKV with shared keys
 #      (rwkv8-rosa-shared 4-bit, rwkv8-rosa1-shared 1-bit: token ROSA, where the runs branch
@@ -25,6 +26,8 @@ log="$out/rosa_speed.log"; touch "$log"
 part 150 "CUDA ROSA tests" bash -c "python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_rosa_cuda.py \
   2>&1 | tail -n 25 > '$out/rosa_cuda_tests.txt'"
 tail -n 1 "$out/rosa_cuda_tests.txt" | tee -a "$log"
+part 200 "compiled ROSA gradients against eager (the full compile)" python3 tools/compile_grad_check.py \
+  --device cuda --dtype float32 --rosa qkv1 none
 part 420 "compiled train step ctx 512 x 32" python3 benchmarks/train_step.py \
   --configs rwkv7,rwkv8-rosa-shared,rwkv8-rosa1-shared,rwkv8-rosa-value,rwkv8-rosa1-value --ctx 512 \
   --batch 32 --compile --steps 20 --warmup 3 --no-breakdown --time-budget 75 --json "$out/compiled.json"

@@ -96,6 +96,15 @@ def test_rosa_custom_ops_pass_opcheck():
     torch.library.opcheck(
         torch.ops.heron.rosa_flip_deltas.default, (streams_q, streams_q, streams_q, val, 1, 5, True, True, True, True)
     )
+    # the value estimator's input gradient: [B, T, C] float input of 4-bit groups (C = 8, G = 2)
+    x = torch.randn(2, 20, 8, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(2, 20, 8, generator=g, dtype=torch.float64)
+    table = torch.randn(17, 8, generator=g, dtype=torch.float64)
+    values = torch.randint(0, 16, (4, 20), generator=g)
+    retrieved = torch.randint(-1, 20, (4, 20), generator=g)
+    for max_gain in (0.0, 0.5):
+        torch.library.opcheck(torch.ops.heron.rosa_value_input_grad.default,
+                              (grad_out, table, retrieved, values, x, 4, 0.1, max_gain))
 
 
 def test_op_wrappers_keep_their_python_results():

@@ -515,6 +515,38 @@ def _bound_gain(grads: list, grad_out: torch.Tensor, max_gain: float | None) -> 
     return [None if g is None else g * factor.to(g.dtype) for g in grads]
 
 
+@torch.library.custom_op("heron::rosa_value_input_grad", mutates_args=())
+def _value_input_grad_op(grad_out: torch.Tensor, table: torch.Tensor, retrieved: torch.Tensor,
+                         values: torch.Tensor, x: torch.Tensor, bits: int, tau: float,
+                         max_gain: float) -> torch.Tensor:
+    """The value estimator's gradient w.r.t. the float input ``x`` [B, T, C] whose thresholded bits
+    are the value symbols ``values`` ([S, T] streams; ``retrieved`` their retrieval indices):
+    copy-through deltas, scaled by ``_finish`` and bounded to ``max_gain`` (``<= 0``: unbounded).
+
+    One opaque op in a compiled graph: compiled with their blocks on CUDA, the ROSA layers' input
+    gradients came out wrong (docs/limits.md), so this part of the backward runs as the eager code
+    it is, wherever it is called from."""
+    B, T, C = x.shape
+    delta = value_deltas(retrieved, values, _value_table(grad_out, table, bits), bits)
+    grad = _finish(_from_streams(delta, B, C // bits), x, tau)
+    if max_gain > 0:
+        (grad,) = _bound_gain([grad], grad_out, max_gain)
+    return grad.contiguous()
+
+
+@_value_input_grad_op.register_fake
+def _(grad_out, table, retrieved, values, x, bits, tau, max_gain):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def value_input_grad(grad_out, table, retrieved, values, x, bits: int, config: EstimatorConfig) -> torch.Tensor:
+    """:func:`_value_input_grad_op` with the estimator's settings (``config.max_gain`` None:
+    unbounded)."""
+    max_gain = config.max_gain if config.max_gain is not None else 0.0
+    return torch.ops.heron.rosa_value_input_grad(grad_out, table.detach(), retrieved, values, x,
+                                                 bits, float(config.tau), float(max_gain))
+
+
 class _ChannelROSA(torch.autograd.Function):
     """Channel ROSA (token ROSA on each group's symbol stream), decoded through ``table``.
 
@@ -545,20 +577,20 @@ class _ChannelROSA(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_table = _table_grad(table, y, grad_out, bits)
         if ctx.needs_input_grad[0]:
-            val = _value_table(grad_out, table.detach(), bits)
             streams = _to_streams(symbols)
             if config.estimator == "value":
                 if retrieved is None:  # forward ran without the retrieval (applied directly)
                     retrieved_streams = retrieval_indices(streams, streams, bits)
                 else:
                     retrieved_streams = _to_streams(retrieved)
-                delta = value_deltas(retrieved_streams, streams, val, bits)
+                grad_x = value_input_grad(grad_out, table, retrieved_streams, streams, x, bits, config)
             else:
+                val = _value_table(grad_out, table.detach(), bits)
                 (delta,) = flip_deltas(
                     streams, streams, streams, val, bits, config.window_for(T), token=True
                 )
-            grad_x = _finish(_from_streams(delta, B, G), x, config.tau)
-            (grad_x,) = _bound_gain([grad_x], grad_out, config.max_gain)
+                grad_x = _finish(_from_streams(delta, B, G), x, config.tau)
+                (grad_x,) = _bound_gain([grad_x], grad_out, config.max_gain)
         return grad_x, grad_table, None, None, None
 
 
@@ -617,13 +649,12 @@ class _QKVROSA(torch.autograd.Function):
                 if want[i]:
                     grads[i] = torch.zeros(shape, dtype=dtype, device=device)
             if want[2]:
-                val = _value_table(grad_out, table.detach(), bits)
                 if retrieved is None:  # forward ran without the retrieval (applied directly)
                     retrieved_streams = retrieval_indices(_to_streams(qs), _to_streams(ks), bits)
                 else:
                     retrieved_streams = _to_streams(retrieved)
-                delta = value_deltas(retrieved_streams, _to_streams(vs), val, bits)
-                grads[2] = _finish(_from_streams(delta, B, G), v, config.tau)
+                # bounded inside: the zero q and k gradients add nothing to the joint norm
+                grads[2] = value_input_grad(grad_out, table, retrieved_streams, _to_streams(vs), v, bits, config)
         elif any(want):
             val = _value_table(grad_out, table.detach(), bits)
             streams = [_to_streams(s) for s in (qs, ks, vs)]
@@ -631,7 +662,7 @@ class _QKVROSA(torch.autograd.Function):
             for i, (inp, delta) in enumerate(zip((q, k, v), deltas)):
                 if want[i]:
                     grads[i] = _finish(_from_streams(delta, B, G), inp, config.tau)
-        grads = _bound_gain(grads, grad_out, config.max_gain)
+            grads = _bound_gain(grads, grad_out, config.max_gain)
         if ctx.shared:
             present = [g for g in grads[:2] if g is not None]
             grads[0] = present[0] + present[1] if len(present) == 2 else (present[0] if present else None)
