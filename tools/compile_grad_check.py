@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-gain", type=float, default=1.0, help="rosa_max_gain (0: unbounded)")
     parser.add_argument("--show", type=int, default=8, help="worst parameters listed per comparison")
     parser.add_argument("--rtol", type=float, default=1e-4, help="exit 1 when a compiled gradient is further off")
+    parser.add_argument("--backend", default="inductor",
+                        help="torch.compile back end (aot_eager: the same graphs without Inductor's code generation)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     tokens = torch.randint(0, 1024, (4, 256), generator=torch.Generator().manual_seed(4))
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
             print(f"{label}: eager {args.device} vs cpu: logits {relative(logits_cpu, logits_eager):.1e}, "
                   f"grads {worst(grads_cpu, grads_eager, args.show)[1]}", flush=True)
         compiled = copy.deepcopy(eager)
-        apply_compile(compiled)
+        apply_compile(compiled, backend=args.backend)
         for call in (1, 2):  # the second call runs the cached graphs
             logits_compiled, grads_compiled = gradients(compiled, tokens.to(args.device))
             largest, listing = worst(grads_eager, grads_compiled, args.show)

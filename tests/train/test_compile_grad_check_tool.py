@@ -1,0 +1,17 @@
+"""tools/compile_grad_check.py runs and compares (CPU, the aot_eager back end: fast)."""
+
+import subprocess
+import sys
+
+from tests.benchmark_runner import REPO
+
+
+def test_compile_grad_check_tool_on_cpu():
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "compile_grad_check.py"), "--device", "cpu",
+                             "--backend", "aot_eager", "--rosa", "qkv1", "--show", "3"],
+                            cwd=REPO, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "compiled call" in line]
+    assert len(lines) == 2  # two calls of the compiled model
+    assert all("grads " in line and "logits" in line for line in lines)
