@@ -123,8 +123,8 @@ def parse_args(argv=None):
                              "have passed since the model was built (at least one timed step runs; the row "
                              "records how many did; under torchrun one small all-reduce per step decides); "
                              "0 = no limit (default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every block (on CUDA without its "
-                        "ROSA layers, which stay eager: see --compile-rosa)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every block (on CUDA with its "
+                        "ROSA ops run eagerly between the graphs: see --compile-rosa)")
     parser.add_argument("--compile-rosa", action="store_true",
                         help="with --compile on CUDA, compile the ROSA layers with their blocks too: faster, but that "
                              "graph's gradients are wrong today (docs/limits.md); for measuring that path only")

@@ -7,8 +7,8 @@
 #   2. benchmarks/train_step.py --compile at ctx 512 x batch 32, 20 timed steps each (per-step
 #      times from CUDA events): rwkv7 (the same-run baseline), RWKV-8 + ROSA-QKV with shared keys
 #      (rwkv8-rosa-shared 4-bit, rwkv8-rosa1-shared 1-bit: token ROSA, where the runs branch
-#      applies) and with tied keys (rwkv8-rosa-value, rwkv8-rosa1-value). --compile keeps the ROSA
-#      layers eager on CUDA (their compiled gradients are wrong, docs/limits.md);
+#      applies) and with tied keys (rwkv8-rosa-value, rwkv8-rosa1-value). --compile runs the ROSA
+#      ops eagerly between the graphs on CUDA (their compiled gradients are wrong, docs/limits.md);
 #   3. the shared rows again with --compile-rosa (the ROSA layers inside the graphs, the seventh
 #      session's figures: fast, gradients wrong) and with a fresh random batch every step;
 #   4. the GPU tests of the compiled ROSA blocks and the ROSA estimators;

@@ -35,6 +35,13 @@ from ..ops.rosa.grad import (
 
 __all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV", "QK_INITS", "check_qk_init"]
 
+# The trainable ops outside any compiled graph (a graph break around each call), for layers whose
+# ``eager_under_compile`` is set: compiled with their blocks on CUDA, the ROSA ops give wrong
+# gradients to the layers below (docs/limits.md); heron.train.distributed sets the flag there.
+# Outside torch.compile these are the plain functions.
+_rosa_channel_eager = torch.compiler.disable(rosa_channel)
+_rosa_qkv_channels_eager = torch.compiler.disable(rosa_qkv_channels)
+
 
 @dataclass
 class ROSAState:
@@ -228,6 +235,7 @@ class ROSABits(nn.Module):
         channel_decode_table(torch.zeros(1), torch.zeros(1), 1, self.no_match)  # validates no_match
         self.emb0 = nn.Parameter(torch.full((1, 1, n_embd), -1e-5))
         self.emb1 = nn.Parameter(torch.full((1, 1, n_embd), 1e-5))
+        self.eager_under_compile = False  # see _rosa_channel_eager
 
     def extra_repr(self) -> str:
         return (
@@ -246,7 +254,8 @@ class ROSABits(nn.Module):
         _check_state(state, "ROSABits", B * G)
         table = self.decode_table().to(x.device)
         if state is None and not return_state:
-            return rosa_channel(x, table, self.bits, self.config)
+            op = _rosa_channel_eager if self.eager_under_compile else rosa_channel
+            return op(x, table, self.bits, self.config)
         _refuse_grad_through_history(state, x)
         automaton = state.automaton if state is not None else _new_automaton(B * G)
         fresh = automaton.length == 0
@@ -280,6 +289,7 @@ class ROSAQKVOp(nn.Module):
         self.config = EstimatorConfig(estimator, tau, window, max_gain)
         qkv_decode_table(torch.zeros(1), 1, self.no_match)  # validates no_match
         self.emb = nn.Parameter(torch.full((1, 1, n_embd), 1.0))
+        self.eager_under_compile = False  # see _rosa_qkv_channels_eager
 
     def extra_repr(self) -> str:
         return (
@@ -297,7 +307,8 @@ class ROSAQKVOp(nn.Module):
             check_activation(name, t, self.n_embd, self.bits)
         table = self.decode_table().to(q.device)
         if automaton is None:
-            return rosa_qkv_channels(q, k, v, table, self.bits, self.config)
+            op = _rosa_qkv_channels_eager if self.eager_under_compile else rosa_qkv_channels
+            return op(q, k, v, table, self.bits, self.config)
         if not (q.shape == k.shape == v.shape):
             raise ValueError(
                 f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"

@@ -221,22 +221,11 @@ def compile_options() -> dict[str, object]:
     return {}
 
 
-def _is_rosa_layer(module: torch.nn.Module) -> bool:
-    from heron.layers.rosa import EmbROSA, ROSABits, ROSAQKV, ROSAQKVOp
+def _rosa_op_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers that call a trainable ROSA op (``ROSABits``, ``ROSAQKVOp``)."""
+    from heron.layers.rosa import ROSABits, ROSAQKVOp
 
-    return isinstance(module, (EmbROSA, ROSABits, ROSAQKV, ROSAQKVOp))
-
-
-def _compile_around_rosa(module: torch.nn.Module, kwargs: dict) -> None:
-    """Compile ``module`` whole when it holds no ROSA layer, else each of its children so (the
-    ROSA layers and the module's own forward stay eager)."""
-    if _is_rosa_layer(module):
-        return
-    if not any(_is_rosa_layer(inner) for inner in module.modules()):
-        module.compile(**kwargs)
-        return
-    for child in module.children():
-        _compile_around_rosa(child, kwargs)
+    return [module for module in model.modules() if isinstance(module, (ROSABits, ROSAQKVOp))]
 
 
 def apply_compile(model: torch.nn.Module, backend: str = "inductor", *, rosa_eager: bool = False) -> None:
@@ -245,21 +234,21 @@ def apply_compile(model: torch.nn.Module, backend: str = "inductor", *, rosa_eag
     Inductor options this torch needs. ``backend``: torch.compile's (tests trace with
     ``"aot_eager"``: the same graphs and autograd, without Inductor's code generation).
 
-    ``rosa_eager``: leave the ROSA layers out of the graphs: a block holding one gets its other
-    parts compiled one by one. :func:`parallelize` sets it on CUDA, where blocks compiled with
-    their ROSA layers give wrong gradients to everything below them (docs/limits.md; found with
-    ``tools/compile_grad_check.py``, not yet fixed)."""
+    ``rosa_eager``: run the trainable ROSA ops outside the graphs (their layers'
+    ``eager_under_compile``: one graph break around each op call; the projections and everything
+    else of the block stay compiled). :func:`parallelize` sets it on CUDA, where blocks compiled
+    with their ROSA ops give wrong gradients to everything below them (docs/limits.md; found with
+    ``tools/compile_grad_check.py``, not yet fixed). Without it the flag is cleared again."""
     blocks = model_blocks(model)
     if backend != "inductor":
         kwargs = {"backend": backend}
     else:
         options = compile_options()
         kwargs = {"options": options} if options else {}
+    for layer in _rosa_op_layers(model):
+        layer.eager_under_compile = rosa_eager
     for module in blocks if blocks is not None else [model]:
-        if rosa_eager:
-            _compile_around_rosa(module, kwargs)
-        else:
-            module.compile(**kwargs)
+        module.compile(**kwargs)
 
 
 _FSDP_PREFIX = "model."  # the trained model is the ``model`` submodule of the loss wrapper
@@ -390,7 +379,7 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
     on the root). One process: no wrapper. ``template`` (FSDP, rank 0): an unsharded copy of the
     model for evaluation and export, moved to the meta device here.
 
-    On CUDA the ROSA layers stay out of the compiled graphs (see :func:`apply_compile`) unless
+    On CUDA the trainable ROSA ops stay out of the compiled graphs (see :func:`apply_compile`) unless
     ``compile_rosa``, which compiles them with their blocks, gradients wrong as they are today:
     for measuring and fixing that path only."""
     if parallel not in ("ddp", "fsdp"):
@@ -401,9 +390,9 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
         apply_grad_checkpointing(model)
     if compile:
         rosa_eager = device.type == "cuda" and not compile_rosa
-        if rosa_eager and any(_is_rosa_layer(module) for module in model.modules()):
-            warnings.warn("compile: the ROSA layers stay eager on CUDA (compiled with their blocks they give wrong "
-                          "gradients, docs/limits.md); the rest of each block is compiled", stacklevel=2)
+        if rosa_eager and _rosa_op_layers(model):
+            warnings.warn("compile: the ROSA ops run eagerly on CUDA, between compiled graphs (compiled with their "
+                          "blocks they give wrong gradients, docs/limits.md)", stacklevel=2)
         apply_compile(model, rosa_eager=rosa_eager)
     if not context.enabled:
         return ParallelModel(model, root, context, "single")
