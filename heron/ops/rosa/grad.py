@@ -517,17 +517,17 @@ def _bound_gain(grads: list, grad_out: torch.Tensor, max_gain: float | None) -> 
 
 @torch.library.custom_op("heron::rosa_value_input_grad", mutates_args=())
 def _value_input_grad_op(grad_out: torch.Tensor, table: torch.Tensor, retrieved: torch.Tensor,
-                         values: torch.Tensor, x: torch.Tensor, bits: int, tau: float,
-                         max_gain: float) -> torch.Tensor:
+                         x: torch.Tensor, bits: int, tau: float, max_gain: float) -> torch.Tensor:
     """The value estimator's gradient w.r.t. the float input ``x`` [B, T, C] whose thresholded bits
-    are the value symbols ``values`` ([S, T] streams; ``retrieved`` their retrieval indices):
+    are the ROSA's values (``retrieved`` [B, T, C // bits]: the retrieval index of every output):
     copy-through deltas, scaled by ``_finish`` and bounded to ``max_gain`` (``<= 0``: unbounded).
 
-    One opaque op in a compiled graph: compiled with their blocks on CUDA, the ROSA layers' input
-    gradients came out wrong (docs/limits.md), so this part of the backward runs as the eager code
-    it is, wherever it is called from."""
+    One opaque op in a compiled graph, from the saved tensors to the input gradient: compiled with
+    their blocks on CUDA, the ROSA layers' input gradients came out wrong (docs/limits.md), so
+    this whole path runs as the eager code it is, wherever it is called from."""
     B, T, C = x.shape
-    delta = value_deltas(retrieved, values, _value_table(grad_out, table, bits), bits)
+    values = _to_streams(pack_symbols(x, bits))
+    delta = value_deltas(_to_streams(retrieved), values, _value_table(grad_out, table, bits), bits)
     grad = _finish(_from_streams(delta, B, C // bits), x, tau)
     if max_gain > 0:
         (grad,) = _bound_gain([grad], grad_out, max_gain)
@@ -535,16 +535,21 @@ def _value_input_grad_op(grad_out: torch.Tensor, table: torch.Tensor, retrieved:
 
 
 @_value_input_grad_op.register_fake
-def _(grad_out, table, retrieved, values, x, bits, tau, max_gain):
+def _(grad_out, table, retrieved, x, bits, tau, max_gain):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def value_input_grad(grad_out, table, retrieved, values, x, bits: int, config: EstimatorConfig) -> torch.Tensor:
+def value_input_grad(grad_out, table, retrieved, x, bits: int, config: EstimatorConfig) -> torch.Tensor:
     """:func:`_value_input_grad_op` with the estimator's settings (``config.max_gain`` None:
     unbounded)."""
     max_gain = config.max_gain if config.max_gain is not None else 0.0
-    return torch.ops.heron.rosa_value_input_grad(grad_out, table.detach(), retrieved, values, x,
-                                                 bits, float(config.tau), float(max_gain))
+    return torch.ops.heron.rosa_value_input_grad(grad_out, table.detach(), retrieved, x, bits,
+                                                 float(config.tau), float(max_gain))
+
+
+def _retrieval_grid(streams: torch.Tensor, B: int, G: int) -> torch.Tensor:
+    """``[S, T]`` retrieval streams as ``[B, T, G]`` (a view)."""
+    return streams.reshape(B, G, -1).permute(0, 2, 1)
 
 
 class _ChannelROSA(torch.autograd.Function):
@@ -577,14 +582,13 @@ class _ChannelROSA(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_table = _table_grad(table, y, grad_out, bits)
         if ctx.needs_input_grad[0]:
-            streams = _to_streams(symbols)
             if config.estimator == "value":
                 if retrieved is None:  # forward ran without the retrieval (applied directly)
-                    retrieved_streams = retrieval_indices(streams, streams, bits)
-                else:
-                    retrieved_streams = _to_streams(retrieved)
-                grad_x = value_input_grad(grad_out, table, retrieved_streams, streams, x, bits, config)
+                    streams = _to_streams(symbols)
+                    retrieved = _retrieval_grid(retrieval_indices(streams, streams, bits), B, G)
+                grad_x = value_input_grad(grad_out, table, retrieved, x, bits, config)
             else:
+                streams = _to_streams(symbols)
                 val = _value_table(grad_out, table.detach(), bits)
                 (delta,) = flip_deltas(
                     streams, streams, streams, val, bits, config.window_for(T), token=True
@@ -598,8 +602,8 @@ class _QKVROSA(torch.autograd.Function):
     """QKV ROSA on channel groups of ``q, k, v``, decoded through ``table``.
 
     ``retrieve``: as for :class:`_ChannelROSA` (value estimator, ``v`` needing a gradient); only
-    ``v``, its symbols, the output and the retrieval indices are saved then, since the value
-    estimator's ``q``/``k`` gradients are zero.
+    ``v``, the output and the retrieval indices are saved then, since the value estimator's
+    ``q``/``k`` gradients are zero (``v``'s symbols are recomputed in the backward).
 
     ``k=None``: shared keys (the keys are the queries; one symbol tensor, so the engine runs token
     ROSA without the matcher). The estimator's query and key gradients are formed as for two
@@ -617,7 +621,7 @@ class _QKVROSA(torch.autograd.Function):
         if retrieve:
             retrieved = _retrieve(qs, ks, bits)
             y = _retrieved_values(vs, retrieved)
-            ctx.save_for_backward(v, table, vs, y, retrieved)
+            ctx.save_for_backward(v, table, y, retrieved)
         else:
             y = _forward_symbols(qs, ks, vs, bits)
             ctx.save_for_backward(q, k, v, table, qs, ks, vs, y)
@@ -627,8 +631,8 @@ class _QKVROSA(torch.autograd.Function):
     def backward(ctx, grad_out):
         bits, config = ctx.bits, ctx.config
         if ctx.retrieve:
-            v, table, vs, y, retrieved = ctx.saved_tensors
-            q = k = qs = ks = None
+            v, table, y, retrieved = ctx.saved_tensors
+            q = k = qs = ks = vs = None
         else:
             q, k, v, table, qs, ks, vs, y = ctx.saved_tensors
             if ctx.shared:
@@ -650,11 +654,9 @@ class _QKVROSA(torch.autograd.Function):
                     grads[i] = torch.zeros(shape, dtype=dtype, device=device)
             if want[2]:
                 if retrieved is None:  # forward ran without the retrieval (applied directly)
-                    retrieved_streams = retrieval_indices(_to_streams(qs), _to_streams(ks), bits)
-                else:
-                    retrieved_streams = _to_streams(retrieved)
+                    retrieved = _retrieval_grid(retrieval_indices(_to_streams(qs), _to_streams(ks), bits), B, G)
                 # bounded inside: the zero q and k gradients add nothing to the joint norm
-                grads[2] = value_input_grad(grad_out, table, retrieved_streams, _to_streams(vs), v, bits, config)
+                grads[2] = value_input_grad(grad_out, table, retrieved, v, bits, config)
         elif any(want):
             val = _value_table(grad_out, table.detach(), bits)
             streams = [_to_streams(s) for s in (qs, ks, vs)]
