@@ -416,6 +416,16 @@ class RepeatAugmentation:
     two splits' 1000 most frequent tokens are shared); the copying learnt on pool tokens did not
     carry over. Keep the default unless the pool covers every token the model must copy.
 
+    ``repeat_uniform = p`` (default 0) draws a random span, with probability ``p``, uniformly from
+    the whole vocabulary (ids ``1 .. vocab_size - 1``, the ``vocab_size`` passed to :meth:`apply`)
+    instead. Why: a token that never occurs in the training text never appears in a unigram span
+    either, its output is never trained, and a model cannot copy it. The copy test's pool (the
+    validation split's 1000 most frequent tokens) holds 4 tokens that the demo corpus's training
+    split never contains and 9 more seen 1-4 times; 44 of the test's 200 trials decode one of the
+    4 (docs/benchmarks/copy.md, seventh session). Uniform draws teach every token's copy without
+    looking at the validation data. ``repeat_uniform = 0`` draws nothing extra: the batches of
+    earlier versions, draw for draw.
+
     All draws come from the batch generator, a fixed number per batch, so a batch is a function of
     the generator state; ``repeat_prob = 0`` draws nothing and leaves every batch unchanged.
     """
@@ -427,6 +437,7 @@ class RepeatAugmentation:
     repeat_gap: int = 32
     repeat_count: int = 1
     repeat_pool: int = 0
+    repeat_uniform: float = 0.0
     # (stream, its pool) of the last stream seen: ranking a stream of tens of millions of tokens
     # costs far more than a batch, so it is done once per stream. Holding the stream keeps its id
     # from being reused by another array while the entry lives.
@@ -447,6 +458,9 @@ class RepeatAugmentation:
         if not _is_int(self.repeat_count) or self.repeat_count < 1:
             raise ValueError(f"repeat_count: expected an int >= 1 (repeated spans per augmented row), "
                              f"got {self.repeat_count!r}")
+        if not _is_number(self.repeat_uniform) or not 0.0 <= self.repeat_uniform <= 1.0:
+            raise ValueError(f"repeat_uniform: expected a number in [0, 1] (share of random spans drawn uniformly "
+                             f"from the whole vocabulary), got {self.repeat_uniform!r}")
         if not _is_int(self.repeat_pool) or self.repeat_pool < 0:
             raise ValueError(f"repeat_pool: expected an int >= 0 (most frequent training tokens the random spans "
                              f"draw from uniformly; 0: the stream's own distribution), got {self.repeat_pool!r}")
@@ -503,13 +517,20 @@ class RepeatAugmentation:
         self._pool_cache[key] = (stream, pool)
         return pool
 
-    def apply(self, rows: np.ndarray, stream: np.ndarray, generator: torch.Generator) -> list[dict[str, int]]:
+    def apply(self, rows: np.ndarray, stream: np.ndarray, generator: torch.Generator,
+              vocab_size: int | None = None) -> list[dict[str, int]]:
         """Augment ``rows`` (``[B, seq_len + 1]`` token windows) in place; ``stream`` is the token
-        stream the random spans are drawn from. Returns where each repeat went (one dict per
+        stream the random spans are drawn from, ``vocab_size`` the vocabulary of the uniform
+        draws (needed when ``repeat_uniform > 0``). Returns where each repeat went (one dict per
         span written: ``row``, ``segment``, ``start`` (in the row), ``length``, ``gap``,
-        ``random``; ``repeat_count`` of them per augmented row), for tests and checks."""
+        ``random`` (0: text, 1: the stream's tokens or the pool, 2: uniform over the vocabulary);
+        ``repeat_count`` of them per augmented row), for tests and checks."""
         if not self.enabled:
             return []
+        uniform = self.repeat_uniform > 0 and self.repeat_random > 0
+        if uniform and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2):
+            raise ValueError(f"vocab_size: repeat_uniform > 0 needs the vocabulary size (an int >= 2), "
+                             f"got {vocab_size!r}")
         batch, width = rows.shape
         self.check_seq_len(width - 1)
         segments = self.segments(width - 1)
@@ -525,6 +546,9 @@ class RepeatAugmentation:
         random_positions = torch.randint(0, self.repeat_pool or stream.size, (batch, count, longest),
                                          generator=generator).numpy()
         random_source = stream if pool is None else pool
+        if uniform:  # drawn only then, so repeat_uniform = 0 leaves the earlier draws untouched
+            uniform_draws = torch.rand((batch, count), generator=generator, dtype=torch.float64).numpy()
+            uniform_tokens = torch.randint(1, vocab_size, (batch, count, longest), generator=generator).numpy()
         placements = []
         for row in range(batch):
             if draws[row, 0, 0] >= self.repeat_prob:  # one draw per row decides all its spans
@@ -539,12 +563,15 @@ class RepeatAugmentation:
                 gap = 0 if immediate_draw < 0.5 or max_gap == 0 else 1 + int(gap_draw * max_gap)
                 start = begin + int(start_draw * (room - gap + 1))
                 use_random = bool(random_draw < self.repeat_random)
-                if use_random:
+                use_uniform = use_random and uniform and bool(uniform_draws[row, index] < self.repeat_uniform)
+                if use_uniform:
+                    rows[row, start:start + length] = uniform_tokens[row, index, :length]
+                elif use_random:
                     rows[row, start:start + length] = random_source[random_positions[row, index, :length]]
                 copy_start = start + length + gap
                 rows[row, copy_start:copy_start + length] = rows[row, start:start + length]
                 placements.append({"row": row, "segment": index, "start": start, "length": length, "gap": gap,
-                                   "random": int(use_random)})
+                                   "random": 2 if use_uniform else int(use_random)})
         return placements
 
 
@@ -606,7 +633,7 @@ class TextSource:
         rows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)[None, :]].astype(np.int64)
         if self.repeats is not None:
             # on the whole window, before the split, so targets stay the inputs shifted by one
-            self.repeats.apply(rows, self.tokens, generator)
+            self.repeats.apply(rows, self.tokens, generator, vocab_size=self.vocab_size)
         rows = torch.from_numpy(rows)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 

@@ -322,7 +322,7 @@ TEXT_MODEL = dict(n_layer=4, n_embd=256, head_size=64, rosa="qkv1", rosa_estimat
 # The repeat augmentation of the training rows (heron.data.text.RepeatAugmentation; docs/training.md):
 # off by default, the other values apply once repeat_prob > 0.
 TEXT_REPEAT_OPTIONS = {"repeat_prob": 0.0, "repeat_min": 16, "repeat_max": 128, "repeat_random": 0.5,
-                       "repeat_gap": 32, "repeat_count": 1, "repeat_pool": 0}
+                       "repeat_gap": 32, "repeat_count": 1, "repeat_pool": 0, "repeat_uniform": 0.0}
 
 
 def _build_text_task(config: TrainConfig) -> TaskSetup:

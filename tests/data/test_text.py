@@ -338,6 +338,8 @@ def test_repeat_augmentation_leaves_validation_alone():
     ({"repeat_random": -0.1}, "repeat_random: expected a number in \\[0, 1\\]"),
     ({"repeat_gap": -1}, "repeat_gap: expected an int >= 0"),
     ({"repeat_pool": -1}, "repeat_pool: expected an int >= 0"),
+    ({"repeat_uniform": 1.5}, "repeat_uniform: expected a number in \\[0, 1\\]"),
+    ({"repeat_uniform": True}, "repeat_uniform"),
     ({"repeat_pool": 2.0}, "repeat_pool: expected an int >= 0"),
     ({"repeat_pool": True}, "repeat_pool: expected an int >= 0"),
 ])
@@ -396,6 +398,48 @@ def test_repeat_pool_zero_is_the_augmentation_without_it():
     unset = TextSource(stream, 64, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_count=2))
     zero = unset.with_repeats(RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_count=2, repeat_pool=0))
     generators = [torch.Generator().manual_seed(5) for _ in range(2)]
+    for _ in range(3):
+        a, b = unset.batch(16, generators[0]), zero.batch(16, generators[1])
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+
+
+def test_repeat_uniform_draws_the_whole_vocabulary():
+    # spans uniform over ids 1 .. V-1, tokens the stream never holds among them; the copy follows
+    stream = np.random.default_rng(1).integers(1, 50, 20_000)  # only ids 1..49
+    vocab = 5_000
+    augmentation = RepeatAugmentation(repeat_prob=1.0, repeat_min=8, repeat_max=40, repeat_random=1.0,
+                                      repeat_uniform=1.0, repeat_count=2)
+    source = TextSource(stream, 128, vocab, repeats=augmentation)
+    rows = source.tokens[np.arange(16)[:, None] * 100 + np.arange(129)[None, :]].astype(np.int64)
+    placements = augmentation.apply(rows, stream, torch.Generator().manual_seed(2), vocab_size=vocab)
+    assert len(placements) == 32 and all(p["random"] == 2 for p in placements)
+    unseen = 0
+    for p in placements:
+        row = rows[p["row"]]
+        first = row[p["start"]:p["start"] + p["length"]]
+        second = row[p["start"] + p["length"] + p["gap"]:p["start"] + 2 * p["length"] + p["gap"]]
+        assert np.array_equal(first, second)
+        assert first.min() >= 1 and first.max() < vocab
+        unseen += int((first >= 50).sum())
+    assert unseen > 0.9 * sum(p["length"] for p in placements)  # 49 of 4999 ids are the stream's
+    # through TextSource.batch (which passes its vocabulary), deterministic for a seed
+    a, b = source.batch(8, torch.Generator().manual_seed(4)), source.batch(8, torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and int(a[0].max()) >= 50
+
+
+def test_repeat_uniform_mixes_and_zero_draws_nothing_extra():
+    stream = np.random.default_rng(2).integers(1, 50, 20_000)
+    mixed = RepeatAugmentation(repeat_prob=1.0, repeat_min=8, repeat_max=20, repeat_random=1.0, repeat_uniform=0.5,
+                               repeat_count=3)
+    rows = np.tile(stream[:129], (64, 1)).astype(np.int64)
+    kinds = [p["random"] for p in mixed.apply(rows, stream, torch.Generator().manual_seed(3), vocab_size=1000)]
+    assert 0.3 < kinds.count(2) / len(kinds) < 0.7 and set(kinds) == {1, 2}
+    with pytest.raises(ValueError, match="vocab_size"):
+        mixed.apply(rows.copy(), stream, torch.Generator().manual_seed(3))
+    unset = TextSource(stream, 64, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4))
+    zero = unset.with_repeats(RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_uniform=0.0))
+    generators = [torch.Generator().manual_seed(6) for _ in range(2)]
     for _ in range(3):
         a, b = unset.batch(16, generators[0]), zero.batch(16, generators[1])
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
