@@ -393,15 +393,20 @@ def test_repeat_pool_draws_from_the_most_frequent_training_tokens():
     assert augmentation.pool_tokens(other).tolist() == list(range(1, 9)) == most_frequent_tokens(other, 8).tolist()
 
 
+def _assert_same_batches_and_draws(first: TextSource, second: TextSource, seed: int) -> None:
+    """Three batches of each from equal generators are equal, and the generators end equal."""
+    generators = [torch.Generator().manual_seed(seed) for _ in range(2)]
+    for _ in range(3):
+        a, b = first.batch(16, generators[0]), second.batch(16, generators[1])
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+
+
 def test_repeat_pool_zero_is_the_augmentation_without_it():
     stream = np.random.default_rng(0).integers(0, 300, 5_000)
     unset = TextSource(stream, 64, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_count=2))
     zero = unset.with_repeats(RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_count=2, repeat_pool=0))
-    generators = [torch.Generator().manual_seed(5) for _ in range(2)]
-    for _ in range(3):
-        a, b = unset.batch(16, generators[0]), zero.batch(16, generators[1])
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+    _assert_same_batches_and_draws(unset, zero, seed=5)
 
 
 def test_repeat_uniform_draws_the_whole_vocabulary():
@@ -439,11 +444,7 @@ def test_repeat_uniform_mixes_and_zero_draws_nothing_extra():
         mixed.apply(rows.copy(), stream, torch.Generator().manual_seed(3))
     unset = TextSource(stream, 64, 30_000, repeats=RepeatAugmentation(repeat_prob=1.0, repeat_min=4))
     zero = unset.with_repeats(RepeatAugmentation(repeat_prob=1.0, repeat_min=4, repeat_uniform=0.0))
-    generators = [torch.Generator().manual_seed(6) for _ in range(2)]
-    for _ in range(3):
-        a, b = unset.batch(16, generators[0]), zero.batch(16, generators[1])
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+    _assert_same_batches_and_draws(unset, zero, seed=6)
 
 
 def test_repeat_pool_is_deterministic_and_draws_as_much_as_without_it():
