@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from heron.data.text import TextSource, most_frequent_tokens
-from heron.generate.copy_eval import copy_prompts
+from heron.generate.copy_eval import copy_prompts, first_true_index
 
 
 def main(argv=None) -> None:
@@ -48,13 +48,12 @@ def main(argv=None) -> None:
     decoded = args.length - args.cue
     for below in (1, 5):
         unseen = torch.from_numpy(counts[expected.numpy()] < below)
-        first = torch.where(unseen, torch.arange(decoded), torch.full_like(unseen, decoded, dtype=torch.int64))
-        first = first.min(dim=1).values
+        first = first_true_index(unseen)
         print(f"tokens seen fewer than {below} times: {int((first < decoded).sum())} of {args.trials} trials decode one; "
               f"ceiling of the copy metric if the thread is lost there {first.double().mean().item() / decoded:.3f}, "
               f"if only those tokens are missed {1 - unseen.double().mean().item():.4f}")
-        if below == 1:
-            first_unseen = first
+    # the trials with a token never seen in training, for splitting recorded evaluations
+    first_unseen = first_true_index(torch.from_numpy(counts[expected.numpy()] < 1))
     hit = (first_unseen < decoded).numpy()
     for path in args.results:
         record = json.loads(Path(path).read_text())

@@ -22,7 +22,7 @@ import torch
 
 from heron.generate.loop import generate, model_vocab_size
 
-__all__ = ["CopyEvalResult", "copy_eval", "copy_prompts"]
+__all__ = ["CopyEvalResult", "copy_eval", "copy_prompts", "first_true_index"]
 
 
 @dataclass
@@ -65,6 +65,14 @@ def copy_prompts(pool: torch.Tensor, trials: int, length: int, cue: int,
     return prompts, draws[:, cue:]
 
 
+def first_true_index(mask: torch.Tensor) -> torch.Tensor:
+    """Per row of a ``[N, L]`` bool mask, the index of its first ``True`` (``L`` when none): where
+    each trial's first mistake falls, or its first token of some kind."""
+    length = mask.shape[1]
+    positions = torch.where(mask, torch.arange(length), torch.full_like(mask, length, dtype=torch.int64))
+    return positions.min(dim=1).values
+
+
 def _check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
@@ -98,9 +106,7 @@ def copy_eval(model: torch.nn.Module, pool, *, trials: int = 200, length: int = 
         produced = torch.tensor(output.tokens, dtype=torch.int64)
         wrong = produced != expected[first:first + batch_size]
         per_trial.extend((~wrong).double().mean(dim=1).tolist())
-        # index of the first mistake; decoded (one past the end) for a trial without one
-        positions = torch.where(wrong, torch.arange(decoded), torch.full_like(wrong, decoded, dtype=torch.int64))
-        first_errors.extend(positions.min(dim=1).values.tolist())
+        first_errors.extend(first_true_index(wrong).tolist())
     accuracy = sum(per_trial) / trials
     exact = sum(1 for value in per_trial if value == 1.0) / trials
     return CopyEvalResult(token_accuracy=accuracy, exact_share=exact, trials=trials, length=length, cue=cue,
