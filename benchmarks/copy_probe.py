@@ -28,6 +28,16 @@ Example (the figures of docs/benchmarks/copy.md, "CPU probe: synthetic copying")
     OMP_NUM_THREADS=1 python benchmarks/copy_probe.py --models rosa,rwkv8,rwkv7 \\
         --qk-init independent,tied --steps 300
 
+Tokens never in the training rows (``--unseen N``): ids ``V - N .. V - 1`` occur neither in the
+noise prefix nor in a segment, as some tokens of the GPU copy test never occur in the training
+text; ``--uniform-share P`` draws each segment, with probability ``P``, uniformly from all ``V``
+ids instead (the trainer's ``repeat_uniform``), so those ids occur in segments only. The final
+test then splits its trials by whether the prompt holds an unseen id, and scores prompts drawn
+from the seen ids only and from the unseen ids only:
+
+    OMP_NUM_THREADS=1 python benchmarks/copy_probe.py --models rwkv8 --qk-init tied --bits 4 \\
+        --estimator value --noise-max 16 --steps 300 --extra-cues "" --unseen 64 --uniform-share 0.5
+
 Prints one line per evaluation and a final table; ``--json FILE`` writes every curve.
 """
 
@@ -41,28 +51,38 @@ import time
 import torch
 import torch.nn.functional as F
 
-from heron.generate.copy_eval import copy_eval
+from heron.generate.copy_eval import copy_eval, copy_prompts
 from heron.models import ROSALM, RWKV8, ROSALMConfig, RWKV8Config
 from heron.models.init import LM_GRAD_CLIP, init_lm_recipe, lm_learning_rate, make_lm_optimizer
 
 
 def copy_batch(batch_size: int, seq_len: int, vocab_size: int, seg_min: int, seg_max: int,
-               generator: torch.Generator, span_pool: int = 0,
-               noise_max: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               generator: torch.Generator, span_pool: int = 0, noise_max: int = 0, unseen: int = 0,
+               uniform_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(inputs [B, T], targets [B, T], copy_mask [B, T])``: each row a random segment repeated.
 
     ``span_pool`` > 0: the segment's tokens are drawn from ``0 .. span_pool - 1`` only (0: the
     whole vocabulary). ``noise_max`` > 0: each row starts with ``0 .. noise_max`` tokens drawn
-    from the whole vocabulary, so tokens outside the pool are seen, but never in a segment."""
+    from the whole vocabulary, so tokens outside the pool are seen, but never in a segment.
+    ``unseen`` > 0: the "whole vocabulary" above stops at ``vocab_size - unseen - 1``, so the top
+    ``unseen`` ids never occur. ``uniform_share`` > 0: each row's segment is, with that
+    probability, drawn uniformly from all ``vocab_size`` ids instead (unseen ones included)."""
+    seen = vocab_size - unseen
     lengths = torch.randint(seg_min, seg_max + 1, (batch_size,), generator=generator)
-    tokens = torch.randint(0, span_pool or vocab_size, (batch_size, seq_len + 1), generator=generator)
+    tokens = torch.randint(0, span_pool or seen, (batch_size, seq_len + 1), generator=generator)
     position = torch.arange(seq_len + 1)
     if noise_max:
         offsets = torch.randint(0, noise_max + 1, (batch_size,), generator=generator)
-        noise = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator)
+        noise = torch.randint(0, seen, (batch_size, seq_len + 1), generator=generator)
     else:
         offsets = torch.zeros(batch_size, dtype=torch.int64)
         noise = tokens
+    if uniform_share:
+        # drawn last, so lengths, offsets, noise and the other segments stay those of the same
+        # seed without it (and the default stream is untouched)
+        uniform_rows = torch.rand(batch_size, generator=generator) < uniform_share
+        uniform = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator)
+        tokens = torch.where(uniform_rows.unsqueeze(1), uniform, tokens)
     shifted = (position.unsqueeze(0) - offsets.unsqueeze(1)).clamp_min(0)
     source = shifted % lengths.unsqueeze(1)                         # index into the segment
     rows = torch.where(position.unsqueeze(0) < offsets.unsqueeze(1), noise, tokens.gather(1, source))
@@ -98,6 +118,40 @@ def first_repeat_accuracy(model, args, rows: int = 64) -> list[float]:
 
 
 @torch.no_grad()
+def unseen_target_accuracy(model, args, rows: int = 64) -> dict:
+    """Teacher-forced argmax accuracy on the whole first repeat of the segments of
+    :func:`first_repeat_accuracy` (offsets ``1 .. L-1``, where the token is retrievable), split by
+    whether the target is an unseen id: can the head emit a token only ever met in a segment (or
+    never)? Also the mean rank of the target among the logits there (0: argmax)."""
+    generator = torch.Generator().manual_seed(args.seed + 20_011)
+    segment = torch.randint(0, args.vocab, (rows, args.copy_length), generator=generator)
+    logits = model(torch.cat([segment, segment], dim=1)[:, :-1])[:, args.copy_length:].float()
+    targets = segment[:, 1:]
+    correct = logits.argmax(-1) == targets
+    rank = (logits > logits.gather(-1, targets.unsqueeze(-1))).sum(-1).double()
+    is_unseen = targets >= args.vocab - args.unseen
+    return {f"tf_{name}_{key}": (value[mask].mean().item() if mask.any() else None)
+            for name, mask in (("unseen", is_unseen), ("seen", ~is_unseen))
+            for key, value in (("acc", correct.double()), ("rank", rank))}
+
+
+def trials_with_unseen(args) -> torch.Tensor:
+    """Per trial of the final whole-vocabulary copy test, whether its prompt holds an unseen id:
+    the prompts :func:`copy_eval` draws, rebuilt from the same seed."""
+    prompts, _ = copy_prompts(torch.arange(args.vocab), args.trials, args.copy_length, args.copy_cue,
+                              torch.Generator().manual_seed(args.seed))
+    return (prompts >= args.vocab - args.unseen).any(dim=1)
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def rank(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+@torch.no_grad()
 def teacher_forced(model, batch) -> tuple[float, float]:
     inputs, targets, mask = batch
     logits = model(inputs).float()
@@ -112,7 +166,8 @@ def run(kind: str, qk_init: str, args) -> dict:
     optimizer = make_lm_optimizer(model, args.lr)
     data = torch.Generator().manual_seed(args.seed)
     held_out = copy_batch(args.eval_batch, args.seq_len, args.vocab, args.seg_min, args.seg_max,
-                          torch.Generator().manual_seed(args.seed + 10_007), args.span_pool, args.noise_max)
+                          torch.Generator().manual_seed(args.seed + 10_007), args.span_pool, args.noise_max,
+                          args.unseen, args.uniform_share)
     pool = torch.arange(args.vocab)
     curve, start = [], time.time()
     for step in range(args.steps):
@@ -120,7 +175,7 @@ def run(kind: str, qk_init: str, args) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         inputs, targets, _ = copy_batch(args.batch_size, args.seq_len, args.vocab, args.seg_min, args.seg_max, data,
-                                        args.span_pool, args.noise_max)
+                                        args.span_pool, args.noise_max, args.unseen, args.uniform_share)
         logits = model(inputs)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -138,6 +193,8 @@ def run(kind: str, qk_init: str, args) -> dict:
                                    seed=args.seed, batch_size=args.trials)
                 point["copy_token_accuracy"] = result.token_accuracy
                 point["copy_exact"] = result.exact_share
+                if last and args.unseen:
+                    point["copy_per_trial_accuracy"] = result.per_trial_accuracy
             if last and args.span_pool:
                 # prompts from the segments' pool only, and from the tokens never in a segment
                 for name, subset in (("in_pool", torch.arange(args.span_pool)),
@@ -145,6 +202,20 @@ def run(kind: str, qk_init: str, args) -> dict:
                     result = copy_eval(model, subset, trials=args.trials, length=args.copy_length,
                                        cue=args.copy_cue, seed=args.seed, batch_size=args.trials)
                     point[f"copy_token_accuracy_{name}"] = result.token_accuracy
+            if last and args.unseen:
+                # the whole-vocabulary test split by trial; with V = 512 and 64 unseen ids, a
+                # 32-token prompt lacks one in only ~1.4% of trials, hence the two extra sets
+                per_trial = torch.tensor(point["copy_per_trial_accuracy"], dtype=torch.float64)
+                has_unseen = trials_with_unseen(args)
+                for name, mask in (("with_unseen", has_unseen), ("without_unseen", ~has_unseen)):
+                    point[f"copy_trials_{name}"] = int(mask.sum())
+                    point[f"copy_token_accuracy_{name}"] = per_trial[mask].mean().item() if mask.any() else None
+                seen = args.vocab - args.unseen
+                for name, subset in (("seen_only", torch.arange(seen)), ("unseen_only", torch.arange(seen, args.vocab))):
+                    result = copy_eval(model, subset, trials=args.trials, length=args.copy_length,
+                                       cue=args.copy_cue, seed=args.seed, batch_size=args.trials)
+                    point[f"copy_token_accuracy_{name}"] = result.token_accuracy
+                point.update(unseen_target_accuracy(model, args))
             if last:
                 point["first_repeat_acc"] = first_repeat_accuracy(model, args)
                 for cue in args.extra_cues:
@@ -160,6 +231,16 @@ def run(kind: str, qk_init: str, args) -> dict:
             if last and args.span_pool:
                 extra += (f" (prompts from the pool: {100 * point['copy_token_accuracy_in_pool']:.1f}%, "
                           f"from outside it: {100 * point['copy_token_accuracy_out_of_pool']:.1f}%)")
+            if last and args.unseen:
+                extra += (f" (trials with an unseen id: {percent(point['copy_token_accuracy_with_unseen'])} of "
+                          f"{point['copy_trials_with_unseen']}, without: "
+                          f"{percent(point['copy_token_accuracy_without_unseen'])} of "
+                          f"{point['copy_trials_without_unseen']}; prompts from the seen ids only: "
+                          f"{percent(point['copy_token_accuracy_seen_only'])}, unseen only: "
+                          f"{percent(point['copy_token_accuracy_unseen_only'])}; teacher-forced repeat acc "
+                          f"on unseen / seen targets {percent(point['tf_unseen_acc'])} / "
+                          f"{percent(point['tf_seen_acc'])}, mean target rank {rank(point['tf_unseen_rank'])} / "
+                          f"{rank(point['tf_seen_rank'])})")
             if last:
                 first = point["first_repeat_acc"]
                 extra += " first-repeat acc at offsets 0..8: " + " ".join(f"{a:.2f}" for a in first[:9])
@@ -187,6 +268,12 @@ def main(argv=None) -> None:
     parser.add_argument("--noise-max", type=int, default=0,
                         help="start each row with 0 .. N tokens from the whole vocabulary (so tokens outside "
                              "--span-pool occur, never in a segment)")
+    parser.add_argument("--unseen", type=int, default=0,
+                        help="the top N ids (V-N .. V-1) never occur in the training rows (unless via "
+                             "--uniform-share); the final test then splits its trials by them")
+    parser.add_argument("--uniform-share", type=float, default=0.0,
+                        help="draw each segment, with this probability, uniformly from all --vocab ids "
+                             "(unseen ones included) instead of the usual pool")
     parser.add_argument("--dim", type=int, default=64, help="n_embd")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=16, help="RWKV time-mix head size")
@@ -214,6 +301,12 @@ def main(argv=None) -> None:
         parser.error("--span-pool: 0 (the whole vocabulary) or 2 .. --vocab - 1")
     if not 0 <= args.noise_max < args.seq_len - args.seg_max:
         parser.error("--noise-max: 0 .. --seq-len - --seg-max - 1 (room for the segment and a repeat)")
+    if not 0 <= args.unseen <= args.vocab - 2:
+        parser.error("--unseen: 0 .. --vocab - 2 (at least two ids must stay seen)")
+    if args.span_pool > args.vocab - args.unseen:
+        parser.error("--span-pool: at most --vocab - --unseen (the pool must hold seen ids only)")
+    if not 0.0 <= args.uniform_share <= 1.0:
+        parser.error(f"--uniform-share: expected a probability in [0, 1], got {args.uniform_share}")
     args.extra_cues = [int(cue) for cue in args.extra_cues.split(",") if cue.strip()]
     if any(not 1 <= cue < args.copy_length for cue in [args.copy_cue, *args.extra_cues]):
         parser.error("cues must lie in 1 .. --copy-length - 1")
@@ -231,6 +324,18 @@ def main(argv=None) -> None:
               f"{100 * r['copy_acc']:7.1f}% {100 * r['copy_token_accuracy']:8.1f}% {100 * r['copy_exact']:5.0f}%"
               f"{cues} {r['seconds']:5.0f}s")
     print(f"(chance: copy_loss ln V = {math.log(args.vocab):.3f}, accuracy {100 / args.vocab:.2f}%)")
+    if args.unseen:
+        print(f"\nids {args.vocab - args.unseen} .. {args.vocab - 1} never in the training rows"
+              f"{f' outside the uniform segments (share {args.uniform_share})' if args.uniform_share else ''}; "
+              f"copy-eval by prompt:")
+        print(f"{'model':6s} {'qk_init':11s} {'all':>6s} {'with unseen':>14s} {'without':>12s} "
+              f"{'seen-only':>9s} {'unseen-only':>11s} {'tf unseen':>9s} {'tf seen':>7s}")
+        for r in results:
+            print(f"{r['model']:6s} {r['qk_init']:11s} {percent(r['copy_token_accuracy']):>6s} "
+                  f"{percent(r['copy_token_accuracy_with_unseen']):>6s} ({r['copy_trials_with_unseen']:3d})  "
+                  f"{percent(r['copy_token_accuracy_without_unseen']):>6s} ({r['copy_trials_without_unseen']:3d}) "
+                  f"{percent(r['copy_token_accuracy_seen_only']):>9s} {percent(r['copy_token_accuracy_unseen_only']):>11s} "
+                  f"{percent(r['tf_unseen_acc']):>9s} {percent(r['tf_seen_acc']):>7s}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "results": results}, handle, indent=1)

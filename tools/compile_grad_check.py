@@ -63,12 +63,33 @@ def main(argv=None) -> int:
     parser.add_argument("--rtol", type=float, default=1e-4, help="exit 1 when a compiled gradient is further off")
     parser.add_argument("--backend", default="inductor",
                         help="torch.compile back end (aot_eager: the same graphs without Inductor's code generation)")
+    parser.add_argument("--rosa-eager", action="store_true",
+                        help="run the ROSA ops outside the graphs (apply_compile(rosa_eager=True), the CUDA default)")
+    parser.add_argument("--wkv-backend", default="auto", choices=["auto", "chunked"],
+                        help="chunked: the pure-PyTorch WKV7 on the GPU too (bisects the CUDA kernels out)")
+    parser.add_argument("--rosa-engine", default="auto", choices=["auto", "cpu"],
+                        help="cpu: the ROSA and estimator extensions run on the CPU for CUDA tensors")
     args = parser.parse_args(argv)
+    if args.wkv_backend == "chunked":
+        import heron.ops.wkv7 as wkv7_module
+
+        wkv7_module._auto_backend = lambda r: "chunked"
+    if args.rosa_engine == "cpu":
+        import heron.ops.rosa as rosa_module
+        import heron.ops.rosa.grad as rosa_grad_module
+        from heron.ops._build import ExtensionUnavailable
+
+        def unavailable():
+            raise ExtensionUnavailable("disabled by --rosa-engine cpu")
+
+        rosa_module.native_cuda = rosa_grad_module.native_flip_cuda = unavailable
     dtype = getattr(torch, args.dtype)
     tokens = torch.randint(0, 1024, (4, 256), generator=torch.Generator().manual_seed(4))
     failed = False
     for rosa in args.rosa:
-        label = f"rosa={rosa} {args.dtype}"
+        label = f"rosa={rosa} {args.dtype} {args.backend}{' rosa-eager' if args.rosa_eager else ''}" + (
+            f" wkv={args.wkv_backend}" if args.wkv_backend != "auto" else "") + (
+            f" rosa-engine={args.rosa_engine}" if args.rosa_engine != "auto" else "")
         cpu = build(None if rosa == "none" else rosa, dtype, args.max_gain or None)
         logits_cpu, grads_cpu = gradients(cpu, tokens)
         eager = copy.deepcopy(cpu).to(args.device)
@@ -77,7 +98,7 @@ def main(argv=None) -> int:
             print(f"{label}: eager {args.device} vs cpu: logits {relative(logits_cpu, logits_eager):.1e}, "
                   f"grads {worst(grads_cpu, grads_eager, args.show)[1]}", flush=True)
         compiled = copy.deepcopy(eager)
-        apply_compile(compiled, backend=args.backend)
+        apply_compile(compiled, backend=args.backend, rosa_eager=args.rosa_eager)
         for call in (1, 2):  # the second call runs the cached graphs
             logits_compiled, grads_compiled = gradients(compiled, tokens.to(args.device))
             largest, listing = worst(grads_eager, grads_compiled, args.show)
