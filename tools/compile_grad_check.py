@@ -23,8 +23,8 @@ from heron.models.rwkv8 import RWKV8, RWKV8Config
 from heron.train.distributed import apply_compile
 
 
-def build(rosa: str | None, dtype: torch.dtype, max_gain: float | None) -> RWKV8:
-    config = dict(n_layer=2, n_embd=256, vocab_size=1024, head_size=64, rosa=rosa, deep_embed=True,
+def build(rosa: str | None, dtype: torch.dtype, max_gain: float | None, deep_embed: bool = True) -> RWKV8:
+    config = dict(n_layer=2, n_embd=256, vocab_size=1024, head_size=64, rosa=rosa, deep_embed=deep_embed,
                   rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=max_gain, rosa_tau=0.1)
     torch.manual_seed(0)
     model = RWKV8(RWKV8Config(**config))
@@ -34,6 +34,38 @@ def build(rosa: str | None, dtype: torch.dtype, max_gain: float | None) -> RWKV8
             block.att.output.weight.normal_(std=0.02)
             block.ffn.value.weight.normal_(std=0.02)
     return model.to(dtype=dtype)
+
+
+def layer_check(device: str, backend: str, dtype: torch.dtype) -> bool:
+    """One ROSA-QKV block (``heron.layers.ROSAQKV``) behind a LayerNorm, alone: the compiled
+    gradients of its input and parameters against eager, for each estimator, key init and width.
+    Prints one line per variant; returns whether every variant agreed within 1e-4."""
+    from heron.layers.rosa import ROSAQKV
+
+    ok = True
+    for estimator in ("value", "flip"):
+        for qk_init in ("tied", "shared"):
+            for bits in (1, 4):
+                torch.manual_seed(0)
+                layer = torch.nn.Sequential(torch.nn.LayerNorm(64), ROSAQKV(
+                    64, bits, estimator=estimator, tau=0.1, qk_init=qk_init, max_gain=1.0)).to(device, dtype)
+                x = torch.randn(2, 128, 64, device=device, dtype=dtype)
+                weight = torch.randn(2, 128, 64, device=device, dtype=dtype)
+                results = []
+                for module in (layer, torch.compile(copy.deepcopy(layer), backend=backend)):
+                    xs = x.clone().requires_grad_(True)
+                    out = module(xs)
+                    (out * weight).sum().backward()
+                    grads = {"input": xs.grad.detach().cpu()}
+                    grads.update({n: p.grad.detach().cpu() for n, p in module.named_parameters() if p.grad is not None})
+                    results.append((out.detach().cpu(), {n.replace("_orig_mod.", ""): g for n, g in grads.items()}))
+                (out_eager, grads_eager), (out_compiled, grads_compiled) = results
+                missing = sorted(set(grads_eager) ^ set(grads_compiled))
+                largest, listing = worst(grads_eager, {**grads_eager, **grads_compiled}, 4)
+                ok = ok and largest <= 1e-4 and not missing
+                print(f"layer {estimator} {qk_init} {bits}-bit {backend}: out {relative(out_eager, out_compiled):.1e}, "
+                      f"grads {listing}" + (f", only one side has {missing}" if missing else ""), flush=True)
+    return ok
 
 
 def gradients(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -69,6 +101,9 @@ def main(argv=None) -> int:
                         help="chunked: the pure-PyTorch WKV7 on the GPU too (bisects the CUDA kernels out)")
     parser.add_argument("--rosa-engine", default="auto", choices=["auto", "cpu"],
                         help="cpu: the ROSA and estimator extensions run on the CPU for CUDA tensors")
+    parser.add_argument("--no-deep-embed", action="store_true", help="the model without DeepEmbed")
+    parser.add_argument("--layer", action="store_true",
+                        help="check one ROSA-QKV block alone per estimator, key init and width, then stop")
     args = parser.parse_args(argv)
     if args.wkv_backend == "chunked":
         import heron.ops.wkv7 as wkv7_module
@@ -84,13 +119,16 @@ def main(argv=None) -> int:
 
         rosa_module.native_cuda = rosa_grad_module.native_flip_cuda = unavailable
     dtype = getattr(torch, args.dtype)
+    if args.layer:
+        return 0 if layer_check(args.device, args.backend, dtype) else 1
     tokens = torch.randint(0, 1024, (4, 256), generator=torch.Generator().manual_seed(4))
     failed = False
     for rosa in args.rosa:
         label = f"rosa={rosa} {args.dtype} {args.backend}{' rosa-eager' if args.rosa_eager else ''}" + (
+            " no-deep-embed" if args.no_deep_embed else "") + (
             f" wkv={args.wkv_backend}" if args.wkv_backend != "auto" else "") + (
             f" rosa-engine={args.rosa_engine}" if args.rosa_engine != "auto" else "")
-        cpu = build(None if rosa == "none" else rosa, dtype, args.max_gain or None)
+        cpu = build(None if rosa == "none" else rosa, dtype, args.max_gain or None, not args.no_deep_embed)
         logits_cpu, grads_cpu = gradients(cpu, tokens)
         eager = copy.deepcopy(cpu).to(args.device)
         logits_eager, grads_eager = gradients(eager, tokens.to(args.device))

@@ -25,7 +25,8 @@ log="$out/rosa_speed.log"; touch "$log"
 . tools/session_parts.sh
 # PARTS (default: all but bisect, in this order) picks some: tests gradcheck bisect compiled compiled_rosa
 # fresh gputests streams. bisect: the aot_eager check (wrong on CUDA, exact on the CPU) with the CUDA
-# WKV7 kernels, the CUDA ROSA extensions, or both replaced by their CPU-side paths.
+# WKV7 kernels and the CUDA ROSA extensions replaced by their CPU-side paths (still wrong in the eighth
+# session), without DeepEmbed, and one ROSA-QKV block alone per estimator, key init and width.
 PARTS=" ${PARTS:-tests gradcheck compiled compiled_rosa fresh gputests streams} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 want tests && { part 150 "CUDA ROSA tests" bash -c "python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_rosa_cuda.py \
@@ -40,7 +41,9 @@ if want gradcheck; then
     --device cuda --dtype float32 --rosa qkv1 --rosa-eager
 fi
 if want bisect; then
-  for swap in "--wkv-backend chunked" "--rosa-engine cpu" "--wkv-backend chunked --rosa-engine cpu"; do
+  part 120 "one ROSA-QKV block alone, aot_eager" python3 tools/compile_grad_check.py --device cuda --layer \
+    --backend aot_eager
+  for swap in "--no-deep-embed" "--wkv-backend chunked --rosa-engine cpu"; do
     part 120 "aot_eager, $swap" python3 tools/compile_grad_check.py --device cuda --dtype float32 --rosa qkv1 \
       --backend aot_eager $swap
   done
