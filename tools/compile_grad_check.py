@@ -36,7 +36,41 @@ def build(rosa: str | None, dtype: torch.dtype, max_gain: float | None, deep_emb
     return model.to(dtype=dtype)
 
 
-def layer_check(device: str, backend: str, dtype: torch.dtype) -> bool:
+def trace_value_estimator() -> None:
+    """Print what the value estimator's input-gradient op receives and returns on every call (the op
+    body runs on real tensors, eager or compiled), to compare an eager backward with a compiled one."""
+    import heron.ops.rosa.grad as rosa_grad
+
+    def stats(name, t):
+        t = t.detach()
+        if t.dtype in (torch.int64, torch.int32, torch.uint8, torch.bool):
+            return f"{name} {tuple(t.shape)} {tuple(t.stride())} sum={int(t.long().sum())} neg={int((t < 0).sum())}"
+        return f"{name} {tuple(t.shape)} {tuple(t.stride())} |.|={t.double().norm().item():.6e}"
+
+    original_deltas, original_finish = rosa_grad.value_deltas, rosa_grad._finish
+
+    def value_deltas(retrieved, values, val, bits):
+        out = original_deltas(retrieved, values, val, bits)
+        print("  value_deltas:", ", ".join(stats(n, t) for n, t in
+                                           (("retrieved", retrieved), ("values", values), ("val", val), ("out", out))))
+        return out
+
+    def finish(delta, x, tau):
+        out = original_finish(delta, x, tau)
+        print("  finish:", ", ".join(stats(n, t) for n, t in (("delta", delta), ("x", x), ("out", out))))
+        return out
+
+    original_bound = rosa_grad._bound_gain
+
+    def bound_gain(grads, grad_out, max_gain):
+        out = original_bound(grads, grad_out, max_gain)
+        print("  bound_gain:", ", ".join(stats(n, t) for n, t in (("grad_out", grad_out), ("out", out[0]))))
+        return out
+
+    rosa_grad.value_deltas, rosa_grad._finish, rosa_grad._bound_gain = value_deltas, finish, bound_gain
+
+
+def layer_check(device: str, backend: str, dtype: torch.dtype, only_first: bool = False) -> bool:
     """One ROSA-QKV block (``heron.layers.ROSAQKV``) behind a LayerNorm, alone: the compiled
     gradients of its input and parameters against eager, for each estimator, key init and width.
     Prints one line per variant; returns whether every variant agreed within 1e-4."""
@@ -53,6 +87,8 @@ def layer_check(device: str, backend: str, dtype: torch.dtype) -> bool:
                 weight = torch.randn(2, 128, 64, device=device, dtype=dtype)
                 results = []
                 for module in (layer, torch.compile(copy.deepcopy(layer), backend=backend)):
+                    if only_first:
+                        print("eager" if module is layer else "compiled", flush=True)
                     xs = x.clone().requires_grad_(True)
                     out = module(xs)
                     (out * weight).sum().backward()
@@ -63,6 +99,9 @@ def layer_check(device: str, backend: str, dtype: torch.dtype) -> bool:
                 missing = sorted(set(grads_eager) ^ set(grads_compiled))
                 largest, listing = worst(grads_eager, {**grads_eager, **grads_compiled}, 4)
                 ok = ok and largest <= 1e-4 and not missing
+                if only_first:
+                    print(f"layer {estimator} {qk_init} {bits}-bit {backend}: grads {listing}", flush=True)
+                    return ok
                 print(f"layer {estimator} {qk_init} {bits}-bit {backend}: out {relative(out_eager, out_compiled):.1e}, "
                       f"grads {listing}" + (f", only one side has {missing}" if missing else ""), flush=True)
     return ok
@@ -102,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rosa-engine", default="auto", choices=["auto", "cpu"],
                         help="cpu: the ROSA and estimator extensions run on the CPU for CUDA tensors")
     parser.add_argument("--no-deep-embed", action="store_true", help="the model without DeepEmbed")
+    parser.add_argument("--trace", action="store_true",
+                        help="with --layer: the first variant only, printing the value estimator's inputs")
     parser.add_argument("--layer", action="store_true",
                         help="check one ROSA-QKV block alone per estimator, key init and width, then stop")
     args = parser.parse_args(argv)
@@ -120,7 +161,9 @@ def main(argv=None) -> int:
         rosa_module.native_cuda = rosa_grad_module.native_flip_cuda = unavailable
     dtype = getattr(torch, args.dtype)
     if args.layer:
-        return 0 if layer_check(args.device, args.backend, dtype) else 1
+        if args.trace:
+            trace_value_estimator()
+        return 0 if layer_check(args.device, args.backend, dtype, only_first=args.trace) else 1
     tokens = torch.randint(0, 1024, (4, 256), generator=torch.Generator().manual_seed(4))
     failed = False
     for rosa in args.rosa:
