@@ -100,7 +100,12 @@ def layer_check(device: str, backend: str, dtype: torch.dtype, only_first: bool 
                 largest, listing = worst(grads_eager, {**grads_eager, **grads_compiled}, 12 if only_first else 4)
                 ok = ok and largest <= 1e-4 and not missing
                 if only_first:
+                    from torch._dynamo.utils import counters
+
                     print(f"layer {estimator} {qk_init} {bits}-bit {backend}: grads {listing}", flush=True)
+                    # one graph and no break on the CPU; a break at the ROSA Function on CUDA would
+                    # explain a zero incoming gradient (the graph after it not seeing its input need one)
+                    print(f"graphs {dict(counters['stats'])}, breaks {dict(counters['graph_break'])}", flush=True)
                     return ok
                 print(f"layer {estimator} {qk_init} {bits}-bit {backend}: out {relative(out_eager, out_compiled):.1e}, "
                       f"grads {listing}" + (f", only one side has {missing}" if missing else ""), flush=True)
