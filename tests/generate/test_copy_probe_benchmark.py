@@ -57,3 +57,36 @@ def test_probe_scores_prompts_inside_and_outside_the_pool(tmp_path):
     assert "from outside it" in result.stdout
     bad = run_benchmark("copy_probe.py", "--span-pool", "32", "--vocab", "32")
     assert bad.returncode != 0 and "--span-pool" in bad.stderr
+
+
+def test_unseen_ids_occur_only_in_uniform_segments():
+    vocab, unseen = 40, 8
+    plain = copy_probe.copy_batch(128, 64, vocab, 4, 12, torch.Generator().manual_seed(5), noise_max=6, unseen=unseen)
+    assert int(torch.cat([plain[0], plain[1]], dim=1).max()) < vocab - unseen
+    inputs, targets, mask = copy_probe.copy_batch(128, 64, vocab, 4, 12, torch.Generator().manual_seed(5),
+                                                  noise_max=6, unseen=unseen, uniform_share=1.0)
+    rows = torch.cat([inputs, targets[:, -1:]], dim=1)
+    # every unseen id sits inside the repeated segment (a copied target or the segment's first copy)
+    for row, row_mask in zip(rows, mask):
+        start = int(torch.nonzero(row_mask)[0]) + 1
+        copied = torch.nonzero(row_mask).flatten() + 1
+        length = next(n for n in range(4, 13) if torch.equal(row[copied], row[copied - n]))
+        assert bool((row[:start - length] < vocab - unseen).all())
+    assert int(rows.max()) >= vocab - unseen  # and with a whole-vocabulary draw some do occur
+    # the uniform draws come last: lengths, offsets and noise match the run without them
+    assert torch.equal(mask, plain[2])
+
+
+def test_probe_splits_the_copy_test_by_unseen_ids(tmp_path):
+    out = tmp_path / "probe.json"
+    result = run_benchmark("copy_probe.py", "--models", "rwkv8", "--qk-init", "tied", "--bits", "4",
+                           "--estimator", "value", "--vocab", "32", "--unseen", "8", "--uniform-share", "0.5",
+                           "--noise-max", "4", "--steps", "2", "--seq-len", "32", "--seg-max", "12", "--trials", "4",
+                           "--copy-length", "8", "--extra-cues", "", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = json.loads(out.read_text())["results"][0]
+    for key in ("copy_token_accuracy_seen_only", "copy_token_accuracy_unseen_only", "tf_unseen_acc", "tf_seen_acc"):
+        assert 0.0 <= final[key] <= 1.0
+    assert final["copy_trials_with_unseen"] + final["copy_trials_without_unseen"] == 4
+    bad = run_benchmark("copy_probe.py", "--uniform-share", "1.5")
+    assert bad.returncode != 0 and "--uniform-share" in bad.stderr
