@@ -125,6 +125,8 @@ def parse_args(argv=None):
                              "0 = no limit (default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block (on CUDA with its "
                         "ROSA ops run eagerly between the graphs: see --compile-rosa)")
+    parser.add_argument("--rosa-overlap", action="store_true",
+                        help="each ROSA block on a second CUDA stream beside its time-mix (RWKV8.overlap_rosa)")
     parser.add_argument("--compile-rosa", action="store_true",
                         help="with --compile on CUDA, compile the ROSA layers with their blocks too: faster, but that "
                              "graph's gradients are wrong today (docs/limits.md); for measuring that path only")
@@ -325,7 +327,8 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     flop_parameters = matmul_parameters(model)
     parallel = parallelize(model, LossModel(model, values["vocab_size"], "benchmark", args.chunked_ce), context,
                            device, parallel=args.parallel, grad_checkpointing=args.grad_checkpointing,
-                           compile=args.compile, compile_rosa=args.compile_rosa)
+                           compile=args.compile, compile_rosa=args.compile_rosa,
+                           rosa_overlap=args.rosa_overlap and values.get("rosa") is not None)  # ROSA rows only
     optimizer = make_lm_optimizer(model, 6e-4, 0.1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator(device="cpu").manual_seed(args.seed + 1000 * context.rank)
@@ -425,7 +428,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     row = {
         "config": name, "model": values, "ctx": T, "batch_per_process": B, "processes": context.world_size,
         "parallel": args.parallel if context.enabled else "single", "compile": args.compile,
-        "compile_rosa": args.compile_rosa,
+        "compile_rosa": args.compile_rosa, "rosa_overlap": args.rosa_overlap,
         # DDP decides it from the model (heron.train.distributed.may_leave_parameters_unused)
         "find_unused_parameters": getattr(parallel.root, "find_unused_parameters", None),
         "grad_checkpointing": args.grad_checkpointing, "chunked_ce": args.chunked_ce,
@@ -519,7 +522,8 @@ def report_row(row: dict, by_key: dict, baseline: dict | None) -> None:
     """Print one configuration's figures (``by_key``: the rows so far, for the RWKV-7 ratio)."""
     from heron.train.grad_health import HUGE_NORM_RATIO  # the benchmark clips at 1.0
     line = (f"{row['config']:<16} ctx {row['ctx']:>5} B {row['batch_per_process']}x{row['processes']} "
-            f"({row['parallel']}): {_fmt_tokens(row['tokens_per_s'])} tokens/s, step {row['step_ms']:.1f} ms, "
+            f"({row['parallel']}{', ROSA overlapped' if row.get('rosa_overlap') and 'rosa' in row['config'] else ''}): "
+            f"{_fmt_tokens(row['tokens_per_s'])} tokens/s, step {row['step_ms']:.1f} ms, "
             f"peak {row['peak_memory_mb_per_process']:.0f} MiB/process")
     if "mfu" in row:
         line += f", MFU {100 * row['mfu']:.1f}%"

@@ -15,7 +15,7 @@
 #   5. benchmarks/rosa_layer_streams.py after 8 training steps on 4 cycled batches (the nearly
 #      constant deep-layer streams): the engine per grouping budget, 0 = the automaton alone.
 # Writes into $OUT (default /tmp/out): rosa_speed.log, rosa_cuda_tests.txt, compiled.json,
-# compiled_rosa.json, compiled_fresh.json, gpu_tests.txt, layer_streams.json. Assumes the extensions are built
+# compiled_overlap.json, compiled_rosa.json, compiled_fresh.json, gpu_tests.txt, layer_streams.json. Assumes the extensions are built
 # (tools/gpu_session.sh setup).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +23,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_T
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 log="$out/rosa_speed.log"; touch "$log"
 . tools/session_parts.sh
-# PARTS (default: all but bisect, in this order) picks some: tests gradcheck bisect compiled compiled_rosa
-# fresh gputests streams. bisect: the aot_eager check (wrong on CUDA, exact on the CPU) with the CUDA
+# PARTS (default: all but bisect, in this order) picks some: tests gradcheck bisect compiled overlap
+# compiled_rosa fresh gputests streams. overlap: the shared-key rows with --rosa-overlap (each ROSA
+# block on a second stream beside its time-mix), to compare with the compiled part's. bisect: the aot_eager check (wrong on CUDA, exact on the CPU) with the CUDA
 # WKV7 kernels and the CUDA ROSA extensions replaced by their CPU-side paths (still wrong in the eighth
 # session), without DeepEmbed, and one ROSA-QKV block alone per estimator, key init and width.
-PARTS=" ${PARTS:-tests gradcheck compiled compiled_rosa fresh gputests streams} "
+PARTS=" ${PARTS:-tests gradcheck compiled overlap compiled_rosa fresh gputests streams} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 want tests && { part 150 "CUDA ROSA tests" bash -c "python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_rosa_cuda.py \
   2>&1 | tail -n 25 > '$out/rosa_cuda_tests.txt'"; tail -n 1 "$out/rosa_cuda_tests.txt" | tee -a "$log"; }
@@ -51,6 +52,9 @@ fi
 want compiled && part 420 "compiled train step ctx 512 x 32" python3 benchmarks/train_step.py \
   --configs ${COMPILED_CONFIGS:-rwkv7,rwkv8-rosa-shared,rwkv8-rosa1-shared,rwkv8-rosa-value,rwkv8-rosa1-value} --ctx 512 \
   --batch 32 --compile --steps 20 --warmup 3 --no-breakdown --time-budget 75 --json "$out/compiled.json"
+want overlap && part 200 "the shared-key rows with each ROSA block on the side stream (--rosa-overlap)" \
+  python3 benchmarks/train_step.py --configs rwkv8-rosa-shared,rwkv8-rosa1-shared --ctx 512 --batch 32 --compile \
+  --rosa-overlap --steps 20 --warmup 3 --no-breakdown --time-budget 75 --json "$out/compiled_overlap.json"
 want compiled_rosa && part 200 "shared-key rows with the ROSA layers compiled too" python3 benchmarks/train_step.py \
   --configs rwkv8-rosa-shared,rwkv8-rosa1-shared --ctx 512 --batch 32 --compile --compile-rosa --steps 20 \
   --warmup 3 --no-breakdown --time-budget 75 --json "$out/compiled_rosa.json"
@@ -58,7 +62,7 @@ want fresh && part 200 "compiled shared-key rows, a fresh batch every step" pyth
   --configs rwkv8-rosa-shared,rwkv8-rosa1-shared --ctx 512 --batch 32 --compile --steps 20 --warmup 3 \
   --no-breakdown --time-budget 75 --fresh-batches --json "$out/compiled_fresh.json"
 want gputests && part 150 "GPU tests" bash -c "python3 -m pytest -q -p no:cacheprovider -m gpu tests/train/test_compile.py \
-  tests/ops/test_rosa_grad.py 2>&1 | tail -n 25 > '$out/gpu_tests.txt'"
+  tests/ops/test_rosa_grad.py tests/models/test_rosa_overlap.py 2>&1 | tail -n 25 > '$out/gpu_tests.txt'"
 want streams && part 150 "ROSA engine on trained layer streams" python3 benchmarks/rosa_layer_streams.py \
   --configs rwkv8-rosa1-shared,rwkv8-rosa1-value --train-steps 8 --cycle 4 --budgets 0 32 \
   --json "$out/layer_streams.json"

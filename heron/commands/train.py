@@ -43,6 +43,7 @@ _SCALAR_OPTIONS = {
 _FLAG_OPTIONS = {
     "grad_checkpointing": "recompute each block's activations in the backward pass (less memory, ~1/3 more compute)",
     "compile": "torch.compile every block",
+    "rosa_overlap": "CUDA, RWKV-8 + ROSA: run each ROSA block on a second stream beside its time-mix",
 }
 
 

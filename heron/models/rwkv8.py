@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_ids
+from heron.layers.side_stream import join_side_stream, launch_on_side_stream
 from heron.layers.time_mix import TimeMix, TimeMixState, wkv_state_dtype
 
 __all__ = ["RWKV8Config", "RWKV8", "State", "BlockState", "Block", "default_lora_rank"]
@@ -358,12 +359,20 @@ class Block(nn.Module):
             self.rosa = _rosa_block_class()(config.n_embd, bits=config.rosa_bits,
                                             estimator=config.rosa_estimator, tau=config.rosa_tau,
                                             qk_init=config.rosa_qk_init, max_gain=config.rosa_max_gain)
+        # an execution setting, not part of the model: see RWKV8.overlap_rosa
+        self.rosa_overlap = False
 
     def forward(self, x, token_ids, v_first, state: BlockState | None, return_state: bool):
         if hasattr(self, "ln0"):
             x = self.ln0(x)
         att_state = state.att if state is not None else None
         ffn_state = state.ffn if state is not None else None
+        if self.has_rosa and self.rosa_overlap and state is None and not return_state and x.is_cuda:
+            # the ROSA block is queued first, on the side stream, so that it runs beside the time-mix
+            rosa_out = launch_on_side_stream(self.rosa, self.ln3(x))
+            att_out, v_first = self.att(self.ln1(x), v_first, None)
+            x = x + att_out + join_side_stream(rosa_out)
+            return x + self.ffn(self.ln2(x), token_ids, None), v_first, None
         if return_state:
             att_out, v_first, new_att = self.att(self.ln1(x), v_first, att_state, return_state=True)
         else:
@@ -399,6 +408,18 @@ class RWKV8(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
+
+    def overlap_rosa(self, enabled: bool = True) -> "RWKV8":
+        """Run each ROSA block on a second CUDA stream, beside its block's time-mix (both read the
+        block input; ``heron.layers.side_stream``), in GPT-mode calls on CUDA without a state.
+        The same numbers either way: an execution setting, like ``torch.compile``, that
+        changes neither the parameters nor the state dict. No effect on the CPU, in RNN mode or
+        without ROSA blocks. Returns the model."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"overlap_rosa: enabled must be a bool, got {type(enabled).__name__}")
+        for block in self.blocks:
+            block.rosa_overlap = enabled
+        return self
 
     def _check_state(self, state, batch_size: int) -> None:
         if not isinstance(state, State):

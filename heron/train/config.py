@@ -26,7 +26,8 @@ PARALLEL = ("ddp", "fsdp")
 # computation up to the order of floating-point operations).
 OPERATIONAL_FIELDS = frozenset(
     {"out", "eval_every", "ckpt_every", "log_every", "time_limit", "device", "progress",
-     "tensorboard", "eval_samples", "parallel", "grad_checkpointing", "compile", "ce_chunk", "keep_best"}
+     "tensorboard", "eval_samples", "parallel", "grad_checkpointing", "compile", "rosa_overlap", "ce_chunk",
+     "keep_best"}
 )
 
 
@@ -69,6 +70,7 @@ class TrainConfig:
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard per block)
     grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
     compile: bool = False  # torch.compile each block (the whole model when it has no .blocks)
+    rosa_overlap: bool = False  # CUDA: each ROSA block on a second stream beside its time-mix
     ce_chunk: int = 0  # head + cross-entropy over this many positions at a time (0: all at once)
 
     def __post_init__(self) -> None:
@@ -106,7 +108,7 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
-        for name in ("grad_checkpointing", "compile", "progress", "tensorboard"):
+        for name in ("grad_checkpointing", "compile", "rosa_overlap", "progress", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.keep_best, str):

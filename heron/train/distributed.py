@@ -372,7 +372,8 @@ def _rename_optimizer_state(state: dict, rename) -> dict:
 
 def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: DistributedContext, device: torch.device,
                 *, parallel: str = "ddp", grad_checkpointing: bool = False, compile: bool = False,
-                compile_rosa: bool = False, template: torch.nn.Module | None = None) -> ParallelModel:
+                compile_rosa: bool = False, rosa_overlap: bool = False,
+                template: torch.nn.Module | None = None) -> ParallelModel:
     """Apply the execution options to ``model`` (the ``model`` submodule of ``root``, the loss
     wrapper) and wrap ``root``: activation checkpointing, then ``torch.compile``, then DDP or
     FSDP2 (``fully_shard`` per block — DeepEmbed tables included, they live in the blocks — then
@@ -381,11 +382,20 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
 
     On CUDA the trainable ROSA ops stay out of the compiled graphs (see :func:`apply_compile`) unless
     ``compile_rosa``, which compiles them with their blocks, gradients wrong as they are today:
-    for measuring and fixing that path only."""
+    for measuring and fixing that path only.
+
+    ``rosa_overlap``: ``RWKV8.overlap_rosa`` (each ROSA block on a second CUDA stream beside its
+    time-mix); the model must have ROSA blocks beside a time-mix."""
     if parallel not in ("ddp", "fsdp"):
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
     if root.model is not model:
         raise ValueError("root must hold the model as its .model submodule")
+    if rosa_overlap:
+        overlap = getattr(model, "overlap_rosa", None)
+        if overlap is None or not any(getattr(block, "has_rosa", False) for block in model_blocks(model) or []):
+            raise ValueError(f"rosa_overlap: {type(model).__name__} has no ROSA block beside a time-mix to overlap "
+                             "(an RWKV-8 model with rosa set)")
+        overlap(True)
     if grad_checkpointing:
         apply_grad_checkpointing(model)
     if compile:

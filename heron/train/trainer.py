@@ -12,7 +12,7 @@ CPU/CUDA RNG states and the data generator — so ``--resume`` continues bit-for
 (SIGINT) or SIGTERM, and the ``time_limit``, stop the run at the next step boundary and write a
 checkpoint and the model file; a second Ctrl-C aborts at once.
 
-Execution options (``parallel``, ``grad_checkpointing``, ``compile``, ``ce_chunk``) change how a
+Execution options (``parallel``, ``grad_checkpointing``, ``compile``, ``rosa_overlap``, ``ce_chunk``) change how a
 step runs, not what it computes: see :func:`heron.train.distributed.parallelize` and
 :mod:`heron.train.losses`.
 """
@@ -217,7 +217,7 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
         _load_model_state(model, payload["model"], f"checkpoint {resume}")
     parallel = parallelize(model, LossModel(model, setup.vocab_size, config.task, config.ce_chunk), context,
                            device, parallel=config.parallel, grad_checkpointing=config.grad_checkpointing,
-                           compile=config.compile, template=template)
+                           compile=config.compile, rosa_overlap=config.rosa_overlap, template=template)
     # Built after sharding: FSDP replaces the parameters by sharded ones.
     optimizer = build_optimizer(model, config)
     if payload is not None:

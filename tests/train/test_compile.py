@@ -35,7 +35,7 @@ def _grads(model, tokens, autocast: bool) -> dict[str, torch.Tensor]:
 
 def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, rtol: float,
                            backend: str = "inductor", dtype: torch.dtype = torch.float32,
-                           rosa_eager: bool = False) -> None:
+                           rosa_eager: bool = False, rosa_overlap: bool = False) -> None:
     torch.manual_seed(0)
     eager = RWKV8(RWKV8Config(**config))
     init_lm_recipe(eager)
@@ -47,6 +47,7 @@ def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, r
     eager.to(device=tokens.device, dtype=dtype)
     compiled = copy.deepcopy(eager)
     apply_compile(compiled, backend=backend, rosa_eager=rosa_eager)
+    compiled.overlap_rosa(rosa_overlap)
     expected = _grads(eager, tokens, autocast)
     for _ in range(2):  # the second call runs the cached graphs
         got = _grads(compiled, tokens, autocast)
@@ -132,19 +133,22 @@ def test_compiled_blocks_on_gpu():
         strict=True, reason="known bug (docs/limits.md): with the ROSA layers inside the compiled blocks the "
                             "gradients below them are ~100% off on CUDA; parallelize keeps them eager there")),
     pytest.param(True, id="rosa-eager"),
+    pytest.param("overlap", id="rosa-overlap"),
 ])
 @pytest.mark.parametrize("rosa", ["qkv1", "qkv4"])
 def test_compiled_rosa_blocks_on_gpu(rosa, rosa_eager):
     # The ROSA-QKV block inside each block's Inductor graph (heron::rosa_* custom ops, CUDA
     # kernels), value estimator with the gain bound, as benchmarks/train_step.py --compile-rosa
-    # compiles it; and around it, the ROSA layers eager (what --compile does on CUDA).
+    # compiles it; and around it, the ROSA layers eager (what --compile does on CUDA), also with
+    # each whole ROSA block on the side stream beside its time-mix (--rosa-overlap).
     # float64: ROSA thresholds q, k, v at 0, so the last-bit differences between Inductor's and
     # eager's float32/bf16 arithmetic flip the odd bit and change matches (a qkv4 run under bf16
     # autocast failed so on an H100); in float64 no value lands that close to 0.
     config = dict(n_layer=2, n_embd=256, vocab_size=1024, head_size=64, rosa=rosa, deep_embed=True,
                   rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0, rosa_tau=0.1)
     tokens = torch.randint(0, config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(4)).cuda()
-    _check_compiled_blocks(config, tokens, autocast=False, rtol=1e-6, dtype=torch.float64, rosa_eager=rosa_eager)
+    _check_compiled_blocks(config, tokens, autocast=False, rtol=1e-6, dtype=torch.float64,
+                           rosa_eager=bool(rosa_eager), rosa_overlap=rosa_eager == "overlap")
 
 
 def test_rosa_eager_compile_keeps_the_rosa_ops_out_of_the_graphs():

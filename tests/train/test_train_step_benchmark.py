@@ -81,10 +81,11 @@ def test_deep_rosa_configuration_trains_and_the_unbounded_one_is_flagged(tmp_pat
 def test_fresh_batches_and_the_profile_options(tmp_path):
     out = tmp_path / "fresh.json"
     result = _run("--tiny", "--steps", "2", "--warmup", "1", "--configs", "rwkv8-rosa1-value", "--fresh-batches",
-                  "--profile-top", "3", "--rosa-grouping-work", "0", "--json", str(out))
+                  "--profile-top", "3", "--rosa-grouping-work", "0", "--rosa-overlap", "--json", str(out))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     row = json.loads(out.read_text())["results"][0]
     assert row["fresh_batches"] and row["loss_batch0_first"] is None and row["tokens_per_s"] > 0
+    assert row["rosa_overlap"] and "ROSA overlapped" in result.stdout  # a plain call on the CPU
     assert len(set(row["losses"])) == 3  # three different batches
     assert "a fresh random batch every step" in result.stdout and "ROSA grouping work per element 0" in result.stdout
     assert "top 3 ops by self CPU time per step" in result.stdout

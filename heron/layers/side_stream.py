@@ -1,0 +1,65 @@
+"""Run a branch of a block on a second CUDA stream, so that it overlaps the branch beside it.
+
+RWKV-8's ROSA block reads the same block input as the time-mix and its output is only added at
+the end (``x + att(ln1(x)) + rosa(ln3(x))``). Its costly part, the ROSA engine, is a
+latency-bound integer kernel that leaves most of the GPU idle, as does the WKV recurrence, so
+the two can share the GPU instead of taking turns on one stream:
+
+    rosa_out = launch_on_side_stream(block.rosa, block.ln3(x))   # queued on the side stream
+    att_out = block.att(block.ln1(x))                            # runs meanwhile on the main one
+    rosa_out = join_side_stream(rosa_out)                        # the main stream waits here
+
+Both functions are ``torch.compiler.disable``\\ d. In a compiled block they are graph breaks, and
+the branch runs eagerly, as the ROSA ops do on CUDA anyway (see
+``heron.train.distributed.apply_compile``). Autograd runs each backward op on the stream of its
+forward op and synchronises the streams where a gradient crosses them, so the backward needs no
+extra code. The caching allocator is told which tensors cross streams (``record_stream``) so that
+it reuses none of them too early.
+
+On CPU tensors both functions are plain calls (``launch`` runs the module, ``join`` returns its
+argument).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream of a CUDA device (one per device, made on first use)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _SIDE_STREAMS.get(index)
+    if stream is None:
+        stream = _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return stream
+
+
+@torch.compiler.disable
+def launch_on_side_stream(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` queued on the device's side stream after everything queued so far on the
+    current stream (which produced ``x``). The result must go through :func:`join_side_stream`
+    before the current stream reads it."""
+    if not x.is_cuda:
+        return module(x)
+    main = torch.cuda.current_stream(x.device)
+    side = side_stream(x.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = module(x)
+    # x was made on the main stream and is read on the side one: keep its memory until then
+    x.record_stream(side)
+    return out
+
+
+@torch.compiler.disable
+def join_side_stream(out: torch.Tensor) -> torch.Tensor:
+    """Make the current stream wait for the side stream's work so far (the launch that produced
+    ``out``), and return ``out`` for use on the current stream."""
+    if not out.is_cuda:
+        return out
+    main = torch.cuda.current_stream(out.device)
+    main.wait_stream(side_stream(out.device))
+    out.record_stream(main)
+    return out
