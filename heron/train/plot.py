@@ -29,6 +29,18 @@ def read_rows(path: str | Path) -> list[dict[str, float]]:
     return rows
 
 
+def elapsed_at(train: list[dict], step: float) -> float | None:
+    """Seconds of training at ``step``, interpolated between the logged training rows around it
+    (evaluation rows carry steps only, and an evaluation need not fall on a logged step); ``None``
+    outside the logged steps."""
+    logged = sorted((row["step"], row["elapsed_s"]) for row in train if "step" in row and "elapsed_s" in row)
+    for (step_before, before), (step_after, after) in zip(logged, logged[1:]):
+        if step_before <= step <= step_after:
+            share = (step - step_before) / (step_after - step_before) if step_after > step_before else 0.0
+            return before + share * (after - before)
+    return logged[0][1] if len(logged) == 1 and logged[0][0] == step else None
+
+
 def plot_runs(runs: dict[str, Path], png: str | Path, title: str) -> Path:
     """Training loss and validation ``eval_bits_per_token`` of several runs (``{label: run_dir}``),
     in bits per token, against optimiser steps (left) and seconds of training (right)."""
@@ -52,9 +64,8 @@ def plot_runs(runs: dict[str, Path], png: str | Path, title: str) -> Path:
         if evaluation:
             by_step.plot([row["step"] for row in evaluation], [row[key] for row in evaluation], "o-",
                          color=colour, label=f"{name} validation")
-            # eval rows carry steps only; place them at the training row of the same step
-            elapsed = {row["step"]: row["elapsed_s"] for row in train}
-            points = [(elapsed[row["step"]], row[key]) for row in evaluation if row["step"] in elapsed]
+            points = [(seconds, row[key]) for row in evaluation
+                      if (seconds := elapsed_at(train, row["step"])) is not None]
             if points:
                 by_time.plot(*zip(*points), "o-", color=colour, label=f"{name} validation")
     for axes, label in ((by_step, "optimiser step"), (by_time, "seconds of training")):
