@@ -6,6 +6,11 @@ compiled gradients against eager on the same device, and of eager on the device 
 the CPU. It found (seventh session, H100) that with a ROSA-QKV block the compiled graph's
 gradients of the earlier block's parameters are ~100% off while the logits agree to 1e-15,
 in float32 and float64, with and without the gain bound; without ROSA they agree to 1e-15.
+The eighth session's bisect (``--backend aot_eager``, ``--wkv-backend``, ``--rosa-engine``,
+``--layer``, ``--trace``) showed the ROSA Function receiving an all-zero incoming gradient, and
+the same run on the CPU under torch 2.11 (the GPU hosts' version; 2.13 is fine) reproduced it:
+torch 2.11 loses the gradient of an autograd.Function whose forward returns ``out.to(out.dtype)``.
+Fixed by ``heron.ops.rosa.grad._as_dtype``.
 
     PYTHONPATH=. python tools/compile_grad_check.py --device cuda --dtype float32 --rosa qkv1 none
 """

@@ -8,9 +8,11 @@
 #      times from CUDA events): rwkv7 (the same-run baseline), RWKV-8 + ROSA-QKV with shared keys
 #      (rwkv8-rosa-shared 4-bit, rwkv8-rosa1-shared 1-bit: token ROSA, where the runs branch
 #      applies) and with tied keys (rwkv8-rosa-value, rwkv8-rosa1-value). --compile runs the ROSA
-#      ops eagerly between the graphs on CUDA (their compiled gradients are wrong, docs/limits.md);
+#      ops eagerly between the graphs on CUDA (until the fix of their compiled gradients is
+#      confirmed on a GPU: docs/limits.md);
 #   3. the shared rows again with --compile-rosa (the ROSA layers inside the graphs, the seventh
-#      session's figures: fast, gradients wrong) and with a fresh random batch every step;
+#      session's figures; their fp32 gradients were wrong under torch 2.11 until the eighth
+#      session's fix) and with a fresh random batch every step;
 #   4. the GPU tests of the compiled ROSA blocks and the ROSA estimators;
 #   5. benchmarks/rosa_layer_streams.py after 8 training steps on 4 cycled batches (the nearly
 #      constant deep-layer streams): the engine per grouping budget, 0 = the automaton alone.

@@ -237,8 +237,11 @@ def apply_compile(model: torch.nn.Module, backend: str = "inductor", *, rosa_eag
     ``rosa_eager``: run the trainable ROSA ops outside the graphs (their layers'
     ``eager_under_compile``: one graph break around each op call; the projections and everything
     else of the block stay compiled). :func:`parallelize` sets it on CUDA, where blocks compiled
-    with their ROSA ops give wrong gradients to everything below them (docs/limits.md; found with
-    ``tools/compile_grad_check.py``, not yet fixed). Without it the flag is cleared again."""
+    with their ROSA ops gave wrong gradients to everything below them under torch 2.11 (found with
+    ``tools/compile_grad_check.py``; the cause, a torch 2.11 tracing bug, is avoided since the
+    eighth session, see ``heron.ops.rosa.grad._as_dtype``, but that is confirmed on the CPU only:
+    the GPU test ``test_compiled_rosa_blocks_on_gpu`` decides when this default goes). Without it
+    the flag is cleared again."""
     blocks = model_blocks(model)
     if backend != "inductor":
         kwargs = {"backend": backend}
@@ -381,8 +384,8 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
     model for evaluation and export, moved to the meta device here.
 
     On CUDA the trainable ROSA ops stay out of the compiled graphs (see :func:`apply_compile`) unless
-    ``compile_rosa``, which compiles them with their blocks, gradients wrong as they are today:
-    for measuring and fixing that path only.
+    ``compile_rosa``, which compiles them with their blocks (faster; their gradients were wrong
+    under torch 2.11 until the eighth session's fix, which awaits its GPU check: docs/limits.md).
 
     ``rosa_overlap``: ``RWKV8.overlap_rosa`` (each ROSA block on a second CUDA stream beside its
     time-mix); the model must have ROSA blocks beside a time-mix."""
@@ -401,8 +404,8 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
     if compile:
         rosa_eager = device.type == "cuda" and not compile_rosa
         if rosa_eager and _rosa_op_layers(model):
-            warnings.warn("compile: the ROSA ops run eagerly on CUDA, between compiled graphs (compiled with their "
-                          "blocks they give wrong gradients, docs/limits.md)", stacklevel=2)
+            warnings.warn("compile: the ROSA ops run eagerly on CUDA, between compiled graphs, until the fix of "
+                          "their compiled gradients is confirmed on a GPU (docs/limits.md)", stacklevel=2)
         apply_compile(model, rosa_eager=rosa_eager)
     if not context.enabled:
         return ParallelModel(model, root, context, "single")

@@ -603,3 +603,12 @@ def test_max_gain_factor_keeps_float64_precision():
     low = G._bound_gain([grads[0].bfloat16()], grad_out.bfloat16(), 1.0)[0]
     assert low.dtype == torch.bfloat16
     assert torch.allclose(low.double(), expected, rtol=2e-2)
+
+
+def test_rosa_functions_return_no_no_op_conversion():
+    # torch 2.11 loses the gradient of a traced autograd.Function that returns out.to(out.dtype)
+    # (tools/torch_function_to_repro.py): the ROSA Functions convert only when the dtype differs
+    out = torch.randn(3, 4)
+    assert G._as_dtype(out, torch.float32) is out
+    converted = G._as_dtype(out, torch.bfloat16)
+    assert converted.dtype == torch.bfloat16 and torch.equal(converted, out.to(torch.bfloat16))

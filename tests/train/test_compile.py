@@ -129,9 +129,8 @@ def test_compiled_blocks_on_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("rosa_eager", [
-    pytest.param(False, id="rosa-compiled", marks=pytest.mark.xfail(
-        strict=True, reason="known bug (docs/limits.md): with the ROSA layers inside the compiled blocks the "
-                            "gradients below them are ~100% off on CUDA; parallelize keeps them eager there")),
+    # failed on the H100s/H200s (torch 2.11) until heron.ops.rosa.grad._as_dtype: not yet re-run there
+    pytest.param(False, id="rosa-compiled"),
     pytest.param(True, id="rosa-eager"),
     pytest.param("overlap", id="rosa-overlap"),
 ])

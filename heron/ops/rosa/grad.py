@@ -522,9 +522,9 @@ def _value_input_grad_op(grad_out: torch.Tensor, table: torch.Tensor, retrieved:
     are the ROSA's values (``retrieved`` [B, T, C // bits]: the retrieval index of every output):
     copy-through deltas, scaled by ``_finish`` and bounded to ``max_gain`` (``<= 0``: unbounded).
 
-    One opaque op in a compiled graph, from the saved tensors to the input gradient: compiled with
-    their blocks on CUDA, the ROSA layers' input gradients came out wrong (docs/limits.md), so
-    this whole path runs as the eager code it is, wherever it is called from."""
+    One opaque op in a compiled graph, from the saved tensors to the input gradient: the same
+    eager code wherever it is called from. (Made one op as a guess at the compiled-ROSA gradient
+    bug, which turned out to be elsewhere: see :func:`_as_dtype`.)"""
     B, T, C = x.shape
     values = _to_streams(pack_symbols(x, bits))
     delta = value_deltas(_to_streams(retrieved), values, _value_table(grad_out, table, bits), bits)
@@ -552,6 +552,15 @@ def _retrieval_grid(streams: torch.Tensor, B: int, G: int) -> torch.Tensor:
     return streams.reshape(B, G, -1).permute(0, 2, 1)
 
 
+def _as_dtype(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``out`` in ``dtype``, converted only when it differs. The ROSA Functions' forwards return
+    this: torch 2.11's torch.compile (dynamo's autograd.Function tracing) gives a Function whose
+    forward returns ``out.to(out.dtype)`` (the same tensor again) an all-zero incoming gradient,
+    so every gradient through the ROSA layers was lost in compiled blocks (found on the H100s,
+    reproduced on the CPU with torch 2.11, fixed in 2.13; tests/layers/test_rosa_compile.py)."""
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 class _ChannelROSA(torch.autograd.Function):
     """Channel ROSA (token ROSA on each group's symbol stream), decoded through ``table``.
 
@@ -570,7 +579,7 @@ class _ChannelROSA(torch.autograd.Function):
             y = _forward_symbols(symbols, symbols, symbols, bits)
         ctx.save_for_backward(x, table, symbols, y, retrieved)
         ctx.bits, ctx.config = bits, config
-        return _decode(table, y, bits).to(x.dtype)
+        return _as_dtype(_decode(table, y, bits), x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -625,7 +634,7 @@ class _QKVROSA(torch.autograd.Function):
         else:
             y = _forward_symbols(qs, ks, vs, bits)
             ctx.save_for_backward(q, k, v, table, qs, ks, vs, y)
-        return _decode(table, y, bits).to(q.dtype)
+        return _as_dtype(_decode(table, y, bits), q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
