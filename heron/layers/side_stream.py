@@ -9,15 +9,22 @@ the two can share the GPU instead of taking turns on one stream:
     att_out = block.att(block.ln1(x))                            # runs meanwhile on the main one
     rosa_out = join_side_stream(rosa_out)                        # the main stream waits here
 
-Both functions are ``torch.compiler.disable``\\ d. In a compiled block they are graph breaks, and
-the branch runs eagerly, as the ROSA ops do on CUDA anyway (see
-``heron.train.distributed.apply_compile``). Autograd runs each backward op on the stream of its
-forward op and synchronises the streams where a gradient crosses them, so the backward needs no
-extra code. The caching allocator is told which tensors cross streams (``record_stream``) so that
-it reuses none of them too early.
+Both functions are excluded from ``torch.compile`` (``torch.compiler.disable``). In a compiled
+block they are graph breaks, and the whole branch runs eagerly: the ROSA block's projections
+too, not only its ROSA op as ``heron.train.distributed.apply_compile(rosa_eager=True)`` does
+(``compile_rosa`` has no effect on an overlapped block). Autograd runs each backward op on the
+stream of its forward op and synchronises the streams where a gradient crosses them, so the
+backward needs no extra code. The caching allocator is told which tensors cross streams
+(``record_stream``) so that it reuses none of them too early.
 
 On CPU tensors both functions are plain calls (``launch`` runs the module, ``join`` returns its
 argument).
+
+Distributed training: with DDP the parameters' gradients are still accumulated on the main
+stream (DDP keeps the accumulation nodes it made), so its hooks fire after the engine's stream
+waits; torch may warn that an accumulation node's stream differs from the forward's. FSDP2 is
+refused (``heron.train.distributed.parallelize``): its post-backward reads gradients made on the
+side stream mid-backward, and that ordering is not documented to be safe.
 """
 
 from __future__ import annotations
@@ -46,11 +53,15 @@ def launch_on_side_stream(module: torch.nn.Module, x: torch.Tensor) -> torch.Ten
     main = torch.cuda.current_stream(x.device)
     side = side_stream(x.device)
     side.wait_stream(main)
-    with torch.cuda.stream(side):
-        out = module(x)
     # x was made on the main stream and is read on the side one: keep its memory until then
     x.record_stream(side)
-    return out
+    try:
+        with torch.cuda.stream(side):
+            return module(x)
+    except BaseException:
+        # no join will follow: make the main stream wait for what was queued on the side one
+        main.wait_stream(side)
+        raise
 
 
 @torch.compiler.disable

@@ -394,6 +394,9 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
     if root.model is not model:
         raise ValueError("root must hold the model as its .model submodule")
     if rosa_overlap:
+        if parallel == "fsdp" and context.enabled:
+            raise ValueError("rosa_overlap cannot be combined with parallel = 'fsdp' (FSDP2's post-backward would "
+                             "read gradients made on the side stream; see heron.layers.side_stream): use DDP")
         overlap = getattr(model, "overlap_rosa", None)
         if overlap is None or not any(getattr(block, "has_rosa", False) for block in model_blocks(model) or []):
             raise ValueError(f"rosa_overlap: {type(model).__name__} has no ROSA block beside a time-mix to overlap "

@@ -88,3 +88,10 @@ def test_overlapped_rosa_blocks_give_the_same_numbers_on_gpu(rosa):
     for _ in range(2):  # the second run reuses memory the first one freed across the streams
         got = _logits_and_grads(overlapped, tokens)
     _assert_same(expected, got, rtol=1e-9)
+
+
+def test_overlap_is_refused_under_fsdp():
+    model = _model()
+    with pytest.raises(ValueError, match="rosa_overlap cannot be combined with parallel = 'fsdp'"):
+        parallelize(model, _Root(model), DistributedContext(rank=0, world_size=2), torch.device("cpu"),
+                    parallel="fsdp", rosa_overlap=True)
