@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from heron.models.init import init_lm_recipe
+from heron.models.init import init_lm_recipe, perturb_zeroed_outputs_
 from heron.models.rwkv8 import RWKV8, RWKV8Config
 from heron.train.distributed import apply_compile
 
@@ -33,11 +33,7 @@ def build(rosa: str | None, dtype: torch.dtype, max_gain: float | None, deep_emb
                   rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=max_gain, rosa_tau=0.1)
     torch.manual_seed(0)
     model = RWKV8(RWKV8Config(**config))
-    init_lm_recipe(model)
-    with torch.no_grad():  # the LM recipe zeroes these: give every parameter a gradient
-        for block in model.blocks:
-            block.att.output.weight.normal_(std=0.02)
-            block.ffn.value.weight.normal_(std=0.02)
+    perturb_zeroed_outputs_(init_lm_recipe(model))
     return model.to(dtype=dtype)
 
 

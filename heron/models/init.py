@@ -123,6 +123,17 @@ def init_lm_recipe(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def perturb_zeroed_outputs_(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """Draw the output projections that :func:`init_lm_recipe` zeroes (time-mix ``output``,
+    channel-mix ``value``) from ``N(0, std^2)``, so that every parameter gets a non-zero gradient:
+    for gradient comparisons (compiled against eager, one stream against two), never training."""
+    for block in _model_layout(model)[1]:
+        block.att.output.weight.normal_(std=std)
+        block.ffn.value.weight.normal_(std=std)
+    return model
+
+
 def lm_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.1) -> list[dict]:
     """AdamW parameter groups of the LM recipe: decay on matrices (``*.weight`` with >= 2 dims),
     none elsewhere; ``att.w0`` at ``2 * lr``. Each group carries ``lr_scale`` (1 or 2) so a

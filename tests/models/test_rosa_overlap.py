@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from heron.layers.side_stream import join_side_stream, launch_on_side_stream
-from heron.models.init import init_lm_recipe
+from heron.models.init import init_lm_recipe, perturb_zeroed_outputs_
 from heron.models.rwkv8 import RWKV8, RWKV8Config
 from heron.train.config import TrainConfig
 from heron.train.distributed import DistributedContext, parallelize
@@ -18,11 +18,7 @@ def _model(rosa="qkv1", dtype=torch.float64, **extra) -> RWKV8:
                   rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0, rosa_tau=0.1, **extra)
     torch.manual_seed(0)
     model = RWKV8(RWKV8Config(**config))
-    init_lm_recipe(model)
-    with torch.no_grad():  # the LM recipe zeroes these: give every parameter a gradient
-        for block in model.blocks:
-            block.att.output.weight.normal_(std=0.02)
-            block.ffn.value.weight.normal_(std=0.02)
+    perturb_zeroed_outputs_(init_lm_recipe(model))
     return model.to(dtype=dtype)
 
 

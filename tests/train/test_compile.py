@@ -16,7 +16,7 @@ import copy
 import pytest
 import torch
 
-from heron.models.init import init_lm_recipe
+from heron.models.init import init_lm_recipe, perturb_zeroed_outputs_
 from heron.models.rwkv8 import RWKV8, RWKV8Config
 from heron.train import distributed
 from heron.train.distributed import apply_compile, compile_options
@@ -38,12 +38,7 @@ def _check_compiled_blocks(config: dict, tokens: torch.Tensor, autocast: bool, r
                            rosa_eager: bool = False, rosa_overlap: bool = False) -> None:
     torch.manual_seed(0)
     eager = RWKV8(RWKV8Config(**config))
-    init_lm_recipe(eager)
-    # the LM recipe zeroes the output projections: give every parameter a gradient to compare
-    with torch.no_grad():
-        for block in eager.blocks:
-            block.att.output.weight.normal_(std=0.02)
-            block.ffn.value.weight.normal_(std=0.02)
+    perturb_zeroed_outputs_(init_lm_recipe(eager))  # every parameter gets a gradient to compare
     eager.to(device=tokens.device, dtype=dtype)
     compiled = copy.deepcopy(eager)
     apply_compile(compiled, backend=backend, rosa_eager=rosa_eager)
