@@ -35,6 +35,9 @@ want() { [[ "$PARTS" == *" $1 "* ]]; }
 want tests && { part 150 "CUDA ROSA tests" bash -c "python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_rosa_cuda.py \
   2>&1 | tail -n 25 > '$out/rosa_cuda_tests.txt'"; tail -n 1 "$out/rosa_cuda_tests.txt" | tee -a "$log"; }
 if want gradcheck; then
+  # the CPU compile tests under this host's torch: under torch 2.11 they caught the lost ROSA gradient
+  part 150 "CPU compile tests of the ROSA layers, this host's torch" bash -c "python3 -m pytest -q -p no:cacheprovider \
+    tests/layers/test_rosa_compile.py 2>&1 | tail -n 3"
   part 200 "compiled ROSA gradients against eager (the full compile)" python3 tools/compile_grad_check.py \
     --device cuda --dtype float32 --rosa qkv1 none
   # where they still differ: the same graphs without Inductor's code generation, and the ROSA ops eager
