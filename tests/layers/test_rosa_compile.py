@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from heron.layers.rosa import ROSABits, ROSAQKV
-from heron.ops.rosa.grad import EstimatorConfig, flip_deltas, retrieval_indices
+from heron.ops.rosa.grad import EstimatorConfig, flip_deltas, pack_symbols, retrieval_indices
 
 
 def _compare(layer: torch.nn.Module, x: torch.Tensor) -> None:
@@ -103,7 +103,7 @@ def test_rosa_custom_ops_pass_opcheck():
     retrieved = torch.randint(-1, 20, (2, 20, 2), generator=g)
     for max_gain in (0.0, 0.5):
         torch.library.opcheck(torch.ops.heron.rosa_value_input_grad.default,
-                              (grad_out, table, retrieved, x, 4, 0.1, max_gain))
+                              (grad_out, table, retrieved, pack_symbols(x, 4), x, 4, 0.1, max_gain))
 
 
 def test_op_wrappers_keep_their_python_results():

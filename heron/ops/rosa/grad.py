@@ -517,17 +517,18 @@ def _bound_gain(grads: list, grad_out: torch.Tensor, max_gain: float | None) -> 
 
 @torch.library.custom_op("heron::rosa_value_input_grad", mutates_args=())
 def _value_input_grad_op(grad_out: torch.Tensor, table: torch.Tensor, retrieved: torch.Tensor,
-                         x: torch.Tensor, bits: int, tau: float, max_gain: float) -> torch.Tensor:
+                         symbols: torch.Tensor, x: torch.Tensor, bits: int, tau: float,
+                         max_gain: float) -> torch.Tensor:
     """The value estimator's gradient w.r.t. the float input ``x`` [B, T, C] whose thresholded bits
-    are the ROSA's values (``retrieved`` [B, T, C // bits]: the retrieval index of every output):
-    copy-through deltas, scaled by ``_finish`` and bounded to ``max_gain`` (``<= 0``: unbounded).
+    are the ROSA's values (``symbols`` = ``pack_symbols(x, bits)`` [B, T, C // bits]; ``retrieved``
+    of that shape: the retrieval index of every output): copy-through deltas, scaled by
+    ``_finish`` and bounded to ``max_gain`` (``<= 0``: unbounded).
 
     One opaque op in a compiled graph, from the saved tensors to the input gradient: the same
     eager code wherever it is called from. (Made one op as a guess at the compiled-ROSA gradient
     bug, which turned out to be elsewhere: see :func:`_as_dtype`.)"""
     B, T, C = x.shape
-    values = _to_streams(pack_symbols(x, bits))
-    delta = value_deltas(_to_streams(retrieved), values, _value_table(grad_out, table, bits), bits)
+    delta = value_deltas(_to_streams(retrieved), _to_streams(symbols), _value_table(grad_out, table, bits), bits)
     grad = _finish(_from_streams(delta, B, C // bits), x, tau)
     if max_gain > 0:
         (grad,) = _bound_gain([grad], grad_out, max_gain)
@@ -535,15 +536,15 @@ def _value_input_grad_op(grad_out: torch.Tensor, table: torch.Tensor, retrieved:
 
 
 @_value_input_grad_op.register_fake
-def _(grad_out, table, retrieved, x, bits, tau, max_gain):
+def _(grad_out, table, retrieved, symbols, x, bits, tau, max_gain):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def value_input_grad(grad_out, table, retrieved, x, bits: int, config: EstimatorConfig) -> torch.Tensor:
+def value_input_grad(grad_out, table, retrieved, symbols, x, bits: int, config: EstimatorConfig) -> torch.Tensor:
     """:func:`_value_input_grad_op` with the estimator's settings (``config.max_gain`` None:
     unbounded)."""
     max_gain = config.max_gain if config.max_gain is not None else 0.0
-    return torch.ops.heron.rosa_value_input_grad(grad_out, table.detach(), retrieved, x, bits,
+    return torch.ops.heron.rosa_value_input_grad(grad_out, table.detach(), retrieved, symbols, x, bits,
                                                  float(config.tau), float(max_gain))
 
 
@@ -595,7 +596,7 @@ class _ChannelROSA(torch.autograd.Function):
                 if retrieved is None:  # forward ran without the retrieval (applied directly)
                     streams = _to_streams(symbols)
                     retrieved = _retrieval_grid(retrieval_indices(streams, streams, bits), B, G)
-                grad_x = value_input_grad(grad_out, table, retrieved, x, bits, config)
+                grad_x = value_input_grad(grad_out, table, retrieved, symbols, x, bits, config)
             else:
                 streams = _to_streams(symbols)
                 val = _value_table(grad_out, table.detach(), bits)
@@ -664,8 +665,9 @@ class _QKVROSA(torch.autograd.Function):
             if want[2]:
                 if retrieved is None:  # forward ran without the retrieval (applied directly)
                     retrieved = _retrieval_grid(retrieval_indices(_to_streams(qs), _to_streams(ks), bits), B, G)
+                vs = pack_symbols(v, bits) if vs is None else vs  # not saved when the forward retrieved
                 # bounded inside: the zero q and k gradients add nothing to the joint norm
-                grads[2] = value_input_grad(grad_out, table, retrieved, v, bits, config)
+                grads[2] = value_input_grad(grad_out, table, retrieved, vs, v, bits, config)
         elif any(want):
             val = _value_table(grad_out, table.detach(), bits)
             streams = [_to_streams(s) for s in (qs, ks, vs)]
