@@ -143,6 +143,12 @@ def trials_with_unseen(args) -> torch.Tensor:
     return (prompts >= args.vocab - args.unseen).any(dim=1)
 
 
+def subset_copy_accuracy(model, low: int, high: int, args) -> float:
+    """The final copy test's token accuracy on prompts drawn from token ids ``low .. high - 1``."""
+    return copy_eval(model, torch.arange(low, high), trials=args.trials, length=args.copy_length,
+                     cue=args.copy_cue, seed=args.seed, batch_size=args.trials).token_accuracy
+
+
 def percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -197,11 +203,8 @@ def run(kind: str, qk_init: str, args) -> dict:
                     point["copy_per_trial_accuracy"] = result.per_trial_accuracy
             if last and args.span_pool:
                 # prompts from the segments' pool only, and from the tokens never in a segment
-                for name, subset in (("in_pool", torch.arange(args.span_pool)),
-                                     ("out_of_pool", torch.arange(args.span_pool, args.vocab))):
-                    result = copy_eval(model, subset, trials=args.trials, length=args.copy_length,
-                                       cue=args.copy_cue, seed=args.seed, batch_size=args.trials)
-                    point[f"copy_token_accuracy_{name}"] = result.token_accuracy
+                point["copy_token_accuracy_in_pool"] = subset_copy_accuracy(model, 0, args.span_pool, args)
+                point["copy_token_accuracy_out_of_pool"] = subset_copy_accuracy(model, args.span_pool, args.vocab, args)
             if last and args.unseen:
                 # the whole-vocabulary test split by trial; with V = 512 and 64 unseen ids, a
                 # 32-token prompt lacks one in only ~1.4% of trials, hence the two extra sets
@@ -211,10 +214,8 @@ def run(kind: str, qk_init: str, args) -> dict:
                     point[f"copy_trials_{name}"] = int(mask.sum())
                     point[f"copy_token_accuracy_{name}"] = per_trial[mask].mean().item() if mask.any() else None
                 seen = args.vocab - args.unseen
-                for name, subset in (("seen_only", torch.arange(seen)), ("unseen_only", torch.arange(seen, args.vocab))):
-                    result = copy_eval(model, subset, trials=args.trials, length=args.copy_length,
-                                       cue=args.copy_cue, seed=args.seed, batch_size=args.trials)
-                    point[f"copy_token_accuracy_{name}"] = result.token_accuracy
+                point["copy_token_accuracy_seen_only"] = subset_copy_accuracy(model, 0, seen, args)
+                point["copy_token_accuracy_unseen_only"] = subset_copy_accuracy(model, seen, args.vocab, args)
                 point.update(unseen_target_accuracy(model, args))
             if last:
                 point["first_repeat_acc"] = first_repeat_accuracy(model, args)

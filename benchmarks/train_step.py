@@ -128,8 +128,9 @@ def parse_args(argv=None):
     parser.add_argument("--rosa-overlap", action="store_true",
                         help="each ROSA block on a second CUDA stream beside its time-mix (RWKV8.overlap_rosa)")
     parser.add_argument("--compile-rosa", action="store_true",
-                        help="with --compile on CUDA, compile the ROSA layers with their blocks too: faster, but that "
-                             "graph's gradients are wrong today (docs/limits.md); for measuring that path only")
+                        help="with --compile on CUDA, compile the ROSA layers with their blocks too: faster; its "
+                             "gradients were wrong under torch 2.11 until a fix not yet confirmed on a GPU "
+                             "(docs/limits.md)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     parser.add_argument("--chunked-ce", type=int, nargs="?", const=4096, default=0, metavar="POSITIONS",
                         help="head + cross-entropy over POSITIONS positions at a time (default 4096 when given)")

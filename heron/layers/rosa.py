@@ -36,8 +36,8 @@ from ..ops.rosa.grad import (
 __all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV", "QK_INITS", "check_qk_init"]
 
 # The trainable ops outside any compiled graph (a graph break around each call), for layers whose
-# ``eager_under_compile`` is set: compiled with their blocks on CUDA, the ROSA ops give wrong
-# gradients to the layers below (docs/limits.md); heron.train.distributed sets the flag there.
+# ``eager_under_compile`` is set: heron.train.distributed sets it on CUDA until the fix of the
+# compiled ROSA gradients (lost under torch 2.11, docs/limits.md) is confirmed on a GPU.
 # Outside torch.compile these are the plain functions.
 _rosa_channel_eager = torch.compiler.disable(rosa_channel)
 _rosa_qkv_channels_eager = torch.compiler.disable(rosa_qkv_channels)
