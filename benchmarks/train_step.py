@@ -123,14 +123,13 @@ def parse_args(argv=None):
                              "have passed since the model was built (at least one timed step runs; the row "
                              "records how many did; under torchrun one small all-reduce per step decides); "
                              "0 = no limit (default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every block (on CUDA with its "
-                        "ROSA ops run eagerly between the graphs: see --compile-rosa)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every block, its trainable ROSA "
+                        "ops included (see --eager-rosa)")
     parser.add_argument("--rosa-overlap", action="store_true",
                         help="each ROSA block on a second CUDA stream beside its time-mix (RWKV8.overlap_rosa)")
-    parser.add_argument("--compile-rosa", action="store_true",
-                        help="with --compile on CUDA, compile the ROSA layers with their blocks too: faster; its "
-                             "gradients were wrong under torch 2.11 until a fix not yet confirmed on a GPU "
-                             "(docs/limits.md)")
+    parser.add_argument("--eager-rosa", action="store_true",
+                        help="with --compile, run the trainable ROSA ops eagerly between the compiled graphs "
+                             "(one graph break around each; the default until the ninth session: docs/limits.md)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     parser.add_argument("--chunked-ce", type=int, nargs="?", const=4096, default=0, metavar="POSITIONS",
                         help="head + cross-entropy over POSITIONS positions at a time (default 4096 when given)")
@@ -170,8 +169,8 @@ def parse_args(argv=None):
         parser.error("--steps must be >= 1, --warmup and --time-budget >= 0")
     if args.rosa_grouping_work is not None and args.rosa_grouping_work < 0:
         parser.error("--rosa-grouping-work must be >= 0")
-    if args.compile_rosa and not args.compile:
-        parser.error("--compile-rosa: only with --compile")
+    if args.eager_rosa and not args.compile:
+        parser.error("--eager-rosa: only with --compile")
     if args.compile and args.warmup < 1:
         args.warmup = 1  # the compilation must happen in an untimed step
     try:
@@ -328,7 +327,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     flop_parameters = matmul_parameters(model)
     parallel = parallelize(model, LossModel(model, values["vocab_size"], "benchmark", args.chunked_ce), context,
                            device, parallel=args.parallel, grad_checkpointing=args.grad_checkpointing,
-                           compile=args.compile, compile_rosa=args.compile_rosa,
+                           compile=args.compile, eager_rosa=args.eager_rosa,
                            rosa_overlap=args.rosa_overlap and values.get("rosa") is not None)  # ROSA rows only
     optimizer = make_lm_optimizer(model, 6e-4, 0.1)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -429,7 +428,7 @@ def bench_config(name: str, ctx: int, args, device, context) -> dict:
     row = {
         "config": name, "model": values, "ctx": T, "batch_per_process": B, "processes": context.world_size,
         "parallel": args.parallel if context.enabled else "single", "compile": args.compile,
-        "compile_rosa": args.compile_rosa, "rosa_overlap": args.rosa_overlap,
+        "eager_rosa": args.eager_rosa, "rosa_overlap": args.rosa_overlap,
         # DDP decides it from the model (heron.train.distributed.may_leave_parameters_unused)
         "find_unused_parameters": getattr(parallel.root, "find_unused_parameters", None),
         "grad_checkpointing": args.grad_checkpointing, "chunked_ce": args.chunked_ce,
@@ -649,6 +648,7 @@ def loss_curve(args, context) -> int:
 def header(device, context, args) -> str:
     return (f"heron train-step benchmark on {device_name(device)} x {context.world_size}, "
             f"torch {torch.__version__}{', compiled' if args.compile else ''}"
+            f"{' (the ROSA ops eager)' if args.eager_rosa else ''}"
             f"{', grad checkpointing' if args.grad_checkpointing else ''}"
             f"{f', chunked CE {args.chunked_ce}' if args.chunked_ce else ''}"
             + (f", ROSA grouping work per element {args.rosa_grouping_work}"

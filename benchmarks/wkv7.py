@@ -37,14 +37,14 @@ GPU_SHAPES = [
 ]
 
 
-VARIANT_SETTINGS = ("FORWARD_ROWS_PER_THREAD", "BACKWARD_COLUMNS_PER_THREAD", "BACKSTEP_MAX_LOG_GROWTH")
+VARIANT_SETTINGS = ("FORWARD_ROWS_PER_THREAD", "BACKWARD_COLUMNS_PER_THREAD", "BACKSTEP_MAX_LOG_GROWTH",
+                    "BACKWARD", "STATE_GRADIENT_ROWS_PER_THREAD", "CHUNK_GRADIENT_WARPS", "CHUNK_GRADIENT_COLUMNS",
+                    "SPLIT_CHUNK_LENGTH")
 # fwd+bwd of other kernel settings, timed beside the defaults (labels name what differs).
 VARIANTS = {
-    "1 row/column per lane group": {"FORWARD_ROWS_PER_THREAD": 1, "BACKWARD_COLUMNS_PER_THREAD": 1},
-    "recomputing backward": {"BACKSTEP_MAX_LOG_GROWTH": 0.0},
-    "both (the second session's scheme)": {
-        "FORWARD_ROWS_PER_THREAD": 1, "BACKWARD_COLUMNS_PER_THREAD": 1, "BACKSTEP_MAX_LOG_GROWTH": 0.0,
-    },
+    "sequential backward (v4)": {"BACKWARD": "sequential"},
+    "split, pass 2 in 8 warps": {"CHUNK_GRADIENT_WARPS": 8},
+    "split, 64-step chunks, 8 warps": {"SPLIT_CHUNK_LENGTH": 64, "CHUNK_GRADIENT_WARPS": 8},
 }
 
 
@@ -105,6 +105,8 @@ def bench_gpu(args):
         finally:
             for name, value in defaults.items():
                 setattr(wkv7_cuda, name, value)
+        if wkv7_cuda.BACKWARD == "split":
+            row["split_passes_ms"] = _split_pass_times(inputs, grad_y)
         state = torch.zeros(B, H, N, N, device=device, requires_grad=True)
 
         def heron_state_forward_backward():
@@ -133,7 +135,6 @@ def bench_gpu(args):
             )
         rows.append(row)
         print(_format_row(row), flush=True)
-        del inputs, leaves, grad_y
         torch.cuda.empty_cache()
     return {
         "device": torch.cuda.get_device_name(),
@@ -144,12 +145,34 @@ def bench_gpu(args):
     }
 
 
+def _split_pass_times(inputs, grad_y):
+    """The split backward's two passes timed alone on the saved tensors of one forward."""
+    import triton.testing
+
+    r, w, k, v, a, b = inputs
+    N = r.shape[-1]
+    stride = wkv7_cuda.split_checkpoint_stride(N)
+    chunk = stride * wkv7_cuda.segment_length(N)
+    _, _, removal, checkpoints = wkv7_cuda.cuda_forward(
+        r, w, k, v, a, b, None, True, wkv7_cuda.FORWARD_ROWS_PER_THREAD, stride)
+    pass1 = wkv7_cuda.cuda_state_gradients(r, w, k, a, b, grad_y, None, wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD, stride)
+    return {
+        "pass 1 (CUDA, sequential)": triton.testing.do_bench(lambda: wkv7_cuda.cuda_state_gradients(
+            r, w, k, a, b, grad_y, None, wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD, stride), return_mode="median"),
+        "pass 2 (Triton, chunks)": triton.testing.do_bench(lambda: wkv7_cuda.chunk_gradients(
+            r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk,
+            wkv7_cuda.CHUNK_GRADIENT_WARPS, min(wkv7_cuda.CHUNK_GRADIENT_COLUMNS, N)), return_mode="median"),
+    }
+
+
 def _format_row(row):
     text = (
         f"{row['shape']} {row['dtype']}: heron fwd {row['heron_fwd_ms']:.3f} ms, "
         f"fwd+bwd {row['heron_fwdbwd_ms']:.3f} ms (with state in/out {row['heron_state_fwdbwd_ms']:.3f}); "
         + "; ".join(f"{label}: {fwd:.3f} / {fwdbwd:.3f}" for label, (fwd, fwdbwd) in row["variants_ms"].items())
     )
+    for label, ms in row.get("split_passes_ms", {}).items():
+        text += f"; {label} {ms:.3f}"
     if "fla_fwd_ms" in row:
         text += f"; fla fwd {row['fla_fwd_ms']:.3f}, fwd+bwd {row['fla_fwdbwd_ms']:.3f}"
     for name, (fwd, fwdbwd) in row["anchors"].items():

@@ -36,9 +36,9 @@ from ..ops.rosa.grad import (
 __all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV", "QK_INITS", "check_qk_init"]
 
 # The trainable ops outside any compiled graph (a graph break around each call), for layers whose
-# ``eager_under_compile`` is set: heron.train.distributed sets it on CUDA until the fix of the
-# compiled ROSA gradients (lost under torch 2.11, docs/limits.md) is confirmed on a GPU.
-# Outside torch.compile these are the plain functions.
+# ``eager_under_compile`` is set: heron.train.distributed.apply_compile(rosa_eager=True), on request
+# only since the ninth session confirmed on a GPU the fix of the compiled ROSA gradients (lost
+# under torch 2.11, docs/limits.md). Outside torch.compile these are the plain functions.
 _rosa_channel_eager = torch.compiler.disable(rosa_channel)
 _rosa_qkv_channels_eager = torch.compiler.disable(rosa_qkv_channels)
 

@@ -12,7 +12,7 @@ the two can share the GPU instead of taking turns on one stream:
 Both functions are excluded from ``torch.compile`` (``torch.compiler.disable``). In a compiled
 block they are graph breaks, and the whole branch runs eagerly: the ROSA block's projections
 too, not only its ROSA op as ``heron.train.distributed.apply_compile(rosa_eager=True)`` does
-(``compile_rosa`` has no effect on an overlapped block). Autograd runs each backward op on the
+(``eager_rosa`` has no effect on an overlapped block). Autograd runs each backward op on the
 stream of its forward op and synchronises the streams where a gradient crosses them, so the
 backward needs no extra code. The caching allocator is told which tensors cross streams
 (``record_stream``) so that it reuses none of them too early.

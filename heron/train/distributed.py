@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -236,12 +235,13 @@ def apply_compile(model: torch.nn.Module, backend: str = "inductor", *, rosa_eag
 
     ``rosa_eager``: run the trainable ROSA ops outside the graphs (their layers'
     ``eager_under_compile``: one graph break around each op call; the projections and everything
-    else of the block stay compiled). :func:`parallelize` sets it on CUDA, where blocks compiled
-    with their ROSA ops gave wrong gradients to everything below them under torch 2.11 (found with
-    ``tools/compile_grad_check.py``; the cause, a torch 2.11 tracing bug, is avoided since the
-    eighth session, see ``heron.ops.rosa.grad._as_dtype``, but that is confirmed on the CPU only:
-    the GPU test ``test_compiled_rosa_blocks_on_gpu`` decides when this default goes). Without it
-    the flag is cleared again."""
+    else of the block stay compiled); without it they compile with their blocks (the default, and
+    the flag is cleared again). Under torch 2.11 the compiled ROSA ops once gave wrong gradients to
+    everything below them (a torch tracing bug, avoided since the eighth session by
+    ``heron.ops.rosa.grad._as_dtype``; confirmed on an H100 in the ninth session by
+    ``tools/compile_grad_check.py`` and ``test_compiled_rosa_blocks_on_gpu``: docs/limits.md), so
+    until then :func:`parallelize` kept them eager on CUDA; now it does so only when asked. Both
+    paths give the same gradients, and on an H100 the same speed."""
     blocks = model_blocks(model)
     if backend != "inductor":
         kwargs = {"backend": backend}
@@ -375,7 +375,7 @@ def _rename_optimizer_state(state: dict, rename) -> dict:
 
 def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: DistributedContext, device: torch.device,
                 *, parallel: str = "ddp", grad_checkpointing: bool = False, compile: bool = False,
-                compile_rosa: bool = False, rosa_overlap: bool = False,
+                eager_rosa: bool = False, rosa_overlap: bool = False,
                 template: torch.nn.Module | None = None) -> ParallelModel:
     """Apply the execution options to ``model`` (the ``model`` submodule of ``root``, the loss
     wrapper) and wrap ``root``: activation checkpointing, then ``torch.compile``, then DDP or
@@ -383,9 +383,10 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
     on the root). One process: no wrapper. ``template`` (FSDP, rank 0): an unsharded copy of the
     model for evaluation and export, moved to the meta device here.
 
-    On CUDA the trainable ROSA ops stay out of the compiled graphs (see :func:`apply_compile`) unless
-    ``compile_rosa``, which compiles them with their blocks (faster; their gradients were wrong
-    under torch 2.11 until the eighth session's fix, which awaits its GPU check: docs/limits.md).
+    ``compile`` compiles the trainable ROSA ops with their blocks, on every device; ``eager_rosa``
+    (with ``compile``) runs them eagerly between the compiled graphs instead (``apply_compile(
+    rosa_eager=True)``: the same gradients; the CUDA default until the ninth session confirmed the
+    fix of the compiled ROSA gradients on a GPU, docs/limits.md).
 
     ``rosa_overlap``: ``RWKV8.overlap_rosa`` (each ROSA block on a second CUDA stream beside its
     time-mix); the model must have ROSA blocks beside a time-mix."""
@@ -405,11 +406,7 @@ def parallelize(model: torch.nn.Module, root: torch.nn.Module, context: Distribu
     if grad_checkpointing:
         apply_grad_checkpointing(model)
     if compile:
-        rosa_eager = device.type == "cuda" and not compile_rosa
-        if rosa_eager and _rosa_op_layers(model):
-            warnings.warn("compile: the ROSA ops run eagerly on CUDA, between compiled graphs, until the fix of "
-                          "their compiled gradients is confirmed on a GPU (docs/limits.md)", stacklevel=2)
-        apply_compile(model, rosa_eager=rosa_eager)
+        apply_compile(model, rosa_eager=eager_rosa)
     if not context.enabled:
         return ParallelModel(model, root, context, "single")
     if parallel == "ddp":

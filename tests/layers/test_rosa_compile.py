@@ -17,6 +17,15 @@ from heron.layers.rosa import ROSABits, ROSAQKV
 from heron.ops.rosa.grad import EstimatorConfig, flip_deltas, pack_symbols, retrieval_indices
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    # Each layer's forward may be compiled only 8 times (dynamo's recompile limit per code object,
+    # a hard failure under fullgraph): start every test from an empty cache, so that the graphs
+    # of tests run before these (e.g. tests/train/test_compile.py first) do not count.
+    torch._dynamo.reset()
+    yield
+
+
 def _compare(layer: torch.nn.Module, x: torch.Tensor) -> None:
     traced_layer = copy.deepcopy(layer)
     traced = torch.compile(traced_layer, backend="aot_eager", fullgraph=True)

@@ -7,6 +7,7 @@ import torch
 
 from heron.ops.wkv7 import wkv7, wkv7_reference
 from heron.ops.wkv7 import cuda as wkv7_cuda
+from heron.ops.wkv7 import split_backward
 
 from .wkv7_inputs import make_inputs, relative_l2
 
@@ -45,12 +46,16 @@ def _errors(B, T, H, N, dtype, seed):
     return dict(zip(NAMES, values))
 
 
-@pytest.fixture(params=[1, 2], ids=["rows1", "rows2"])
+@pytest.fixture(params=[(1, "sequential"), (2, "sequential"), (1, "split"), (2, "split")],
+                ids=["rows1", "rows2", "split-rows1", "split-rows2"])
 def forward_rows(request, monkeypatch):
-    """Both kernel layouts (one or two state rows / columns per lane group)."""
-    monkeypatch.setattr(wkv7_cuda, "FORWARD_ROWS_PER_THREAD", request.param)
-    monkeypatch.setattr(wkv7_cuda, "BACKWARD_COLUMNS_PER_THREAD", request.param)
-    return request.param
+    """Both kernel layouts (one or two state rows / columns per lane group), both backward schemes."""
+    rows, scheme = request.param
+    monkeypatch.setattr(wkv7_cuda, "FORWARD_ROWS_PER_THREAD", rows)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD_COLUMNS_PER_THREAD", rows)
+    monkeypatch.setattr(wkv7_cuda, "STATE_GRADIENT_ROWS_PER_THREAD", rows)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
+    return rows
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -129,7 +134,7 @@ def test_cuda_op_under_torch_compile():
 
 def _backward_with(inputs, grad_y, columns, max_log_growth):
     """The kernels' gradients of (r, w, k, v, a, b, state) with a chosen backward rule."""
-    y, final_state, removal, checkpoints = wkv7_cuda.cuda_forward(*inputs, True, 2)
+    y, final_state, removal, checkpoints = wkv7_cuda.cuda_forward(*inputs, True, 2, 1)
     return wkv7_cuda.cuda_backward(*inputs[:6], removal, checkpoints, grad_y, None, columns, max_log_growth)
 
 
@@ -154,10 +159,13 @@ def test_stepping_back_and_recomputing_agree(N, T, dtype):
             assert all(e < tolerance for e in errors), (columns, bound, errors)
 
 
-def test_strong_decay_segments_fall_back_to_recomputing():
+@pytest.mark.parametrize("scheme", ["split", "sequential"])
+def test_strong_decay_segments_fall_back_to_recomputing(scheme, monkeypatch):
     # Segments whose decay nearly vanishes (exp(w) = 20 on some steps) would amplify rounding
     # errors by e**20 per step if the backward divided by the decay; the default rule must
-    # recompute those segments and step back through the others, and stay exact in fp32.
+    # recompute those segments and step back through the others, and stay exact in fp32. The
+    # split backward's chunks with such steps take the Triton kernel's per-pair path.
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
     B, T, H, N = 2, 160, 2, 64
     inputs = [x.float().requires_grad_() for x in make_inputs(B, T, H, N, device="cuda", seed=11)[:6]]
     with torch.no_grad():
@@ -170,3 +178,33 @@ def test_strong_decay_segments_fall_back_to_recomputing():
     grads_ref = torch.autograd.grad(y_ref.square().sum() + s_ref.sum(), reference)
     for g, g_ref in zip(grads, grads_ref):
         assert torch.isfinite(g).all() and relative_l2(g, g_ref) < 1e-4
+
+
+@pytest.mark.parametrize("N,T", [(16, 100), (32, 77), (64, 200), (128, 70)])
+def test_split_backward_passes_match_their_references(N, T):
+    # Each stage of the split backward on its own, float32, against the step-by-step references of
+    # heron.ops.wkv7.split_backward fed the same saved tensors.
+    B, H = 2, 3
+    raw = make_inputs(B, T, H, N, dtype=torch.float64, device="cuda", seed=N + 3 * T)
+    r, w, k, v, a, b = (x.float().contiguous() for x in raw[:6])
+    state = raw[6].float().contiguous()
+    grad_y = torch.randn(B, T, H, N, device="cuda")
+    grad_final = torch.randn(B, H, N, N, device="cuda")
+    stride = wkv7_cuda.split_checkpoint_stride(N)
+    chunk = stride * wkv7_cuda.segment_length(N)
+
+    def double(*xs):
+        return [x.double() for x in xs]
+
+    _, _, removal, checkpoints = wkv7_cuda.cuda_forward(r, w, k, v, a, b, state, True, 2, stride)
+    _, _, removal_ref, states_ref = split_backward.forward_states_reference(*double(r, w, k, v, a, b, state), chunk)
+    assert relative_l2(removal, removal_ref) < 1e-5 and relative_l2(checkpoints, states_ref) < 1e-5
+    pass1 = wkv7_cuda.cuda_state_gradients(r, w, k, a, b, grad_y, grad_final, 2, stride)
+    pass1_ref = split_backward.state_gradients_reference(*double(r, w, k, a, b, grad_y, grad_final), chunk)
+    for got, want in zip(pass1, pass1_ref):
+        assert relative_l2(got, want) < 1e-5
+    pass2 = wkv7_cuda.chunk_gradients(r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk, 0, 0)
+    pass2_ref = split_backward.chunk_gradients_torch(
+        *double(r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2]), chunk)
+    for got, want in zip(pass2, pass2_ref):
+        assert relative_l2(got, want) < 1e-5

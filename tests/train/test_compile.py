@@ -124,7 +124,8 @@ def test_compiled_blocks_on_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("rosa_eager", [
-    # failed on the H100s/H200s (torch 2.11) until heron.ops.rosa.grad._as_dtype: not yet re-run there
+    # failed on the H100s/H200s (torch 2.11) until heron.ops.rosa.grad._as_dtype; passed on an H100
+    # in the ninth session (2026-11-28), all six cases
     pytest.param(False, id="rosa-compiled"),
     pytest.param(True, id="rosa-eager"),
     pytest.param("overlap", id="rosa-overlap"),
@@ -132,9 +133,9 @@ def test_compiled_blocks_on_gpu():
 @pytest.mark.parametrize("rosa", ["qkv1", "qkv4"])
 def test_compiled_rosa_blocks_on_gpu(rosa, rosa_eager):
     # The ROSA-QKV block inside each block's Inductor graph (heron::rosa_* custom ops, CUDA
-    # kernels), value estimator with the gain bound, as benchmarks/train_step.py --compile-rosa
-    # compiles it; and around it, the ROSA layers eager (what --compile does on CUDA), also with
-    # each whole ROSA block on the side stream beside its time-mix (--rosa-overlap).
+    # kernels), value estimator with the gain bound, as --compile compiles it; and around it, the
+    # ROSA ops eager (--eager-rosa, the CUDA default until the ninth session), also with each whole
+    # ROSA block on the side stream beside its time-mix (--rosa-overlap).
     # float64: ROSA thresholds q, k, v at 0, so the last-bit differences between Inductor's and
     # eager's float32/bf16 arithmetic flip the odd bit and change matches (a qkv4 run under bf16
     # autocast failed so on an H100); in float64 no value lands that close to 0.
@@ -146,7 +147,7 @@ def test_compiled_rosa_blocks_on_gpu(rosa, rosa_eager):
 
 
 def test_rosa_eager_compile_keeps_the_rosa_ops_out_of_the_graphs():
-    # apply_compile(rosa_eager=True), what parallelize does on CUDA: the blocks are compiled, the
+    # apply_compile(rosa_eager=True), parallelize's eager_rosa: the blocks are compiled, the
     # trainable ROSA op runs between their graphs (one break around it), the gradients stay eager.
     import torch._dynamo
 
@@ -167,6 +168,34 @@ def test_rosa_eager_compile_keeps_the_rosa_ops_out_of_the_graphs():
     assert any("disable" in str(reason.reason).lower() or "skip" in str(reason.reason).lower()
                for reason in explained.break_reasons)
     _check_compiled_blocks(config, _tokens(5), autocast=False, rtol=1e-5, backend="aot_eager", rosa_eager=True)
+
+
+def test_parallelize_compiles_the_rosa_ops_with_their_blocks_unless_eager_rosa(monkeypatch):
+    # the default on every device since the ninth session confirmed the compiled ROSA gradients on
+    # an H100 (no CUDA special case, no warning); eager_rosa keeps them between the graphs
+    import warnings
+
+    from heron.train.distributed import DistributedContext, parallelize
+
+    class Root(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(self))
+    config = dict(TINY, n_layer=1, rosa="qkv1", rosa_estimator="value", rosa_qk_init="tied", rosa_max_gain=1.0,
+                  rosa_tau=0.1)
+    for device in ("cpu", "cuda"):  # only a torch.device here: nothing moves
+        for eager_rosa in (False, True):
+            model = RWKV8(RWKV8Config(**config))
+            compiled.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                parallelize(model, Root(model), DistributedContext(), torch.device(device), compile=True,
+                            eager_rosa=eager_rosa)
+            assert compiled == list(model.blocks)
+            assert model.blocks[0].rosa.rosa_qkv.eager_under_compile is eager_rosa, (device, eager_rosa)
 
 
 def test_traced_rosa_blocks_give_the_eager_gradients():

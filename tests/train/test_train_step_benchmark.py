@@ -25,8 +25,15 @@ def test_tiny_throughput_run(tmp_path):
 def test_help_explains_itself():
     result = _run("--help")
     assert result.returncode == 0
-    for text in ("rwkv8-rosa", "--loss-curve", "--parallel", "989 TFLOP/s", "--tiny", "--time-budget", "--model"):
+    for text in ("rwkv8-rosa", "--loss-curve", "--parallel", "989 TFLOP/s", "--tiny", "--time-budget", "--model",
+                 "--eager-rosa"):
         assert text in result.stdout
+    assert "--compile-rosa" not in result.stdout  # compiling the ROSA ops is the default since the ninth session
+
+
+def test_eager_rosa_needs_compile():
+    result = _run("--tiny", "--eager-rosa")
+    assert result.returncode == 2 and "--eager-rosa: only with --compile" in result.stderr
 
 
 def test_tiny_loss_curve(tmp_path):

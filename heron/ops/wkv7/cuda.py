@@ -1,6 +1,12 @@
 """CUDA WKV7: builds the kernels through ``heron.ops._build`` and registers them as
-``torch.library`` custom ops (``heron::wkv7_cuda_forward`` / ``heron::wkv7_cuda_backward``)
-with autograd, so eager code and ``torch.compile`` graphs call the same kernels.
+``torch.library`` custom ops (``heron::wkv7_cuda_forward``, ``heron::wkv7_cuda_backward``, and the
+split backward's ``heron::wkv7_cuda_state_gradients`` + ``heron::wkv7_chunk_gradients``) with
+autograd, so eager code and ``torch.compile`` graphs call the same kernels.
+
+Two backward schemes (:data:`BACKWARD`): ``"sequential"`` (the default: one CUDA kernel per head
+stepping back through time) and ``"split"`` (:mod:`heron.ops.wkv7.split_backward`: a sequential
+CUDA pass for the state gradient's coupling term, then a chunk-parallel Triton pass on the tensor
+cores for every other gradient; needs Triton; not yet faster, see :data:`BACKWARD`).
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._build import ExtensionUnavailable, load_extension
+from . import split_backward
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -25,6 +32,19 @@ BACKSTEP_MAX_LOG_GROWTH = 7.0
 FORWARD_ROWS_PER_THREAD = 2
 # State columns per lane group in the backward kernel (1 or 2; 2 applies to head sizes 32 and 64).
 BACKWARD_COLUMNS_PER_THREAD = 2
+# "sequential" or "split" (needs Triton); read when the forward runs, which saves what its backward
+# needs (the split backward: a state every chunk, not every segment). Both are exact and tested;
+# on an H100 the split backward measured 11.06 ms fwd+bwd at (8, 4096, 32), 3.98 at (32, 1024, 12),
+# 27.78 at (4, 16384, 32) against 9.60 / 4.22 / 27.60 sequential (ninth session, docs/benchmarks/wkv7.md):
+# its chunk pass runs far below its memory floor, so the sequential kernel stays the default.
+BACKWARD = "sequential"
+# State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD).
+STATE_GRADIENT_ROWS_PER_THREAD = 2
+# Warps and key columns per program of the split backward's Triton pass, and its chunk length
+# (0: the defaults of heron.ops.wkv7.split_backward; the chunk must be a multiple of the segment).
+CHUNK_GRADIENT_WARPS = 0
+CHUNK_GRADIENT_COLUMNS = 0
+SPLIT_CHUNK_LENGTH = 0
 
 
 def segment_length(head_size: int) -> int:
@@ -59,6 +79,11 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def split_checkpoint_stride(head_size: int) -> int:
+    """Forward segments per chunk of the split backward's parallel pass."""
+    return (SPLIT_CHUNK_LENGTH or split_backward.chunk_length(head_size)) // segment_length(head_size)
+
+
 @torch.library.custom_op("heron::wkv7_cuda_forward", mutates_args=(), device_types="cuda")
 def cuda_forward(
     r: torch.Tensor,
@@ -70,28 +95,96 @@ def cuda_forward(
     state: torch.Tensor | None,
     save_for_backward: bool,
     rows_per_thread: int,
+    checkpoint_stride: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(y, final_state, removal, checkpoints)``; the last two are empty unless saved.
-    ``rows_per_thread`` as :data:`FORWARD_ROWS_PER_THREAD`."""
+    ``rows_per_thread`` as :data:`FORWARD_ROWS_PER_THREAD`; ``checkpoint_stride``: segments
+    between saved states (1 for the sequential backward, :func:`split_checkpoint_stride` for the
+    split one)."""
     extension = load()
     with torch.cuda.device(r.device):
         outputs = extension.forward(
-            r, w, k, v, a, b, state, save_for_backward, rows_per_thread, _stream(r.device)
+            r, w, k, v, a, b, state, save_for_backward, rows_per_thread, checkpoint_stride, _stream(r.device)
         )
     return tuple(outputs)
 
 
 @cuda_forward.register_fake
-def _(r, w, k, v, a, b, state, save_for_backward, rows_per_thread):
+def _(r, w, k, v, a, b, state, save_for_backward, rows_per_thread, checkpoint_stride):
     B, T, H, N = r.shape
     segments = -(-T // segment_length(N))
+    slots = -(-segments // checkpoint_stride) + 1
     saved_batch = B if save_for_backward else 0
     return (
         torch.empty_like(r),
         r.new_empty(B, H, N, N, dtype=torch.float32),
         r.new_empty(saved_batch, T, H, N, dtype=torch.float32),
-        r.new_empty(saved_batch, H, segments + 1, N, N, dtype=torch.float32),
+        r.new_empty(saved_batch, H, slots, N, N, dtype=torch.float32),
     )
+
+
+@torch.library.custom_op("heron::wkv7_cuda_state_gradients", mutates_args=(), device_types="cuda")
+def cuda_state_gradients(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_final_state: torch.Tensor | None,
+    rows_per_thread: int,
+    chunk_segments: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 1 of the split backward: ``(grad_b_dot, grad_v, future_grads, grad_initial_state)``
+    (:func:`heron.ops.wkv7.split_backward.state_gradients_reference`)."""
+    extension = load()
+    with torch.cuda.device(r.device):
+        outputs = extension.state_gradients(
+            r, w, k, a, b, grad_y, grad_final_state, rows_per_thread, chunk_segments, _stream(r.device)
+        )
+    return tuple(outputs)
+
+
+@cuda_state_gradients.register_fake
+def _(r, w, k, a, b, grad_y, grad_final_state, rows_per_thread, chunk_segments):
+    B, T, H, N = r.shape
+    chunks = -(-(-(-T // segment_length(N))) // chunk_segments)
+    return (
+        r.new_empty(B, T, H, N, dtype=torch.float32),
+        torch.empty_like(r),
+        r.new_empty(B, H, chunks, N, N, dtype=torch.float32),
+        r.new_empty(B, H, N, N, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("heron::wkv7_chunk_gradients", mutates_args=(), device_types="cuda")
+def chunk_gradients(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    grad_y: torch.Tensor,
+    removal: torch.Tensor,
+    grad_b_dot: torch.Tensor,
+    states: torch.Tensor,
+    future_grads: torch.Tensor,
+    chunk: int,
+    num_warps: int,
+    block_columns: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 of the split backward (Triton): ``(grad_r, grad_w, grad_k, grad_a, grad_b)``;
+    ``num_warps``, ``block_columns`` as :data:`CHUNK_GRADIENT_WARPS`, :data:`CHUNK_GRADIENT_COLUMNS`."""
+    with torch.cuda.device(r.device):
+        return split_backward.chunk_gradients_triton(
+            r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk,
+            num_warps=num_warps or None, block_columns=block_columns or None)
+
+
+@chunk_gradients.register_fake
+def _(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk, num_warps, block_columns):
+    return tuple(torch.empty_like(r) for _ in range(5))
 
 
 @torch.library.custom_op("heron::wkv7_cuda_backward", mutates_args=(), device_types="cuda")
@@ -129,10 +222,11 @@ def _(r, w, k, v, a, b, removal, checkpoints, grad_y, grad_final_state, columns_
 
 
 def _setup_context(ctx, inputs, output):
-    r, w, k, v, a, b, state, save_for_backward, _rows_per_thread = inputs
+    r, w, k, v, a, b, state, save_for_backward, _rows_per_thread, checkpoint_stride = inputs
     _, _, removal, checkpoints = output
     ctx.saved = save_for_backward
     ctx.has_state = state is not None
+    ctx.checkpoint_stride = checkpoint_stride
     ctx.save_for_backward(r, w, k, v, a, b, removal, checkpoints)
 
 
@@ -146,12 +240,21 @@ def _backward(ctx, grad_y, grad_final_state, _grad_removal, _grad_checkpoints):
     grad_y = torch.zeros_like(r) if grad_y is None else grad_y.to(r.dtype).contiguous()
     if grad_final_state is not None:
         grad_final_state = grad_final_state.float().contiguous()
-    grads = cuda_backward(
-        r, w, k, v, a, b, removal, checkpoints, grad_y, grad_final_state, BACKWARD_COLUMNS_PER_THREAD,
-        BACKSTEP_MAX_LOG_GROWTH,
-    )
+    if ctx.checkpoint_stride == 1:
+        grads = cuda_backward(
+            r, w, k, v, a, b, removal, checkpoints, grad_y, grad_final_state, BACKWARD_COLUMNS_PER_THREAD,
+            BACKSTEP_MAX_LOG_GROWTH,
+        )
+    else:
+        grad_b_dot, grad_v, future_grads, grad_initial = cuda_state_gradients(
+            r, w, k, a, b, grad_y, grad_final_state, STATE_GRADIENT_ROWS_PER_THREAD, ctx.checkpoint_stride)
+        grad_r, grad_w, grad_k, grad_a, grad_b = chunk_gradients(
+            r, w, k, v, a, b, grad_y, removal, grad_b_dot, checkpoints, future_grads,
+            ctx.checkpoint_stride * segment_length(r.shape[-1]), CHUNK_GRADIENT_WARPS,
+            min(CHUNK_GRADIENT_COLUMNS, r.shape[-1]))
+        grads = (grad_r, grad_w, grad_k, grad_v, grad_a, grad_b, grad_initial)
     grad_state = grads[6] if ctx.has_state else None
-    return (*grads[:6], grad_state, None, None)
+    return (*grads[:6], grad_state, None, None, None)
 
 
 cuda_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -165,5 +268,8 @@ def wkv7_cuda(r, w, k, v, a, b, state=None):
     needs_grad = torch.is_grad_enabled() and (
         any(x.requires_grad for x in inputs) or (state is not None and state.requires_grad)
     )
-    y, final_state, _, _ = cuda_forward(*inputs, state, needs_grad, FORWARD_ROWS_PER_THREAD)
+    stride = 1
+    if needs_grad and BACKWARD == "split" and split_backward.triton_available():
+        stride = split_checkpoint_stride(r.shape[-1])
+    y, final_state, _, _ = cuda_forward(*inputs, state, needs_grad, FORWARD_ROWS_PER_THREAD, stride)
     return y, final_state

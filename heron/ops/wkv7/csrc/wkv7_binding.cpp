@@ -69,11 +69,13 @@ int64_t segment_length(int64_t head_size) { return heron_wkv7::segment_length(st
 // Returns [y, final_state, removal, checkpoints]; the last two are empty unless save_for_backward.
 std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor v,
                                    torch::Tensor a, torch::Tensor b, c10::optional<torch::Tensor> initial_state,
-                                   bool save_for_backward, int64_t rows_per_thread, int64_t stream) {
+                                   bool save_for_backward, int64_t rows_per_thread, int64_t checkpoint_stride,
+                                   int64_t stream) {
   const Shape shape = check_inputs(r, w, k, v, a, b);
   const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
   TORCH_CHECK(rows_per_thread == 1 || rows_per_thread == 2, "wkv7 CUDA: rows_per_thread must be 1 or 2, got ",
               rows_per_thread);
+  TORCH_CHECK(checkpoint_stride >= 1, "wkv7 CUDA: checkpoint_stride must be >= 1, got ", checkpoint_stride);
   const float* initial = nullptr;
   if (initial_state.has_value()) {
     check_state(*initial_state, batch, heads, n, "state");
@@ -85,9 +87,11 @@ std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tens
   const int64_t segments = segment_count(shape);
   torch::Tensor removal = torch::empty({save_for_backward ? batch : 0, time, heads, n}, f32);
   // one more slot for the final state, where the backward starts
-  torch::Tensor checkpoints = torch::empty({save_for_backward ? batch : 0, heads, segments + 1, n, n}, f32);
+  const int64_t slots = (segments + checkpoint_stride - 1) / checkpoint_stride + 1;
+  torch::Tensor checkpoints = torch::empty({save_for_backward ? batch : 0, heads, slots, n, n}, f32);
   check_launch(heron_wkv7::launch_forward(
-                   dtype_code(r), batch, time, heads, n, static_cast<int>(rows_per_thread), r.data_ptr(),
+                   dtype_code(r), batch, time, heads, n, static_cast<int>(rows_per_thread),
+                   static_cast<int>(checkpoint_stride), r.data_ptr(),
                    w.data_ptr(), k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(), initial, y.data_ptr(),
                    final_state.data_ptr<float>(), save_for_backward ? removal.data_ptr<float>() : nullptr,
                    save_for_backward ? checkpoints.data_ptr<float>() : nullptr, reinterpret_cast<void*>(stream)),
@@ -132,8 +136,39 @@ std::vector<torch::Tensor> backward(torch::Tensor r, torch::Tensor w, torch::Ten
   return {grad_r, grad_w, grad_k, grad_v, grad_a, grad_b, grad_initial};
 }
 
+// Pass 1 of the split backward; returns [grad_b_dot, grad_v, future_grads, grad_initial_state].
+std::vector<torch::Tensor> state_gradients(torch::Tensor r, torch::Tensor w, torch::Tensor k, torch::Tensor a,
+                                           torch::Tensor b, torch::Tensor grad_y,
+                                           c10::optional<torch::Tensor> grad_final_state, int64_t rows_per_thread,
+                                           int64_t chunk_segments, int64_t stream) {
+  const Shape shape = check_inputs(r, w, k, grad_y, a, b);
+  const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
+  TORCH_CHECK(rows_per_thread == 1 || rows_per_thread == 2, "wkv7 CUDA: rows_per_thread must be 1 or 2, got ",
+              rows_per_thread);
+  TORCH_CHECK(chunk_segments >= 1, "wkv7 CUDA: chunk_segments must be >= 1, got ", chunk_segments);
+  const float* grad_final = nullptr;
+  if (grad_final_state.has_value()) {
+    check_state(*grad_final_state, batch, heads, n, "grad_final_state");
+    grad_final = grad_final_state->data_ptr<float>();
+  }
+  auto f32 = r.options().dtype(torch::kFloat32);
+  const int64_t chunks = (segment_count(shape) + chunk_segments - 1) / chunk_segments;
+  auto grad_b_dot = torch::empty({batch, time, heads, n}, f32);
+  auto grad_v = torch::empty_like(r);
+  auto future_grads = torch::empty({batch, heads, chunks, n, n}, f32);
+  auto grad_initial = torch::empty({batch, heads, n, n}, f32);
+  check_launch(heron_wkv7::launch_state_gradients(
+                   dtype_code(r), batch, time, heads, n, static_cast<int>(rows_per_thread),
+                   static_cast<int>(chunk_segments), r.data_ptr(), w.data_ptr(), k.data_ptr(), a.data_ptr(),
+                   b.data_ptr(), grad_y.data_ptr(), grad_final, grad_b_dot.data_ptr<float>(), grad_v.data_ptr(),
+                   future_grads.data_ptr<float>(), grad_initial.data_ptr<float>(), reinterpret_cast<void*>(stream)),
+               "state gradients");
+  return {grad_b_dot, grad_v, future_grads, grad_initial};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("segment_length", &segment_length, "steps between saved states for a head size");
   m.def("forward", &forward, "WKV7 forward (CUDA)");
   m.def("backward", &backward, "WKV7 backward (CUDA)");
+  m.def("state_gradients", &state_gradients, "WKV7 split backward, pass 1 (CUDA)");
 }

@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
     int time, int heads, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ k,
     const T* __restrict__ v, const T* __restrict__ a, const T* __restrict__ b,
     const float* __restrict__ initial_state, T* __restrict__ y, float* __restrict__ final_state,
-    float* __restrict__ removal, float* __restrict__ checkpoints) {
+    float* __restrict__ removal, float* __restrict__ checkpoints, int checkpoint_stride) {
   constexpr int L = Config<N>::kSegment, E = Config<N>::kPerThread, S = Config<N>::kSplit;
   constexpr int kThreads = ForwardConfig<N, R>::kThreads;
   const int bh = blockIdx.x;
@@ -114,11 +114,14 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
   };
 
   const int num_segments = (time + L - 1) / L;
+  // a saved state every checkpoint_stride segments, and the final state in the last slot
+  const int num_slots = (num_segments + checkpoint_stride - 1) / checkpoint_stride + 1;
   for (int segment = 0; segment < num_segments; ++segment) {
     const int t0 = segment * L;
     const int length = min(L, time - t0);
-    if (checkpoints)
-      save_state(checkpoints + (static_cast<size_t>(bh) * (num_segments + 1) + segment) * N * N + first_row * N);
+    if (checkpoints && segment % checkpoint_stride == 0)
+      save_state(checkpoints + (static_cast<size_t>(bh) * num_slots + segment / checkpoint_stride) * N * N +
+                 first_row * N);
     __syncthreads();  // the previous segment is done reading shared memory
     for (int flat = tid; flat < length * N; flat += kThreads) {
       const int s = flat / N, c = flat % N;
@@ -172,7 +175,109 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
   save_state(final_state + state_rows);
   // the state after the last segment, where the backward starts stepping back
   if (checkpoints)
-    save_state(checkpoints + (static_cast<size_t>(bh) * (num_segments + 1) + num_segments) * N * N + first_row * N);
+    save_state(checkpoints + (static_cast<size_t>(bh) * num_slots + num_slots - 1) * N * N + first_row * N);
+}
+
+// Pass 1 of the split backward (heron/ops/wkv7/split_backward.py): the gradient of the state, G,
+// backwards through time, laid out like the forward's state (row i = value index i in a lane
+// group's registers; rows never interact). Per step, with G holding the gradient from the later
+// steps: G += dy_t r_t^T; gb_t = G b_t and dv_t = G k_t are written out; G = G diag(d_t) + gb_t a_t^T.
+// G entering the last step of every chunk of chunk_segments segments is saved (future_grads
+// [B, H, num_chunks, N, N]) for the chunk-parallel pass.
+template <typename T, int N, int R>
+__global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_kernel(
+    int time, int heads, int chunk_segments, const T* __restrict__ r, const T* __restrict__ w,
+    const T* __restrict__ k, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ grad_y,
+    const float* __restrict__ grad_final_state, float* __restrict__ grad_b_dot, T* __restrict__ grad_v,
+    float* __restrict__ future_grads, float* __restrict__ grad_initial_state) {
+  constexpr int L = Config<N>::kSegment, E = Config<N>::kPerThread, S = Config<N>::kSplit;
+  constexpr int kThreads = ForwardConfig<N, R>::kThreads;
+  const int bh = blockIdx.x;
+  const int batch = bh / heads;
+  const int head = bh % heads;
+  const int tid = threadIdx.x;
+  const int first_row = tid / S * R;
+  const int part = tid % S;
+
+  __shared__ float s_r[L][N], s_d[L][N], s_k[L][N], s_a[L][N], s_b[L][N], s_dy[L][N];
+
+  float grad[R][E];
+  const size_t state_rows = (static_cast<size_t>(bh) * N + first_row) * N;
+#pragma unroll
+  for (int row = 0; row < R; ++row)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      grad[row][e] = grad_final_state ? grad_final_state[state_rows + row * N + e * S + part] : 0.f;
+
+  auto save_grad = [&](float* saved) {
+#pragma unroll
+    for (int row = 0; row < R; ++row)
+#pragma unroll
+      for (int e = 0; e < E; ++e) saved[row * N + e * S + part] = grad[row][e];
+  };
+
+  const int num_segments = (time + L - 1) / L;
+  const int num_chunks = (num_segments + chunk_segments - 1) / chunk_segments;
+  for (int segment = num_segments - 1; segment >= 0; --segment) {
+    const int t0 = segment * L;
+    const int length = min(L, time - t0);
+    if (segment == num_segments - 1 || (segment + 1) % chunk_segments == 0)  // a chunk's last segment
+      save_grad(future_grads + (static_cast<size_t>(bh) * num_chunks + segment / chunk_segments) * N * N +
+                first_row * N);
+    __syncthreads();  // the previous segment is done reading shared memory
+    for (int flat = tid; flat < length * N; flat += kThreads) {
+      const int s = flat / N, c = flat % N;
+      const size_t index = vector_index(batch, t0 + s, time, heads, head, N, c);
+      s_r[s][c] = load(r + index);
+      s_d[s][c] = __expf(-__expf(load(w + index)));
+      s_k[s][c] = load(k + index);
+      s_a[s][c] = load(a + index);
+      s_b[s][c] = load(b + index);
+      s_dy[s][c] = load(grad_y + index);
+    }
+    __syncthreads();
+    for (int s = length - 1; s >= 0; --s) {
+      float dy[R], gb[R], dv[R];
+#pragma unroll
+      for (int row = 0; row < R; ++row) {
+        dy[row] = s_dy[s][first_row + row];
+        gb[row] = 0.f;
+        dv[row] = 0.f;
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int c = e * S + part;
+        const float re = s_r[s][c], be = s_b[s][c], ke = s_k[s][c];
+#pragma unroll
+        for (int row = 0; row < R; ++row) {
+          grad[row][e] += dy[row] * re;
+          gb[row] += grad[row][e] * be;
+          dv[row] += grad[row][e] * ke;
+        }
+      }
+#pragma unroll
+      for (int row = 0; row < R; ++row) {
+        gb[row] = group_sum<S>(gb[row]);
+        dv[row] = group_sum<S>(dv[row]);
+      }
+      if (part == 0) {
+#pragma unroll
+        for (int row = 0; row < R; ++row) {
+          const size_t index = vector_index(batch, t0 + s, time, heads, head, N, first_row + row);
+          grad_b_dot[index] = gb[row];
+          store(grad_v + index, dv[row]);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int c = e * S + part;
+        const float de = s_d[s][c], ae = s_a[s][c];
+#pragma unroll
+        for (int row = 0; row < R; ++row) grad[row][e] = grad[row][e] * de + gb[row] * ae;
+      }
+    }
+  }
+  save_grad(grad_initial_state + state_rows);
 }
 
 // The backward may give each lane group R adjacent columns (R = 2 for N = 32 and 64): the
@@ -439,15 +544,15 @@ __global__ void __launch_bounds__(BackwardConfig<N, R>::kThreads) backward_kerne
 }
 
 template <typename T, int N>
-int forward_typed(int batch, int time, int heads, int rows_per_thread, const void* r, const void* w,
-                  const void* k, const void* v, const void* a, const void* b,
+int forward_typed(int batch, int time, int heads, int rows_per_thread, int checkpoint_stride, const void* r,
+                  const void* w, const void* k, const void* v, const void* a, const void* b,
                   const float* initial_state, void* y, float* final_state, float* removal,
                   float* checkpoints, cudaStream_t stream) {
   auto launch = [&](auto kernel, int threads) {
     kernel<<<batch * heads, threads, 0, stream>>>(
         time, heads, static_cast<const T*>(r), static_cast<const T*>(w), static_cast<const T*>(k),
         static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b), initial_state,
-        static_cast<T*>(y), final_state, removal, checkpoints);
+        static_cast<T*>(y), final_state, removal, checkpoints, checkpoint_stride);
   };
   // Two rows per lane group: N = 16 would fall under one warp, N = 128 would use every register.
   if constexpr (N == 32 || N == 64) {
@@ -483,6 +588,28 @@ int backward_typed(int batch, int time, int heads, int columns_per_thread, float
     }
   }
   launch(backward_kernel<T, N, 1>, BackwardConfig<N, 1>::kThreads);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T, int N>
+int state_gradients_typed(int batch, int time, int heads, int rows_per_thread, int chunk_segments,
+                          const void* r, const void* w, const void* k, const void* a, const void* b,
+                          const void* grad_y, const float* grad_final_state, float* grad_b_dot, void* grad_v,
+                          float* future_grads, float* grad_initial_state, cudaStream_t stream) {
+  auto launch = [&](auto kernel, int threads) {
+    kernel<<<batch * heads, threads, 0, stream>>>(
+        time, heads, chunk_segments, static_cast<const T*>(r), static_cast<const T*>(w),
+        static_cast<const T*>(k), static_cast<const T*>(a), static_cast<const T*>(b),
+        static_cast<const T*>(grad_y), grad_final_state, grad_b_dot, static_cast<T*>(grad_v), future_grads,
+        grad_initial_state);
+  };
+  if constexpr (N == 32 || N == 64) {
+    if (rows_per_thread == 2) {
+      launch(state_gradient_kernel<T, N, 2>, ForwardConfig<N, 2>::kThreads);
+      return static_cast<int>(cudaGetLastError());
+    }
+  }
+  launch(state_gradient_kernel<T, N, 1>, ForwardConfig<N, 1>::kThreads);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -533,12 +660,21 @@ bool head_size_supported(int head_size) { return segment_length(head_size) > 0; 
   } while (0)
 
 int launch_forward(DType dtype, int batch, int time, int heads, int head_size, int rows_per_thread,
-                   const void* r, const void* w, const void* k, const void* v, const void* a,
-                   const void* b, const float* initial_state, void* y, float* final_state,
+                   int checkpoint_stride, const void* r, const void* w, const void* k, const void* v,
+                   const void* a, const void* b, const float* initial_state, void* y, float* final_state,
                    float* removal, float* checkpoints, void* stream) {
   if (batch * heads == 0) return 0;
-  HERON_WKV7_DISPATCH(forward_typed, batch, time, heads, rows_per_thread, r, w, k, v, a, b, initial_state, y,
-                      final_state, removal, checkpoints);
+  HERON_WKV7_DISPATCH(forward_typed, batch, time, heads, rows_per_thread, checkpoint_stride, r, w, k, v, a, b,
+                      initial_state, y, final_state, removal, checkpoints);
+}
+
+int launch_state_gradients(DType dtype, int batch, int time, int heads, int head_size, int rows_per_thread,
+                           int chunk_segments, const void* r, const void* w, const void* k, const void* a,
+                           const void* b, const void* grad_y, const float* grad_final_state, float* grad_b_dot,
+                           void* grad_v, float* future_grads, float* grad_initial_state, void* stream) {
+  if (batch * heads == 0) return 0;
+  HERON_WKV7_DISPATCH(state_gradients_typed, batch, time, heads, rows_per_thread, chunk_segments, r, w, k, a, b,
+                      grad_y, grad_final_state, grad_b_dot, grad_v, future_grads, grad_initial_state);
 }
 
 int launch_backward(DType dtype, int batch, int time, int heads, int head_size,

@@ -1,0 +1,192 @@
+"""Triton kernels of the split WKV7 backward's chunk-parallel pass (the math:
+:mod:`heron.ops.wkv7.split_backward`). Imported only where Triton is installed (CPU tensors need
+``TRITON_INTERPRET=1`` before triton is first imported).
+
+One program: chunk ``program_id(0)`` of head ``program_id(1)``, key columns
+``BJ * program_id(2) + [0, BJ)``. Rows of the ``[L, *]`` tiles are the chunk's steps; "values"
+run over a head's value indices, "keys" over the program's key columns. Every gradient of a key
+column depends on that column of the states only, so the programs never communicate.
+
+Two kernels share the grid and each writes the chunks the other skips:
+- :func:`factored_kernel`: tensor-core products with the decay ratios factored as
+  ``exp(lam_s) * exp(-lam_q)``, for chunks whose decays allow it (the model's always do);
+- :func:`stepped_kernel`: the other chunks (a decay near zero), stepping through them exactly.
+
+The factored kernel works in three phases that reload their inputs (from L2) instead of keeping
+them: the first version, one kernel holding every tile at once, used all 255 registers and
+spilled 0.5-3.5 KB per thread in its sm_90 build (ninth session).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _place(chunk, bh, column_block, T, H, N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr):
+    """Offsets of the program's ``[L, N]`` and ``[L, BJ]`` tiles, their row mask, and its indices."""
+    batch = bh // H
+    head = bh % H
+    steps = tl.arange(0, L)
+    values = tl.arange(0, N)
+    keys = column_block * BJ + tl.arange(0, BJ)
+    t = chunk * L + steps
+    valid = (t < T)[:, None]
+    rows = ((batch * T + t) * H + head).to(tl.int64) * N
+    return rows[:, None] + values[None, :], rows[:, None] + keys[None, :], valid, steps, values, keys
+
+
+@triton.jit
+def _log_decays(w_ptr, part, valid):
+    """g = log(decay) = -exp(w) (0 on padded steps) and its inclusive cumulative sum over the chunk."""
+    g = -tl.exp(tl.load(w_ptr + part, mask=valid, other=float("-inf")).to(tl.float32))
+    return g, tl.cumsum(g, axis=0)
+
+
+@triton.jit
+def _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
+    # The factored path needs finite exp(-lam) and every decay >= e^-max_step_log_decay (the
+    # scaling identity's float32 error in the decay gradient grows like 1/decay).
+    total = -tl.sum(g, axis=0)
+    return (tl.max(tl.max(-g, axis=1), axis=0) <= max_step_log_decay) & (tl.max(total, axis=0) <= max_log_decay)
+
+
+@triton.jit
+def factored_kernel(
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
+    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
+    T, H, num_chunks, max_log_decay, max_step_log_decay,
+    N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr, PRECISION: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    bh = tl.program_id(1)
+    whole, part, valid, steps, values, keys = _place(chunk, bh, tl.program_id(2), T, H, N, L, BJ)
+    g, lam = _log_decays(w_ptr, part, valid)
+    if _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
+        out_type = dr_ptr.dtype.element_ty
+        square = values[:, None] * N + keys[None, :]
+        state_base = (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N
+        incl = steps[:, None] >= steps[None, :]
+        strict = steps[:, None] > steps[None, :]
+        down = tl.exp(-lam)
+
+        # Phase 1, what reads the states: dr_s = S_s^T dy_s, da_s = S_{s-1}^T gb_s, from the state
+        # entering the chunk and the chunk's own writes u_q b_q^T + v_q k_q^T (q <= s, q < s).
+        s_in = tl.load(states_ptr + state_base + square)
+        u = tl.load(u_ptr + whole, mask=valid, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + whole, mask=valid, other=0.0).to(tl.float32)
+        b_down = tl.load(b_ptr + part, mask=valid, other=0.0).to(tl.float32) * down
+        k_down = tl.load(k_ptr + part, mask=valid, other=0.0).to(tl.float32) * down
+        dy = tl.load(dy_ptr + whole, mask=valid, other=0.0).to(tl.float32)
+        grad_r = tl.dot(dy, s_in, input_precision=PRECISION)
+        grad_r += tl.dot(tl.where(incl, tl.dot(dy, tl.trans(u), input_precision=PRECISION), 0.0), b_down,
+                         input_precision=PRECISION)
+        grad_r += tl.dot(tl.where(incl, tl.dot(dy, tl.trans(v), input_precision=PRECISION), 0.0), k_down,
+                         input_precision=PRECISION)
+        grad_r *= tl.exp(lam)
+        tl.store(dr_ptr + part, grad_r.to(out_type), mask=valid)
+        acc = tl.load(r_ptr + part, mask=valid, other=0.0).to(tl.float32) * grad_r
+        gb = tl.load(gb_ptr + whole, mask=valid, other=0.0).to(tl.float32)
+        grad_a = tl.dot(gb, s_in, input_precision=PRECISION)
+        grad_a += tl.dot(tl.where(strict, tl.dot(gb, tl.trans(u), input_precision=PRECISION), 0.0), b_down,
+                         input_precision=PRECISION)
+        grad_a += tl.dot(tl.where(strict, tl.dot(gb, tl.trans(v), input_precision=PRECISION), 0.0), k_down,
+                         input_precision=PRECISION)
+        grad_a *= tl.exp(lam - g)
+        tl.store(da_ptr + part, grad_a.to(out_type), mask=valid)
+        a = tl.load(a_ptr + part, mask=valid, other=0.0).to(tl.float32)
+        a_grad_a = a * grad_a
+        acc += a_grad_a
+
+        # Phase 2, what reads the gradient: dk_s = G_s^T v_s, db_s = G_s^T u_s, from the chunk's
+        # final G (later steps only) and the chunk's dy_q r_q^T (q >= s) and gb_q a_q^T (q > s).
+        later = steps[None, :] >= steps[:, None]
+        later_strict = steps[None, :] > steps[:, None]
+        g_end = tl.load(futures_ptr + (bh * num_chunks + chunk).to(tl.int64) * N * N + square)
+        r_up = tl.load(r_ptr + part, mask=valid, other=0.0).to(tl.float32) * tl.exp(lam)
+        a_up = a * tl.exp(lam - g)
+        from_end = tl.exp(tl.sum(g, axis=0))[None, :]
+        grad_k = from_end * tl.dot(v, g_end, input_precision=PRECISION)
+        grad_k += tl.dot(tl.where(later, tl.dot(v, tl.trans(dy), input_precision=PRECISION), 0.0), r_up,
+                         input_precision=PRECISION)
+        grad_k += tl.dot(tl.where(later_strict, tl.dot(v, tl.trans(gb), input_precision=PRECISION), 0.0), a_up,
+                         input_precision=PRECISION)
+        grad_k *= down
+        tl.store(dk_ptr + part, grad_k.to(out_type), mask=valid)
+        acc -= tl.load(k_ptr + part, mask=valid, other=0.0).to(tl.float32) * grad_k
+        grad_b = from_end * tl.dot(u, g_end, input_precision=PRECISION)
+        grad_b += tl.dot(tl.where(later, tl.dot(u, tl.trans(dy), input_precision=PRECISION), 0.0), r_up,
+                         input_precision=PRECISION)
+        grad_b += tl.dot(tl.where(later_strict, tl.dot(u, tl.trans(gb), input_precision=PRECISION), 0.0), a_up,
+                         input_precision=PRECISION)
+        grad_b *= down
+        tl.store(db_ptr + part, grad_b.to(out_type), mask=valid)
+        acc -= tl.load(b_ptr + part, mask=valid, other=0.0).to(tl.float32) * grad_b
+
+        # Phase 3, the decay gradient from the scaling identity: dg_s = sum_{q>=s} (r dr - b db -
+        # k dk)_q + sum_{q>s} (a da)_q + sum_i G_end S_end (every later step's share).
+        carry = tl.sum(g_end * tl.load(states_ptr + state_base + N * N + square), axis=0)
+        grad_g = tl.cumsum(acc, axis=0, reverse=True) - a_grad_a + carry[None, :]
+        tl.store(dw_ptr + part, (grad_g * g).to(out_type), mask=valid)
+
+
+@triton.jit
+def stepped_kernel(
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
+    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
+    T, H, num_chunks, max_log_decay, max_step_log_decay,
+    N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr,
+):
+    # A decay near zero: step through the chunk, G backwards from its end (never dividing by the
+    # decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient directly
+    # as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
+    chunk = tl.program_id(0)
+    bh = tl.program_id(1)
+    whole, part, valid, steps, values, keys = _place(chunk, bh, tl.program_id(2), T, H, N, L, BJ)
+    g, lam = _log_decays(w_ptr, part, valid)
+    if not _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
+        out_type = dr_ptr.dtype.element_ty
+        batch = bh // H
+        head = bh % H
+        square = values[:, None] * N + keys[None, :]
+        s_in = tl.load(states_ptr + (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N + square)
+        g_state = tl.load(futures_ptr + (bh * num_chunks + chunk).to(tl.int64) * N * N + square)
+        for back in range(0, L):
+            s = L - 1 - back
+            t_s = chunk * L + s
+            present_v = (values * 0 + t_s) < T  # masks as tensors: the interpreter rejects scalar ones
+            present = (keys * 0 + t_s) < T
+            row = ((batch * T + t_s) * H + head).to(tl.int64) * N
+            dy_s = tl.load(dy_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+            u_s = tl.load(u_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+            v_s = tl.load(v_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+            gb_s = tl.load(gb_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+            r_s = tl.load(r_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+            k_s = tl.load(k_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+            a_s = tl.load(a_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+            b_s = tl.load(b_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+            g_s = -tl.exp(tl.load(w_ptr + row + keys, mask=present, other=float("-inf")).to(tl.float32))
+            d_s = tl.exp(g_s)
+            g_state += dy_s[:, None] * r_s[None, :]
+            previous = s_in
+            for q in range(0, s):
+                t_q = chunk * L + q
+                here_v = (values * 0 + t_q) < T
+                here = (keys * 0 + t_q) < T
+                row_q = ((batch * T + t_q) * H + head).to(tl.int64) * N
+                u_q = tl.load(u_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
+                v_q = tl.load(v_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
+                b_q = tl.load(b_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
+                k_q = tl.load(k_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
+                d_q = tl.exp(-tl.exp(tl.load(w_ptr + row_q + keys, mask=here, other=float("-inf")).to(tl.float32)))
+                previous = previous * d_q[None, :] + u_q[:, None] * b_q[None, :] + v_q[:, None] * k_q[None, :]
+            current = previous * d_s[None, :] + u_s[:, None] * b_s[None, :] + v_s[:, None] * k_s[None, :]
+            out = row + keys
+            tl.store(dr_ptr + out, tl.sum(current * dy_s[:, None], axis=0).to(out_type), mask=present)
+            tl.store(da_ptr + out, tl.sum(previous * gb_s[:, None], axis=0).to(out_type), mask=present)
+            tl.store(dk_ptr + out, tl.sum(g_state * v_s[:, None], axis=0).to(out_type), mask=present)
+            tl.store(db_ptr + out, tl.sum(g_state * u_s[:, None], axis=0).to(out_type), mask=present)
+            grad_g = d_s * tl.sum(g_state * previous, axis=0)
+            tl.store(dw_ptr + out, (grad_g * g_s).to(out_type), mask=present)
+            g_state = g_state * d_s[None, :] + gb_s[:, None] * a_s[None, :]
