@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heron.ops.wkv7 import cuda as wkv7_cuda  # noqa: E402
+from heron.ops.wkv7 import split_backward  # noqa: E402
 from heron.ops.wkv7 import w_to_fla_log_decay, wkv7, wkv7_chunked, wkv7_reference  # noqa: E402
 from heron.ops.wkv7.inputs import random_inputs  # noqa: E402
 
@@ -42,9 +43,9 @@ VARIANT_SETTINGS = ("FORWARD_ROWS_PER_THREAD", "BACKWARD_COLUMNS_PER_THREAD", "B
                     "SPLIT_CHUNK_LENGTH")
 # fwd+bwd of other kernel settings, timed beside the defaults (labels name what differs).
 VARIANTS = {
-    "sequential backward (v4)": {"BACKWARD": "sequential"},
-    "split, pass 2 in 8 warps": {"CHUNK_GRADIENT_WARPS": 8},
-    "split, 64-step chunks, 8 warps": {"SPLIT_CHUNK_LENGTH": 64, "CHUNK_GRADIENT_WARPS": 8},
+    "split backward": {"BACKWARD": "split"},
+    "split, 32 columns per program": {"BACKWARD": "split", "CHUNK_GRADIENT_COLUMNS": 32},
+    "split, 32-step chunks, 4 warps": {"BACKWARD": "split", "SPLIT_CHUNK_LENGTH": 32, "CHUNK_GRADIENT_WARPS": 4},
 }
 
 
@@ -105,7 +106,7 @@ def bench_gpu(args):
         finally:
             for name, value in defaults.items():
                 setattr(wkv7_cuda, name, value)
-        if wkv7_cuda.BACKWARD == "split":
+        if split_backward.triton_available():
             row["split_passes_ms"] = _split_pass_times(inputs, grad_y)
         state = torch.zeros(B, H, N, N, device=device, requires_grad=True)
 

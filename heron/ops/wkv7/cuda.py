@@ -33,10 +33,11 @@ FORWARD_ROWS_PER_THREAD = 2
 # State columns per lane group in the backward kernel (1 or 2; 2 applies to head sizes 32 and 64).
 BACKWARD_COLUMNS_PER_THREAD = 2
 # "sequential" or "split" (needs Triton); read when the forward runs, which saves what its backward
-# needs (the split backward: a state every chunk, not every segment). Both are exact and tested;
-# on an H100 the split backward measured 11.06 ms fwd+bwd at (8, 4096, 32), 3.98 at (32, 1024, 12),
-# 27.78 at (4, 16384, 32) against 9.60 / 4.22 / 27.60 sequential (ninth session, docs/benchmarks/wkv7.md):
-# its chunk pass runs far below its memory floor, so the sequential kernel stays the default.
+# needs (the split backward: a state every chunk, not every segment). Both are exact and tested.
+# The split backward's first Triton pass spilled registers and lost on an H100 (ninth session:
+# 11.06 ms fwd+bwd at (8, 4096, 32), 3.98 at (32, 1024, 12), 27.78 at (4, 16384, 32) against
+# 9.60 / 4.22 / 27.60 sequential; docs/benchmarks/wkv7.md); its rewrite without spills has not
+# been timed, so the sequential kernel stays the default until it has.
 BACKWARD = "sequential"
 # State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD).
 STATE_GRADIENT_ROWS_PER_THREAD = 2

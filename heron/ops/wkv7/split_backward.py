@@ -190,9 +190,9 @@ def triton_available() -> bool:
 
 
 def chunk_length(head_size: int) -> int:
-    """Steps per chunk of pass 2 (a multiple of the forward's segment: heron.ops.wkv7.cuda). On an
-    H100 (ninth session), fwd+bwd at (8, 4096, 32, 64): 11.06 ms with 64-step chunks and 8 warps,
-    13.57 / 16.67 ms with 32-step chunks and 4 / 8 warps (32 key columns per program in each)."""
+    """Steps per chunk of pass 2 (a multiple of the forward's segment: heron.ops.wkv7.cuda). With 16
+    key columns per program and 8 warps its sm_90 build needs no spills at 64 steps; longer chunks
+    save fewer states (the forward writes one every chunk)."""
     return 64
 
 
@@ -220,16 +220,16 @@ def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states
     grads = [torch.empty_like(r) for _ in range(5)]
     if B * T * H == 0:
         return tuple(grads)
-    columns = block_columns or min(N, 32)
+    columns = block_columns or 16
     if columns > N or N % columns or columns < 16 or columns & (columns - 1):
         raise ValueError(f"chunk_gradients_triton: block_columns must be a power of two in [16, {N}], got {columns}")
     if num_warps is None:
         num_warps = 8
     factored, stepped = _kernels(r.device)
-    grid = (num_chunks, B * H, N // columns)
+    grid = (B * H * num_chunks * (N // columns),)
     args = (r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, *grads,
             T, H, num_chunks, float(max_log_decay), MAX_STEP_LOG_DECAY)
     # each writes the chunks the other leaves (decided by the same test on the decays)
-    factored[grid](*args, N=N, L=chunk, BJ=columns, PRECISION=precision, num_warps=num_warps)
+    factored[grid](*args, N=N, L=chunk, BJ=columns, BK=min(N, 16), PRECISION=precision, num_warps=num_warps)
     stepped[grid](*args, N=N, L=chunk, BJ=columns, num_warps=4)
     return tuple(grads)

@@ -2,8 +2,9 @@
 :mod:`heron.ops.wkv7.split_backward`). Imported only where Triton is installed (CPU tensors need
 ``TRITON_INTERPRET=1`` before triton is first imported).
 
-One program: chunk ``program_id(0)`` of head ``program_id(1)``, key columns
-``BJ * program_id(2) + [0, BJ)``. Rows of the ``[L, *]`` tiles are the chunk's steps; "values"
+One program: key columns ``[BJ c, BJ c + BJ)`` of one chunk of one (batch, head), numbered
+``program_id(0) = ((batch * H + head) * num_chunks + chunk) * (N // BJ) + c``, so that the
+programs of one chunk run side by side and share its inputs in L2. Rows of the ``[L, *]`` tiles are the chunk's steps; "values"
 run over a head's value indices, "keys" over the program's key columns. Every gradient of a key
 column depends on that column of the states only, so the programs never communicate.
 
@@ -12,9 +13,10 @@ Two kernels share the grid and each writes the chunks the other skips:
   ``exp(lam_s) * exp(-lam_q)``, for chunks whose decays allow it (the model's always do);
 - :func:`stepped_kernel`: the other chunks (a decay near zero), stepping through them exactly.
 
-The factored kernel works in three phases that reload their inputs (from L2) instead of keeping
-them: the first version, one kernel holding every tile at once, used all 255 registers and
-spilled 0.5-3.5 KB per thread in its sm_90 build (ninth session).
+The factored kernel accumulates its products over the value index in blocks of BK values (a
+matrix product's K loop): the first version held whole [L, N] tiles of four inputs at once and,
+in its sm_90 build, used all 255 registers and spilled 0.5-3.5 KB per thread (ninth session;
+``tools/triton_resources.py`` reports a build's registers and spills without a GPU).
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _program(num_chunks, N: tl.constexpr, BJ: tl.constexpr):
+    """(chunk, batch * H + head, column block) of this program."""
+    pid = tl.program_id(0)
+    rest = pid // (N // BJ)
+    return rest % num_chunks, rest // num_chunks, pid % (N // BJ)
+
+
+@triton.jit
 def _place(chunk, bh, column_block, T, H, N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr):
-    """Offsets of the program's ``[L, N]`` and ``[L, BJ]`` tiles, their row mask, and its indices."""
+    """Offsets of the program's ``[L, N]`` and ``[L, BJ]`` tiles and of its steps' rows (``[L, 1]``),
+    the row mask, and the program's indices."""
     batch = bh // H
     head = bh % H
     steps = tl.arange(0, L)
@@ -34,7 +45,7 @@ def _place(chunk, bh, column_block, T, H, N: tl.constexpr, L: tl.constexpr, BJ: 
     t = chunk * L + steps
     valid = (t < T)[:, None]
     rows = ((batch * T + t) * H + head).to(tl.int64) * N
-    return rows[:, None] + values[None, :], rows[:, None] + keys[None, :], valid, steps, values, keys
+    return rows[:, None] + values[None, :], rows[:, None] + keys[None, :], rows[:, None], valid, steps, values, keys
 
 
 @triton.jit
@@ -57,76 +68,90 @@ def factored_kernel(
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
     dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
     T, H, num_chunks, max_log_decay, max_step_log_decay,
-    N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr, PRECISION: tl.constexpr,
+    N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
-    bh = tl.program_id(1)
-    whole, part, valid, steps, values, keys = _place(chunk, bh, tl.program_id(2), T, H, N, L, BJ)
+    chunk, bh, column_block = _program(num_chunks, N, BJ)
+    whole, part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
     g, lam = _log_decays(w_ptr, part, valid)
     if _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
         out_type = dr_ptr.dtype.element_ty
-        square = values[:, None] * N + keys[None, :]
         state_base = (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N
+        future_base = (bh * num_chunks + chunk).to(tl.int64) * N * N
+        # Every product over the value index, accumulated over blocks of BK values (a matrix
+        # product's K loop: only [L, BK] slices of dy, sa, v, gb live at a time):
+        # [L, BJ]: dy S_in, gb S_in (the entering state, read by r and a), v G_end, sa G_end (the
+        # chunk's final gradient, read by k and b); [L, L]: the pairwise products of the chunk's
+        # steps; [BJ]: sum_i G_end S_end, every later step's share of the decay gradient.
+        dy_state = tl.zeros((L, BJ), dtype=tl.float32)
+        gb_state = tl.zeros((L, BJ), dtype=tl.float32)
+        v_future = tl.zeros((L, BJ), dtype=tl.float32)
+        u_future = tl.zeros((L, BJ), dtype=tl.float32)
+        yu = tl.zeros((L, L), dtype=tl.float32)
+        yv = tl.zeros((L, L), dtype=tl.float32)
+        gu = tl.zeros((L, L), dtype=tl.float32)
+        gv = tl.zeros((L, L), dtype=tl.float32)
+        carry = tl.zeros((BJ,), dtype=tl.float32)
+        for start in range(0, N, BK):
+            block = start + tl.arange(0, BK)
+            slices = rows + block[None, :]
+            dy = tl.load(dy_ptr + slices, mask=valid, other=0.0).to(tl.float32)
+            u = tl.load(u_ptr + slices, mask=valid, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + slices, mask=valid, other=0.0).to(tl.float32)
+            gb = tl.load(gb_ptr + slices, mask=valid, other=0.0).to(tl.float32)
+            square = block[:, None] * N + keys[None, :]
+            s_in = tl.load(states_ptr + state_base + square)
+            g_end = tl.load(futures_ptr + future_base + square)
+            dy_state += tl.dot(dy, s_in, input_precision=PRECISION)
+            gb_state += tl.dot(gb, s_in, input_precision=PRECISION)
+            v_future += tl.dot(v, g_end, input_precision=PRECISION)
+            u_future += tl.dot(u, g_end, input_precision=PRECISION)
+            yu += tl.dot(dy, tl.trans(u), input_precision=PRECISION)
+            yv += tl.dot(dy, tl.trans(v), input_precision=PRECISION)
+            gu += tl.dot(gb, tl.trans(u), input_precision=PRECISION)
+            gv += tl.dot(gb, tl.trans(v), input_precision=PRECISION)
+            carry += tl.sum(g_end * tl.load(states_ptr + state_base + N * N + square), axis=0)
+
+        down = tl.exp(-lam)
+        up = tl.exp(lam)
+        up_prev = tl.exp(lam - g)
         incl = steps[:, None] >= steps[None, :]
         strict = steps[:, None] > steps[None, :]
-        down = tl.exp(-lam)
-
-        # Phase 1, what reads the states: dr_s = S_s^T dy_s, da_s = S_{s-1}^T gb_s, from the state
-        # entering the chunk and the chunk's own writes u_q b_q^T + v_q k_q^T (q <= s, q < s).
-        s_in = tl.load(states_ptr + state_base + square)
-        u = tl.load(u_ptr + whole, mask=valid, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + whole, mask=valid, other=0.0).to(tl.float32)
-        b_down = tl.load(b_ptr + part, mask=valid, other=0.0).to(tl.float32) * down
-        k_down = tl.load(k_ptr + part, mask=valid, other=0.0).to(tl.float32) * down
-        dy = tl.load(dy_ptr + whole, mask=valid, other=0.0).to(tl.float32)
-        grad_r = tl.dot(dy, s_in, input_precision=PRECISION)
-        grad_r += tl.dot(tl.where(incl, tl.dot(dy, tl.trans(u), input_precision=PRECISION), 0.0), b_down,
-                         input_precision=PRECISION)
-        grad_r += tl.dot(tl.where(incl, tl.dot(dy, tl.trans(v), input_precision=PRECISION), 0.0), k_down,
-                         input_precision=PRECISION)
-        grad_r *= tl.exp(lam)
+        later = steps[None, :] >= steps[:, None]
+        later_strict = steps[None, :] > steps[:, None]
+        b = tl.load(b_ptr + part, mask=valid, other=0.0).to(tl.float32)
+        k = tl.load(k_ptr + part, mask=valid, other=0.0).to(tl.float32)
+        b_down = b * down
+        k_down = k * down
+        # dr_s = S_s^T dy_s, da_s = S_{s-1}^T gb_s: the entering state decayed, plus the chunk's
+        # writes sa_q b_q^T + v_q k_q^T (q <= s, q < s)
+        grad_r = up * (dy_state + tl.dot(tl.where(incl, yu, 0.0), b_down, input_precision=PRECISION)
+                       + tl.dot(tl.where(incl, yv, 0.0), k_down, input_precision=PRECISION))
         tl.store(dr_ptr + part, grad_r.to(out_type), mask=valid)
-        acc = tl.load(r_ptr + part, mask=valid, other=0.0).to(tl.float32) * grad_r
-        gb = tl.load(gb_ptr + whole, mask=valid, other=0.0).to(tl.float32)
-        grad_a = tl.dot(gb, s_in, input_precision=PRECISION)
-        grad_a += tl.dot(tl.where(strict, tl.dot(gb, tl.trans(u), input_precision=PRECISION), 0.0), b_down,
-                         input_precision=PRECISION)
-        grad_a += tl.dot(tl.where(strict, tl.dot(gb, tl.trans(v), input_precision=PRECISION), 0.0), k_down,
-                         input_precision=PRECISION)
-        grad_a *= tl.exp(lam - g)
+        r = tl.load(r_ptr + part, mask=valid, other=0.0).to(tl.float32)
+        acc = r * grad_r
+        grad_a = up_prev * (gb_state + tl.dot(tl.where(strict, gu, 0.0), b_down, input_precision=PRECISION)
+                            + tl.dot(tl.where(strict, gv, 0.0), k_down, input_precision=PRECISION))
         tl.store(da_ptr + part, grad_a.to(out_type), mask=valid)
         a = tl.load(a_ptr + part, mask=valid, other=0.0).to(tl.float32)
         a_grad_a = a * grad_a
         acc += a_grad_a
-
-        # Phase 2, what reads the gradient: dk_s = G_s^T v_s, db_s = G_s^T u_s, from the chunk's
-        # final G (later steps only) and the chunk's dy_q r_q^T (q >= s) and gb_q a_q^T (q > s).
-        later = steps[None, :] >= steps[:, None]
-        later_strict = steps[None, :] > steps[:, None]
-        g_end = tl.load(futures_ptr + (bh * num_chunks + chunk).to(tl.int64) * N * N + square)
-        r_up = tl.load(r_ptr + part, mask=valid, other=0.0).to(tl.float32) * tl.exp(lam)
-        a_up = a * tl.exp(lam - g)
+        # dk_s = G_s^T v_s, db_s = G_s^T sa_s: the chunk's final G decayed back, plus dy_q r_q^T
+        # (q >= s) and gb_q a_q^T (q > s); v_s . dy_q is yv[q, s]
+        r_up = r * up
+        a_up = a * up_prev
         from_end = tl.exp(tl.sum(g, axis=0))[None, :]
-        grad_k = from_end * tl.dot(v, g_end, input_precision=PRECISION)
-        grad_k += tl.dot(tl.where(later, tl.dot(v, tl.trans(dy), input_precision=PRECISION), 0.0), r_up,
-                         input_precision=PRECISION)
-        grad_k += tl.dot(tl.where(later_strict, tl.dot(v, tl.trans(gb), input_precision=PRECISION), 0.0), a_up,
-                         input_precision=PRECISION)
-        grad_k *= down
+        grad_k = down * (from_end * v_future
+                         + tl.dot(tl.where(later, tl.trans(yv), 0.0), r_up, input_precision=PRECISION)
+                         + tl.dot(tl.where(later_strict, tl.trans(gv), 0.0), a_up, input_precision=PRECISION))
         tl.store(dk_ptr + part, grad_k.to(out_type), mask=valid)
-        acc -= tl.load(k_ptr + part, mask=valid, other=0.0).to(tl.float32) * grad_k
-        grad_b = from_end * tl.dot(u, g_end, input_precision=PRECISION)
-        grad_b += tl.dot(tl.where(later, tl.dot(u, tl.trans(dy), input_precision=PRECISION), 0.0), r_up,
-                         input_precision=PRECISION)
-        grad_b += tl.dot(tl.where(later_strict, tl.dot(u, tl.trans(gb), input_precision=PRECISION), 0.0), a_up,
-                         input_precision=PRECISION)
-        grad_b *= down
+        acc -= k * grad_k
+        grad_b = down * (from_end * u_future
+                         + tl.dot(tl.where(later, tl.trans(yu), 0.0), r_up, input_precision=PRECISION)
+                         + tl.dot(tl.where(later_strict, tl.trans(gu), 0.0), a_up, input_precision=PRECISION))
         tl.store(db_ptr + part, grad_b.to(out_type), mask=valid)
-        acc -= tl.load(b_ptr + part, mask=valid, other=0.0).to(tl.float32) * grad_b
-
-        # Phase 3, the decay gradient from the scaling identity: dg_s = sum_{q>=s} (r dr - b db -
-        # k dk)_q + sum_{q>s} (a da)_q + sum_i G_end S_end (every later step's share).
-        carry = tl.sum(g_end * tl.load(states_ptr + state_base + N * N + square), axis=0)
+        acc -= b * grad_b
+        # the decay gradient from the scaling identity: dg_s = sum_{q>=s} (r dr - b db - k dk)_q
+        # + sum_{q>s} (a da)_q + sum_i G_end S_end
         grad_g = tl.cumsum(acc, axis=0, reverse=True) - a_grad_a + carry[None, :]
         tl.store(dw_ptr + part, (grad_g * g).to(out_type), mask=valid)
 
@@ -141,9 +166,8 @@ def stepped_kernel(
     # A decay near zero: step through the chunk, G backwards from its end (never dividing by the
     # decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient directly
     # as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
-    chunk = tl.program_id(0)
-    bh = tl.program_id(1)
-    whole, part, valid, steps, values, keys = _place(chunk, bh, tl.program_id(2), T, H, N, L, BJ)
+    chunk, bh, column_block = _program(num_chunks, N, BJ)
+    whole, part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
     g, lam = _log_decays(w_ptr, part, valid)
     if not _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
         out_type = dr_ptr.dtype.element_ty
