@@ -119,7 +119,9 @@ def test_unsupported_head_size_is_rejected_and_auto_falls_back():
     assert relative_l2(y, y_ref) < 1e-4
 
 
-def test_cuda_op_under_torch_compile():
+@pytest.mark.parametrize("scheme", ["sequential", "split"])
+def test_cuda_op_under_torch_compile(scheme, monkeypatch):
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
     inputs = [x.to(torch.bfloat16).requires_grad_() for x in make_inputs(2, 64, 2, 64, device="cuda", seed=9)[:6]]
 
     def loss(*xs):

@@ -81,6 +81,24 @@ struct ForwardConfig {
   static constexpr int kThreads = N / R * Config<N>::kSplit;
 };
 
+// A lane group's R adjacent rows of an [N, N] matrix, split over S lanes as the rows above (the
+// element e of this lane is column e * S + part): loaded (zeros when `source` is null) and stored.
+template <int N, int R, int E, int S>
+__device__ __forceinline__ void load_rows(float (&rows)[R][E], const float* source, int part) {
+#pragma unroll
+  for (int row = 0; row < R; ++row)
+#pragma unroll
+    for (int e = 0; e < E; ++e) rows[row][e] = source ? source[row * N + e * S + part] : 0.f;
+}
+
+template <int N, int R, int E, int S>
+__device__ __forceinline__ void store_rows(const float (&rows)[R][E], float* target, int part) {
+#pragma unroll
+  for (int row = 0; row < R; ++row)
+#pragma unroll
+    for (int e = 0; e < E; ++e) target[row * N + e * S + part] = rows[row][e];
+}
+
 template <typename T, int N, int R>
 __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
     int time, int heads, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ k,
@@ -100,18 +118,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
 
   float state[R][E];
   const size_t state_rows = (static_cast<size_t>(bh) * N + first_row) * N;
-#pragma unroll
-  for (int row = 0; row < R; ++row)
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-      state[row][e] = initial_state ? initial_state[state_rows + row * N + e * S + part] : 0.f;
-
-  auto save_state = [&](float* saved) {
-#pragma unroll
-    for (int row = 0; row < R; ++row)
-#pragma unroll
-      for (int e = 0; e < E; ++e) saved[row * N + e * S + part] = state[row][e];
-  };
+  load_rows<N, R, E, S>(state, initial_state ? initial_state + state_rows : nullptr, part);
+  auto save_state = [&](float* saved) { store_rows<N, R, E, S>(state, saved, part); };
 
   const int num_segments = (time + L - 1) / L;
   // a saved state every checkpoint_stride segments, and the final state in the last slot
@@ -203,18 +211,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
 
   float grad[R][E];
   const size_t state_rows = (static_cast<size_t>(bh) * N + first_row) * N;
-#pragma unroll
-  for (int row = 0; row < R; ++row)
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-      grad[row][e] = grad_final_state ? grad_final_state[state_rows + row * N + e * S + part] : 0.f;
-
-  auto save_grad = [&](float* saved) {
-#pragma unroll
-    for (int row = 0; row < R; ++row)
-#pragma unroll
-      for (int e = 0; e < E; ++e) saved[row * N + e * S + part] = grad[row][e];
-  };
+  load_rows<N, R, E, S>(grad, grad_final_state ? grad_final_state + state_rows : nullptr, part);
+  auto save_grad = [&](float* saved) { store_rows<N, R, E, S>(grad, saved, part); };
 
   const int num_segments = (time + L - 1) / L;
   const int num_chunks = (num_segments + chunk_segments - 1) / chunk_segments;
