@@ -4,6 +4,8 @@
 #
 #   tools/gpu_kernel_session.sh kernels   # build, WKV7/ROSA GPU tests, benchmarks/wkv7.py, train steps
 #   tools/gpu_kernel_session.sh rest      # ctx 4096 train steps, generation b1/b64, all GPU tests
+#   tools/gpu_kernel_session.sh wkv7      # WKV7 only: its GPU tests (both backward schemes), then
+#                                         # benchmarks/wkv7.py, all shapes (the split backward's variants)
 #
 # Every part is bounded by `timeout` and may fail without stopping the others; the log of each
 # phase is $OUT/<phase>.log.
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 MAX_JOBS=${MAX_JOBS:-16}
 [ -d "$PWD/.gpu_shared" ] && export HERON_SHARED=${HERON_SHARED:-$PWD/.gpu_shared}  # ../shared does not travel
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-phase=${1:?usage: gpu_kernel_session.sh kernels | rest}
+phase=${1:?usage: gpu_kernel_session.sh kernels | rest | wkv7}
 log="$out/$phase.log"; touch "$log"
 . tools/session_parts.sh  # part SECONDS TITLE COMMAND...
 bench=benchmarks/train_step.py
@@ -49,6 +51,15 @@ rest)
   grep -iE "incremental|full|ratio" "$log" | tail -n 6
   part 200 "all GPU tests" python3 -m pytest -q -p no:cacheprovider -m gpu tests
   tail -n 3 "$log"
+  ;;
+wkv7)
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$log"
+  python3 -c "from heron.ops.wkv7 import cuda; cuda.load()" >> "$log" 2>&1
+  part ${TESTS_S:-240} "WKV7 GPU tests" python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/ops/test_wkv7_cuda.py
+  grep -E "passed|failed" "$log" | tail -n 2
+  part ${WKV7_S:-300} "benchmarks/wkv7.py" python3 benchmarks/wkv7.py --json "$out/wkv7.json"
+  grep -E "^\(" "$log" | cut -c1-600
   ;;
 *)
   echo "unknown phase $phase" >&2; exit 2 ;;

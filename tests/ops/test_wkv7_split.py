@@ -114,3 +114,20 @@ def test_triton_pass_rejects_bad_saved_tensors():
         split_backward.chunk_gradients_triton(*args, 24)
     with pytest.raises(ValueError, match="block_columns"):
         split_backward.chunk_gradients_triton(*args, 16, block_columns=8)
+
+
+def test_triton_resources_tool_reports_a_build():
+    # tools/triton_resources.py compiles for sm_90 without a GPU (in its own process: triton must be
+    # imported without the interpreter) and reports ptxas's registers and spills
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "triton_resources.py"
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(tool), "--kernel", "stepped_kernel", "--head-size", "16",
+                          "--chunk", "16", "--warps", "4"], capture_output=True, text=True, env=environment,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "stepped_kernel N=16 chunk=16 columns=16 warps=4" in run.stdout and "registers" in run.stdout

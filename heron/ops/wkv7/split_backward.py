@@ -14,7 +14,8 @@ matrix expression:
    row-local like the forward: ``gb_t``, ``dv_t = G_t k_t``, the initial state's gradient, and
    ``G`` at the end of every chunk (from the future only: ``dy r^T`` of the chunk's last step not
    yet added).
-2. :func:`chunk_gradients_torch` / :func:`chunk_gradients_triton`, one program per (chunk, head):
+2. :func:`chunk_gradients_torch` / :func:`chunk_gradients_triton`, one program per (chunk, head,
+   block of key columns):
    ``dr, da`` from the chunk's entering state, ``dk, db`` from the chunk's final ``G``, and the
    decay gradient from the scaling identity (scaling column j of every state from step t on and
    compensating in the later reads and writes leaves the loss unchanged):
@@ -199,12 +200,14 @@ def chunk_length(head_size: int) -> int:
 def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk,
                            *, precision: str | None = None, max_log_decay: float = MAX_CHUNK_LOG_DECAY,
                            num_warps: int | None = None, block_columns: int | None = None):
-    """Pass 2 of the split backward as one Triton kernel: ``(grad_r, grad_w, grad_k, grad_a, grad_b)``
-    in the inputs' dtype. CUDA tensors run compiled; CPU tensors run in Triton's interpreter
-    (tests). ``precision``: the matrix products' (``"ieee"``, the default for float32 inputs, or
-    ``"tf32"``, the default otherwise). ``max_log_decay``: chunks past it step through exactly
-    (``< 0``: every chunk does; tests). ``block_columns``: key columns per program (default
-    ``min(N, 32)``); ``num_warps``: default 8."""
+    """Pass 2 of the split backward in Triton (:mod:`heron.ops.wkv7.triton_kernels`):
+    ``(grad_r, grad_w, grad_k, grad_a, grad_b)`` in the inputs' dtype. CUDA tensors run compiled;
+    CPU tensors run in Triton's interpreter (tests). ``precision``: the matrix products'
+    (``"ieee"``, the default for float32 inputs, or ``"tf32"``, the default otherwise).
+    ``max_log_decay``: chunks past it step through exactly (``< 0``: every chunk does; tests).
+    ``block_columns``: key columns per program (default 16); ``num_warps``: default 8. (At 64-step
+    chunks, 16 columns and 8 warps the sm_90 build of the factored kernel needs 232 registers and
+    spills nothing for head sizes 32-128; 32 columns or 4 warps spill: ``tools/triton_resources.py``.)"""
     B, T, H, N = r.shape
     if chunk < 16 or chunk & (chunk - 1) or N < 16 or N & (N - 1):
         raise ValueError(f"chunk_gradients_triton: chunk and head size must be powers of two >= 16, got {chunk}, {N}")
@@ -215,14 +218,14 @@ def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states
     if tuple(future_grads.shape) != (B, H, num_chunks, N, N) or future_grads.dtype != torch.float32:
         raise ValueError(f"chunk_gradients_triton: future_grads must be float32 {(B, H, num_chunks, N, N)}, "
                          f"got {future_grads.dtype} {tuple(future_grads.shape)}")
+    columns = block_columns or 16
+    if columns > N or N % columns or columns < 16 or columns & (columns - 1):
+        raise ValueError(f"chunk_gradients_triton: block_columns must be a power of two in [16, {N}], got {columns}")
     if precision is None:
         precision = "ieee" if r.dtype == torch.float32 else "tf32"
     grads = [torch.empty_like(r) for _ in range(5)]
     if B * T * H == 0:
         return tuple(grads)
-    columns = block_columns or 16
-    if columns > N or N % columns or columns < 16 or columns & (columns - 1):
-        raise ValueError(f"chunk_gradients_triton: block_columns must be a power of two in [16, {N}], got {columns}")
     if num_warps is None:
         num_warps = 8
     factored, stepped = _kernels(r.device)
