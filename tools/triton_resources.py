@@ -46,7 +46,7 @@ def _signature(kernel, dtype):
     return signature
 
 
-def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precision="tf32", arch=90):
+def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precision="tf32", arch=90, stages=3):
     """ptxas's one-line summary (registers, stack, spills) of one build."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -61,7 +61,7 @@ def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precisio
     if "PRECISION" in kernel.arg_names:
         constants["PRECISION"] = precision
     compiled = triton.compile(ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=constants),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 1})
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
     with tempfile.TemporaryDirectory() as folder:
         ptx = os.path.join(folder, "kernel.ptx")
         Path(ptx).write_text(compiled.asm["ptx"])
@@ -87,16 +87,18 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, nargs="+", default=[64])
     parser.add_argument("--columns", type=int, nargs="+", default=[16])
     parser.add_argument("--warps", type=int, nargs="+", default=[8])
+    parser.add_argument("--stages", type=int, nargs="+", default=[3],
+                        help="software-pipelining depth (num_stages; 3 is what a launch without it gets on sm_90)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--precision", default="tf32", choices=["tf32", "ieee", "tf32x3"])
     args = parser.parse_args(argv)
-    for name, n, chunk, columns, warps in itertools.product(args.kernel, args.head_size, args.chunk, args.columns,
-                                                            args.warps):
+    for name, n, chunk, columns, warps, stages in itertools.product(args.kernel, args.head_size, args.chunk,
+                                                                    args.columns, args.warps, args.stages):
         if columns > n:
             continue
-        summary = report(name, n, chunk, columns, warps, args.dtype, args.precision)
-        print(f"{name} N={n} chunk={chunk} columns={columns} warps={warps} {args.dtype}/{args.precision}: {summary}",
-              flush=True)
+        summary = report(name, n, chunk, columns, warps, args.dtype, args.precision, stages=stages)
+        print(f"{name} N={n} chunk={chunk} columns={columns} warps={warps} stages={stages} {args.dtype}/{args.precision}: "
+              f"{summary}", flush=True)
     return 0
 
 

@@ -130,4 +130,4 @@ def test_triton_resources_tool_reports_a_build():
                           "--chunk", "16", "--warps", "4"], capture_output=True, text=True, env=environment,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "stepped_kernel N=16 chunk=16 columns=16 warps=4" in run.stdout and "registers" in run.stdout
+    assert "stepped_kernel N=16 chunk=16 columns=16 warps=4 stages=3" in run.stdout and "registers" in run.stdout
