@@ -131,3 +131,13 @@ def test_triton_resources_tool_reports_a_build():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stepped_kernel N=16 chunk=16 columns=16 warps=4 stages=3" in run.stdout and "registers" in run.stdout
+
+
+def test_split_chunk_length_must_span_whole_segments(monkeypatch):
+    from heron.ops.wkv7 import cuda as wkv7_cuda
+
+    assert [wkv7_cuda.split_checkpoint_stride(n) for n in (16, 32, 64, 128)] == [4, 4, 4, 8]
+    for bad in (16, 40):  # one segment: indistinguishable from the sequential scheme; not a multiple
+        monkeypatch.setattr(wkv7_cuda, "SPLIT_CHUNK_LENGTH", bad)
+        with pytest.raises(ValueError, match="SPLIT_CHUNK_LENGTH"):
+            wkv7_cuda.split_checkpoint_stride(64)

@@ -81,8 +81,13 @@ def _stream(device: torch.device) -> int:
 
 
 def split_checkpoint_stride(head_size: int) -> int:
-    """Forward segments per chunk of the split backward's parallel pass."""
-    return (SPLIT_CHUNK_LENGTH or split_backward.chunk_length(head_size)) // segment_length(head_size)
+    """Forward segments per chunk of the split backward's parallel pass. At least 2: the backward
+    tells the schemes apart by the stride of the saved states (1: the sequential one)."""
+    chunk, segment = SPLIT_CHUNK_LENGTH or split_backward.chunk_length(head_size), segment_length(head_size)
+    if chunk % segment or chunk < 2 * segment:
+        raise ValueError(f"wkv7 CUDA: SPLIT_CHUNK_LENGTH must be a multiple of {segment} (the forward's segment "
+                         f"at head size {head_size}) and at least {2 * segment}, got {chunk}")
+    return chunk // segment
 
 
 @torch.library.custom_op("heron::wkv7_cuda_forward", mutates_args=(), device_types="cuda")
@@ -149,7 +154,8 @@ def cuda_state_gradients(
 @cuda_state_gradients.register_fake
 def _(r, w, k, a, b, grad_y, grad_final_state, rows_per_thread, chunk_segments):
     B, T, H, N = r.shape
-    chunks = -(-(-(-T // segment_length(N))) // chunk_segments)
+    segments = -(-T // segment_length(N))
+    chunks = -(-segments // chunk_segments)
     return (
         r.new_empty(B, T, H, N, dtype=torch.float32),
         torch.empty_like(r),

@@ -34,29 +34,31 @@ def _program(num_chunks, N: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit
+def _row_offset(bh, t, T, H, N: tl.constexpr):
+    """Offset of step ``t``'s vector of head ``bh % H`` of batch ``bh // H`` in a ``[B, T, H, N]`` tensor."""
+    return (((bh // H) * T + t) * H + bh % H).to(tl.int64) * N
+
+
+@triton.jit
 def _place(chunk, bh, column_block, T, H, N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr):
-    """Offsets of the program's ``[L, N]`` and ``[L, BJ]`` tiles and of its steps' rows (``[L, 1]``),
-    the row mask, and the program's indices."""
-    batch = bh // H
-    head = bh % H
+    """Offsets of the program's ``[L, BJ]`` tiles and of its steps' rows (``[L, 1]``), the row mask,
+    and the program's indices."""
     steps = tl.arange(0, L)
     values = tl.arange(0, N)
     keys = column_block * BJ + tl.arange(0, BJ)
     t = chunk * L + steps
-    valid = (t < T)[:, None]
-    rows = ((batch * T + t) * H + head).to(tl.int64) * N
-    return rows[:, None] + values[None, :], rows[:, None] + keys[None, :], rows[:, None], valid, steps, values, keys
+    rows = _row_offset(bh, t, T, H, N)[:, None]
+    return rows + keys[None, :], rows, (t < T)[:, None], steps, values, keys
 
 
 @triton.jit
 def _log_decays(w_ptr, part, valid):
-    """g = log(decay) = -exp(w) (0 on padded steps) and its inclusive cumulative sum over the chunk."""
-    g = -tl.exp(tl.load(w_ptr + part, mask=valid, other=float("-inf")).to(tl.float32))
-    return g, tl.cumsum(g, axis=0)
+    """g = log(decay) = -exp(w), 0 on padded steps."""
+    return -tl.exp(tl.load(w_ptr + part, mask=valid, other=float("-inf")).to(tl.float32))
 
 
 @triton.jit
-def _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
+def _well_conditioned(g, max_log_decay, max_step_log_decay):
     # The factored path needs finite exp(-lam) and every decay >= e^-max_step_log_decay (the
     # scaling identity's float32 error in the decay gradient grows like 1/decay).
     total = -tl.sum(g, axis=0)
@@ -71,9 +73,10 @@ def factored_kernel(
     N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     chunk, bh, column_block = _program(num_chunks, N, BJ)
-    whole, part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
-    g, lam = _log_decays(w_ptr, part, valid)
-    if _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
+    part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
+    g = _log_decays(w_ptr, part, valid)
+    if _well_conditioned(g, max_log_decay, max_step_log_decay):
+        lam = tl.cumsum(g, axis=0)  # the chunk's cumulative log-decay, inclusive
         out_type = dr_ptr.dtype.element_ty
         state_base = (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N
         future_base = (bh * num_chunks + chunk).to(tl.int64) * N * N
@@ -167,12 +170,10 @@ def stepped_kernel(
     # decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient directly
     # as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
     chunk, bh, column_block = _program(num_chunks, N, BJ)
-    whole, part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
-    g, lam = _log_decays(w_ptr, part, valid)
-    if not _well_conditioned(g, lam, max_log_decay, max_step_log_decay):
+    part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
+    g = _log_decays(w_ptr, part, valid)
+    if not _well_conditioned(g, max_log_decay, max_step_log_decay):
         out_type = dr_ptr.dtype.element_ty
-        batch = bh // H
-        head = bh % H
         square = values[:, None] * N + keys[None, :]
         s_in = tl.load(states_ptr + (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N + square)
         g_state = tl.load(futures_ptr + (bh * num_chunks + chunk).to(tl.int64) * N * N + square)
@@ -181,7 +182,7 @@ def stepped_kernel(
             t_s = chunk * L + s
             present_v = (values * 0 + t_s) < T  # masks as tensors: the interpreter rejects scalar ones
             present = (keys * 0 + t_s) < T
-            row = ((batch * T + t_s) * H + head).to(tl.int64) * N
+            row = _row_offset(bh, t_s, T, H, N)
             dy_s = tl.load(dy_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
             u_s = tl.load(u_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
             v_s = tl.load(v_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
@@ -198,7 +199,7 @@ def stepped_kernel(
                 t_q = chunk * L + q
                 here_v = (values * 0 + t_q) < T
                 here = (keys * 0 + t_q) < T
-                row_q = ((batch * T + t_q) * H + head).to(tl.int64) * N
+                row_q = _row_offset(bh, t_q, T, H, N)
                 u_q = tl.load(u_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
                 v_q = tl.load(v_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
                 b_q = tl.load(b_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)

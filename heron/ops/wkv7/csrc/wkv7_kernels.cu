@@ -99,6 +99,27 @@ __device__ __forceinline__ void store_rows(const float (&rows)[R][E], float* tar
     for (int e = 0; e < E; ++e) target[row * N + e * S + part] = rows[row][e];
 }
 
+// Stages a segment's step vectors in shared memory, as the forward and the state-gradient pass
+// both read them: r, the decay exp(-exp(w)), k, a, b, and one more vector (v or dy).
+template <typename T, int L, int N, int kThreads>
+__device__ __forceinline__ void stage_segment(float (&s_r)[L][N], float (&s_d)[L][N], float (&s_k)[L][N],
+                                              float (&s_a)[L][N], float (&s_b)[L][N], float (&s_extra)[L][N],
+                                              const T* __restrict__ r, const T* __restrict__ w,
+                                              const T* __restrict__ k, const T* __restrict__ a,
+                                              const T* __restrict__ b, const T* __restrict__ extra, int t0, int length, int time, int heads, int batch,
+                                              int head) {
+  for (int flat = threadIdx.x; flat < length * N; flat += kThreads) {
+    const int s = flat / N, c = flat % N;
+    const size_t index = vector_index(batch, t0 + s, time, heads, head, N, c);
+    s_r[s][c] = load(r + index);
+    s_d[s][c] = __expf(-__expf(load(w + index)));
+    s_k[s][c] = load(k + index);
+    s_a[s][c] = load(a + index);
+    s_b[s][c] = load(b + index);
+    s_extra[s][c] = load(extra + index);
+  }
+}
+
 template <typename T, int N, int R>
 __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
     int time, int heads, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ k,
@@ -131,16 +152,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
       save_state(checkpoints + (static_cast<size_t>(bh) * num_slots + segment / checkpoint_stride) * N * N +
                  first_row * N);
     __syncthreads();  // the previous segment is done reading shared memory
-    for (int flat = tid; flat < length * N; flat += kThreads) {
-      const int s = flat / N, c = flat % N;
-      const size_t index = vector_index(batch, t0 + s, time, heads, head, N, c);
-      s_r[s][c] = load(r + index);
-      s_d[s][c] = __expf(-__expf(load(w + index)));
-      s_k[s][c] = load(k + index);
-      s_a[s][c] = load(a + index);
-      s_b[s][c] = load(b + index);
-      s_v[s][c] = load(v + index);
-    }
+    stage_segment<T, L, N, kThreads>(s_r, s_d, s_k, s_a, s_b, s_v, r, w, k, a, b, v, t0, length, time, heads,
+                                     batch, head);
     __syncthreads();
     for (int s = 0; s < length; ++s) {
       float sa[R], out[R], value[R];
@@ -223,16 +236,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
       save_grad(future_grads + (static_cast<size_t>(bh) * num_chunks + segment / chunk_segments) * N * N +
                 first_row * N);
     __syncthreads();  // the previous segment is done reading shared memory
-    for (int flat = tid; flat < length * N; flat += kThreads) {
-      const int s = flat / N, c = flat % N;
-      const size_t index = vector_index(batch, t0 + s, time, heads, head, N, c);
-      s_r[s][c] = load(r + index);
-      s_d[s][c] = __expf(-__expf(load(w + index)));
-      s_k[s][c] = load(k + index);
-      s_a[s][c] = load(a + index);
-      s_b[s][c] = load(b + index);
-      s_dy[s][c] = load(grad_y + index);
-    }
+    stage_segment<T, L, N, kThreads>(s_r, s_d, s_k, s_a, s_b, s_dy, r, w, k, a, b, grad_y, t0, length, time,
+                                     heads, batch, head);
     __syncthreads();
     for (int s = length - 1; s >= 0; --s) {
       float dy[R], gb[R], dv[R];
