@@ -5,6 +5,7 @@ forward and forward+backward, bf16 in/out, medians of ``triton.testing.do_bench`
     python benchmarks/wkv7.py               # GPU table (needs CUDA)
     python benchmarks/wkv7.py --cpu         # CPU: chunked PyTorch vs the per-step loop
     python benchmarks/wkv7.py --json out.json
+    python benchmarks/wkv7.py --split-sweep # the split backward's passes alone, chunk lengths and warps
 
 The anchors (H100, from ANCHORS.md) are printed beside the figures for reference; only fla is
 re-measured here, so ratios against the BlinkDL anchors compare against figures measured on the
@@ -39,13 +40,12 @@ GPU_SHAPES = [
 
 
 VARIANT_SETTINGS = ("FORWARD_ROWS_PER_THREAD", "BACKWARD_COLUMNS_PER_THREAD", "BACKSTEP_MAX_LOG_GROWTH",
-                    "BACKWARD", "STATE_GRADIENT_ROWS_PER_THREAD", "CHUNK_GRADIENT_WARPS", "CHUNK_GRADIENT_COLUMNS",
-                    "SPLIT_CHUNK_LENGTH")
+                    "BACKWARD", "STATE_GRADIENT_ROWS_PER_THREAD", "CHUNK_GRADIENT_WARPS", "SPLIT_CHUNK_LENGTH")
 # fwd+bwd of other kernel settings, timed beside the defaults (labels name what differs).
 VARIANTS = {
-    "split backward": {"BACKWARD": "split"},
-    "split, 32 columns per program": {"BACKWARD": "split", "CHUNK_GRADIENT_COLUMNS": 32},
-    "split, 32-step chunks, 4 warps": {"BACKWARD": "split", "SPLIT_CHUNK_LENGTH": 32, "CHUNK_GRADIENT_WARPS": 4},
+    "sequential backward": {"BACKWARD": "sequential"},
+    "split, 64-step chunks, 8 warps": {"SPLIT_CHUNK_LENGTH": 64, "CHUNK_GRADIENT_WARPS": 8},
+    "split, 16-step chunks": {"SPLIT_CHUNK_LENGTH": 16},  # head size 128 only (two 8-step segments)
 }
 
 
@@ -68,7 +68,8 @@ def bench_gpu(args):
     device = torch.device("cuda")
     chunk_rwkv7, fla_error = _load_fla()
     rows = []
-    for (B, T, H, N), anchors in GPU_SHAPES:
+    shapes = [(tuple(shape), {}) for shape in args.shape] if args.shape else GPU_SHAPES
+    for (B, T, H, N), anchors in shapes:
         if args.quick and T * B > 40000:
             continue
         inputs = make_inputs(B, T, H, N, torch.bfloat16, device)
@@ -97,10 +98,13 @@ def bench_gpu(args):
             for label, settings in VARIANTS.items():
                 for name, value in settings.items():
                     setattr(wkv7_cuda, name, value)
-                row["variants_ms"][label] = (
-                    triton.testing.do_bench(heron_forward, return_mode="median"),
-                    triton.testing.do_bench(heron_forward_backward, grad_to_none=leaves, return_mode="median"),
-                )
+                try:
+                    row["variants_ms"][label] = (
+                        triton.testing.do_bench(heron_forward, return_mode="median"),
+                        triton.testing.do_bench(heron_forward_backward, grad_to_none=leaves, return_mode="median"),
+                    )
+                except ValueError:  # a setting this head size does not take (SPLIT_CHUNK_LENGTH)
+                    pass
                 for name, value in defaults.items():
                     setattr(wkv7_cuda, name, value)
         finally:
@@ -152,7 +156,7 @@ def _split_pass_times(inputs, grad_y):
 
     r, w, k, v, a, b = inputs
     N = r.shape[-1]
-    stride = wkv7_cuda.split_checkpoint_stride(N)
+    stride = wkv7_cuda.split_checkpoint_stride(N, inputs[0].dtype)
     chunk = stride * wkv7_cuda.segment_length(N)
     _, _, removal, checkpoints = wkv7_cuda.cuda_forward(
         r, w, k, v, a, b, None, True, wkv7_cuda.FORWARD_ROWS_PER_THREAD, stride)
@@ -162,8 +166,65 @@ def _split_pass_times(inputs, grad_y):
             r, w, k, a, b, grad_y, None, wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD, stride), return_mode="median"),
         "pass 2 (Triton, chunks)": triton.testing.do_bench(lambda: wkv7_cuda.chunk_gradients(
             r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk,
-            wkv7_cuda.CHUNK_GRADIENT_WARPS, min(wkv7_cuda.CHUNK_GRADIENT_COLUMNS, N)), return_mode="median"),
+            wkv7_cuda.CHUNK_GRADIENT_WARPS), return_mode="median"),
     }
+
+
+SWEEP_SHAPES = [(8, 4096, 32, 64), (32, 1024, 12, 64), (4, 16384, 32, 64)]
+SWEEP_CHUNKS = (32, 64)
+SWEEP_WARPS = (4, 8)  # warps per program of the Triton pass
+
+
+def split_sweep(args):
+    """The split backward's parts at the anchor shapes, bf16: the forward saving a state every
+    chunk, pass 1, and pass 2 with each of SWEEP_WARPS (its gradients checked against the first's);
+    the sum is what the split scheme's fwd+bwd would cost at best."""
+    import triton.testing
+
+    def bench(fn):
+        return triton.testing.do_bench(fn, return_mode="median")
+
+    rows = []
+    for B, T, H, N in [tuple(shape) for shape in args.shape] if args.shape else SWEEP_SHAPES:
+        inputs = make_inputs(B, T, H, N, torch.bfloat16, torch.device("cuda"))
+        grad_y = torch.randn_like(inputs[0])
+        for chunk in args.chunks or SWEEP_CHUNKS:
+            stride = chunk // wkv7_cuda.segment_length(N)
+            rows_per_thread = wkv7_cuda.FORWARD_ROWS_PER_THREAD
+            _, _, removal, checkpoints = wkv7_cuda.cuda_forward(*inputs, None, True, rows_per_thread, stride)
+            forward_ms = bench(lambda: wkv7_cuda.cuda_forward(*inputs, None, True, rows_per_thread, stride))
+            pass1_rows = wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD
+            pass1 = wkv7_cuda.cuda_state_gradients(*inputs[:3], *inputs[4:], grad_y, None, pass1_rows, stride)
+            pass1_ms = bench(lambda: wkv7_cuda.cuda_state_gradients(
+                *inputs[:3], *inputs[4:], grad_y, None, pass1_rows, stride))
+            saved = (*inputs, grad_y, removal, pass1[0], checkpoints, pass1[2])
+            reference = None
+            for warps in SWEEP_WARPS:
+                def pass2():
+                    return split_backward.chunk_gradients_triton(*saved, chunk, num_warps=warps)
+                row = {"shape": (B, T, H, N), "chunk": chunk, "warps": warps,
+                       "forward_ms": forward_ms, "pass1_ms": pass1_ms}
+                try:
+                    grads = pass2()
+                    row["pass2_ms"] = bench(pass2)
+                except Exception as exc:  # a build that fails: reported, not fatal
+                    row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    print(f"{row['shape']} chunk {chunk} {warps} warps: {row['error']}", flush=True)
+                    rows.append(row)
+                    continue
+                if reference is None:
+                    reference = grads
+                row["max_relative_difference"] = max(
+                    (torch.linalg.vector_norm((g - e).float()) / torch.linalg.vector_norm(e.float())).item()
+                    for g, e in zip(grads, reference))
+                row["total_ms"] = forward_ms + pass1_ms + row["pass2_ms"]
+                rows.append(row)
+                print(f"{row['shape']} chunk {chunk} {warps} warps: fwd {forward_ms:.3f} + pass 1 {pass1_ms:.3f} "
+                      f"+ pass 2 {row['pass2_ms']:.3f} = {row['total_ms']:.3f} ms "
+                      f"(vs {SWEEP_WARPS[0]} warps {row['max_relative_difference']:.1e})", flush=True)
+            torch.cuda.empty_cache()
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()), "rows": rows}
 
 
 def _format_row(row):
@@ -232,6 +293,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="CPU benchmark (chunked vs step loop)")
     parser.add_argument("--quick", action="store_true", help="skip the largest GPU shapes")
+    parser.add_argument("--split-sweep", action="store_true",
+                        help="time the split backward's passes alone, for several chunk lengths and warps")
+    parser.add_argument("--shape", type=int, nargs=4, action="append", metavar=("B", "T", "H", "N"),
+                        help="GPU shape(s) to time instead of the built-in ones (repeatable)")
+    parser.add_argument("--chunks", type=int, nargs="+", help="--split-sweep: chunk lengths (default 32 64)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.cpu:
@@ -239,8 +305,8 @@ def main():
     else:
         if not torch.cuda.is_available():
             parser.error("the GPU benchmark needs a CUDA device (use --cpu for the CPU benchmark)")
-        results = bench_gpu(args)
-        print(f"device: {results['device']}; fla: {results['fla']}")
+        results = split_sweep(args) if args.split_sweep else bench_gpu(args)
+        print(f"device: {results['device']}; fla: {results.get('fla', 'not measured')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -2,11 +2,12 @@
 
 Triton compiles a kernel for a named target on any machine; the PTX then goes through the
 ``ptxas`` Triton bundles, whose ``-v`` report gives the registers per thread and the bytes spilled.
-Spills in these kernels cost more than anything else (the ninth session's first version spilled
-0.5-3.5 KB per thread and ran 8x over its memory floor), so check a change here before timing it.
+Registers bound these kernels (the tenth session's profile of the stacked kernel on an H200: 12.5%
+occupancy, set by registers and shared memory, and the L1 the busiest unit, with its spills), but
+fewer spills alone did not make a layout faster, so time a change after checking it here.
 
     python tools/triton_resources.py                     # the defaults, head sizes 16-128
-    python tools/triton_resources.py --chunk 64 --columns 16 32 --warps 4 8 --head-size 64
+    python tools/triton_resources.py --chunk 32 64 --warps 4 8 --head-size 64
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precisio
     from heron.ops.wkv7 import triton_kernels
 
     kernel = getattr(triton_kernels, kernel_name)
-    constants = {"N": head_size, "L": chunk, "BJ": columns}
-    if "BK" in kernel.arg_names:
-        constants["BK"] = min(head_size, 16)
+    constants = {"N": head_size, "L": chunk}
+    if "BJ" in kernel.arg_names:
+        constants["BJ"] = columns
     if "PRECISION" in kernel.arg_names:
         constants["PRECISION"] = precision
     compiled = triton.compile(ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=constants),
@@ -82,11 +83,11 @@ def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precisio
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", nargs="+", default=["factored_kernel", "stepped_kernel"])
+    parser.add_argument("--kernel", nargs="+", default=["stacked_chunk_kernel", "stepped_kernel"])
     parser.add_argument("--head-size", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--chunk", type=int, nargs="+", default=[64])
-    parser.add_argument("--columns", type=int, nargs="+", default=[16])
-    parser.add_argument("--warps", type=int, nargs="+", default=[8])
+    parser.add_argument("--chunk", type=int, nargs="+", default=[32])
+    parser.add_argument("--columns", type=int, nargs="+", default=[16], help="the stepped kernel's key columns per program")
+    parser.add_argument("--warps", type=int, nargs="+", default=[4])
     parser.add_argument("--stages", type=int, nargs="+", default=[3],
                         help="software-pipelining depth (num_stages; 3 is what a launch without it gets on sm_90)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])

@@ -192,7 +192,7 @@ def test_split_backward_passes_match_their_references(N, T):
     state = raw[6].float().contiguous()
     grad_y = torch.randn(B, T, H, N, device="cuda")
     grad_final = torch.randn(B, H, N, N, device="cuda")
-    stride = wkv7_cuda.split_checkpoint_stride(N)
+    stride = wkv7_cuda.split_checkpoint_stride(N, r.dtype)
     chunk = stride * wkv7_cuda.segment_length(N)
 
     def double(*xs):
@@ -205,8 +205,8 @@ def test_split_backward_passes_match_their_references(N, T):
     pass1_ref = split_backward.state_gradients_reference(*double(r, w, k, a, b, grad_y, grad_final), chunk)
     for got, want in zip(pass1, pass1_ref):
         assert relative_l2(got, want) < 1e-5
-    pass2 = wkv7_cuda.chunk_gradients(r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk, 0, 0)
     pass2_ref = split_backward.chunk_gradients_torch(
         *double(r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2]), chunk)
+    pass2 = wkv7_cuda.chunk_gradients(r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk, 0)
     for got, want in zip(pass2, pass2_ref):
         assert relative_l2(got, want) < 1e-5

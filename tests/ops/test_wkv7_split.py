@@ -51,11 +51,11 @@ def test_split_backward_with_vanishing_decay():
         assert torch.isfinite(g).all() and relative_l2(g, e) < 1e-8
 
 
-def _pass2_inputs(B, T, H, N, chunk, dtype, seed, strong_decay=0.0, with_state=False):
+def _pass2_inputs(B, T, H, N, chunk, dtype, seed, strong_decay=0.0, with_state=False, strong_columns=None):
     r, w, k, v, a, b, state = make_inputs(B, T, H, N, dtype=torch.float32, seed=seed)
     if strong_decay:
         w = w.clone()
-        w[:, 3:6] = strong_decay
+        w[:, 3:6, :, slice(strong_columns)] = strong_decay
     generator = torch.Generator().manual_seed(seed)
     grad_y = torch.randn(B, T, H, N, generator=generator)
     grad_final = torch.randn(B, H, N, N, generator=generator)
@@ -71,13 +71,12 @@ def _pass2_inputs(B, T, H, N, chunk, dtype, seed, strong_decay=0.0, with_state=F
 triton = pytest.importorskip("triton")
 
 
-@pytest.mark.parametrize("B,T,H,N,chunk", [(1, 37, 2, 16, 16), (2, 70, 1, 32, 32), (1, 20, 1, 16, 64)])
+@pytest.mark.parametrize("B,T,H,N,chunk", [(1, 37, 2, 16, 16), (2, 70, 1, 32, 32), (1, 20, 1, 16, 64), (1, 40, 1, 64, 32)])
 @pytest.mark.parametrize("path", ["factored", "stepped"])
 def test_triton_pass_equals_the_pytorch_pass(B, T, H, N, chunk, path):
     args = _pass2_inputs(B, T, H, N, chunk, torch.float32, seed=T)
     expected = split_backward.chunk_gradients_torch(*(x.double() for x in args), chunk)
-    got = split_backward.chunk_gradients_triton(*args, chunk, max_log_decay=60.0 if path == "factored" else -1.0,
-                                                block_columns=16)
+    got = split_backward.chunk_gradients_triton(*args, chunk, max_log_decay=60.0 if path == "factored" else -1.0)
     for name, g, e in zip(("r", "w", "k", "a", "b"), got, expected):
         assert g.dtype == torch.float32 and relative_l2(g, e) < 2e-6, name
 
@@ -86,9 +85,10 @@ def test_triton_pass_equals_the_pytorch_pass(B, T, H, N, chunk, path):
 def test_triton_pass_steps_through_chunks_where_decay_vanishes(decay_input):
     # exp(w) = 20 (decay 2e-9) and exp(30) (decay exactly 0 in float32) on three steps: against
     # autograd through the float64 reference (the PyTorch pass's decay gradient, from the scaling
-    # identity, has only absolute accuracy at such steps)
-    args, state, grad_final = _pass2_inputs(1, 40, 1, 16, 16, torch.float32, seed=5, strong_decay=decay_input,
-                                            with_state=True)
+    # identity, has only absolute accuracy at such steps). Only the first of the stepped kernel's two
+    # 16-column blocks has them: it must take the whole chunk, which the stacked kernel leaves.
+    args, state, grad_final = _pass2_inputs(1, 40, 1, 32, 16, torch.float32, seed=5, strong_decay=decay_input,
+                                            with_state=True, strong_columns=10)
     got = split_backward.chunk_gradients_triton(*args, 16)
     leaves = [x.double().requires_grad_() for x in args[:6]]
     expected = _autograd_gradients_of(leaves, state.double(), args[6].double(), grad_final.double())
@@ -112,8 +112,6 @@ def test_triton_pass_rejects_bad_saved_tensors():
         split_backward.chunk_gradients_triton(*args[:10], args[10].double(), 16)
     with pytest.raises(ValueError, match="powers of two"):
         split_backward.chunk_gradients_triton(*args, 24)
-    with pytest.raises(ValueError, match="block_columns"):
-        split_backward.chunk_gradients_triton(*args, 16, block_columns=8)
 
 
 def test_triton_resources_tool_reports_a_build():
@@ -136,8 +134,27 @@ def test_triton_resources_tool_reports_a_build():
 def test_split_chunk_length_must_span_whole_segments(monkeypatch):
     from heron.ops.wkv7 import cuda as wkv7_cuda
 
-    assert [wkv7_cuda.split_checkpoint_stride(n) for n in (16, 32, 64, 128)] == [4, 4, 4, 8]
+    assert [wkv7_cuda.split_checkpoint_stride(n) for n in (16, 32, 64, 128)] == [2, 2, 2, 8]
+    assert wkv7_cuda.split_checkpoint_stride(128, torch.float32) == 4
     for bad in (16, 40):  # one segment: indistinguishable from the sequential scheme; not a multiple
         monkeypatch.setattr(wkv7_cuda, "SPLIT_CHUNK_LENGTH", bad)
         with pytest.raises(ValueError, match="SPLIT_CHUNK_LENGTH"):
             wkv7_cuda.split_checkpoint_stride(64)
+
+
+def test_backward_scheme_setting(monkeypatch):
+    # "auto" takes the split backward for 16-bit inputs from head size 64 up (where it was measured
+    # faster; float32 needs exact products), and a
+    # misspelt setting is an error rather than a silent fallback
+    from heron.ops.wkv7 import cuda as wkv7_cuda
+
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", "auto")
+    assert [wkv7_cuda.uses_split_backward(n) for n in (16, 32, 64, 128)] == [False, False, True, True]
+    assert not wkv7_cuda.uses_split_backward(64, torch.float32)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", "split")
+    assert wkv7_cuda.uses_split_backward(16)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", "sequential")
+    assert not wkv7_cuda.uses_split_backward(128)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", "splt")
+    with pytest.raises(ValueError, match="BACKWARD must be"):
+        wkv7_cuda.uses_split_backward(64)

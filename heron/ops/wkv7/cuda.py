@@ -3,10 +3,11 @@
 split backward's ``heron::wkv7_cuda_state_gradients`` + ``heron::wkv7_chunk_gradients``) with
 autograd, so eager code and ``torch.compile`` graphs call the same kernels.
 
-Two backward schemes (:data:`BACKWARD`): ``"sequential"`` (the default: one CUDA kernel per head
-stepping back through time) and ``"split"`` (:mod:`heron.ops.wkv7.split_backward`: a sequential
-CUDA pass for the state gradient's coupling term, then a chunk-parallel Triton pass on the tensor
-cores for every other gradient; needs Triton; not yet faster, see :data:`BACKWARD`).
+Two backward schemes (:data:`BACKWARD`): ``"sequential"`` (one CUDA kernel per head stepping back
+through time) and ``"split"`` (:mod:`heron.ops.wkv7.split_backward`: a sequential CUDA pass for
+the state gradient's coupling term, then a chunk-parallel Triton pass on the tensor cores for
+every other gradient; needs Triton). The default, ``"auto"``, takes the split one for 16-bit
+inputs of head size 64 or 128, where it is the faster.
 """
 
 from __future__ import annotations
@@ -32,19 +33,21 @@ BACKSTEP_MAX_LOG_GROWTH = 7.0
 FORWARD_ROWS_PER_THREAD = 2
 # State columns per lane group in the backward kernel (1 or 2; 2 applies to head sizes 32 and 64).
 BACKWARD_COLUMNS_PER_THREAD = 2
-# "sequential" or "split" (needs Triton); read when the forward runs, which saves what its backward
-# needs (the split backward: a state every chunk, not every segment). Both are exact and tested.
-# The split backward's first Triton pass spilled registers and lost on an H100 (ninth session:
-# 11.06 ms fwd+bwd at (8, 4096, 32), 3.98 at (32, 1024, 12), 27.78 at (4, 16384, 32) against
-# 9.60 / 4.22 / 27.60 sequential; docs/benchmarks/wkv7.md); its rewrite without spills has not
-# been timed, so the sequential kernel stays the default until it has.
-BACKWARD = "sequential"
+# "auto" (the default), "split" (needs Triton) or "sequential"; read when the forward runs, which
+# saves what its backward needs (the split backward: a state every chunk, not every segment). Both
+# are exact and tested. "auto" takes the split backward for 16-bit inputs of head sizes >= 64 where
+# Triton is installed (float32 inputs need exact products, which the tensor cores do not give).
+# There, with its stacked Triton pass, it was the faster at every benchmarked shape (tenth session,
+# one H200, bf16 fwd+bwd: 8.55 / 2.96 / 23.10 ms at (8, 4096, 32), (32, 1024, 12), (4, 16384, 32)
+# against 9.49 / 4.22 / 27.47 sequential; 20.56 against 30.86 at (8, 4096, 16, 128)); at head size
+# 32 it lost (7.00 against 6.81 ms at (8, 4096, 64, 32)) and at 16 it won by 1.5%;
+# docs/benchmarks/wkv7.md.
+BACKWARD = "auto"
 # State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD).
 STATE_GRADIENT_ROWS_PER_THREAD = 2
-# Warps and key columns per program of the split backward's Triton pass, and its chunk length
-# (0: the defaults of heron.ops.wkv7.split_backward; the chunk must be a multiple of the segment).
+# Warps per program of the split backward's Triton pass, and its chunk length (0: the defaults of
+# heron.ops.wkv7.split_backward; the chunk must be a multiple of the segment).
 CHUNK_GRADIENT_WARPS = 0
-CHUNK_GRADIENT_COLUMNS = 0
 SPLIT_CHUNK_LENGTH = 0
 
 
@@ -80,10 +83,20 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def split_checkpoint_stride(head_size: int) -> int:
+def uses_split_backward(head_size: int, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether a forward that needs a backward saves for the split one (:data:`BACKWARD`)."""
+    if BACKWARD not in ("auto", "split", "sequential"):
+        raise ValueError(f"heron.ops.wkv7.cuda.BACKWARD must be 'auto', 'split' or 'sequential', got {BACKWARD!r}")
+    if BACKWARD == "sequential" or (BACKWARD == "auto" and (head_size < 64 or dtype == torch.float32)):
+        return False
+    return split_backward.triton_available()
+
+
+def split_checkpoint_stride(head_size: int, dtype: torch.dtype = torch.bfloat16) -> int:
     """Forward segments per chunk of the split backward's parallel pass. At least 2: the backward
     tells the schemes apart by the stride of the saved states (1: the sequential one)."""
-    chunk, segment = SPLIT_CHUNK_LENGTH or split_backward.chunk_length(head_size), segment_length(head_size)
+    chunk = SPLIT_CHUNK_LENGTH or split_backward.chunk_length(head_size, dtype)
+    segment = segment_length(head_size)
     if chunk % segment or chunk < 2 * segment:
         raise ValueError(f"wkv7 CUDA: SPLIT_CHUNK_LENGTH must be a multiple of {segment} (the forward's segment "
                          f"at head size {head_size}) and at least {2 * segment}, got {chunk}")
@@ -179,18 +192,16 @@ def chunk_gradients(
     future_grads: torch.Tensor,
     chunk: int,
     num_warps: int,
-    block_columns: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2 of the split backward (Triton): ``(grad_r, grad_w, grad_k, grad_a, grad_b)``;
-    ``num_warps``, ``block_columns`` as :data:`CHUNK_GRADIENT_WARPS`, :data:`CHUNK_GRADIENT_COLUMNS`."""
+    ``num_warps`` as :data:`CHUNK_GRADIENT_WARPS`."""
     with torch.cuda.device(r.device):
         return split_backward.chunk_gradients_triton(
-            r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk,
-            num_warps=num_warps or None, block_columns=block_columns or None)
+            r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk, num_warps=num_warps or None)
 
 
 @chunk_gradients.register_fake
-def _(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk, num_warps, block_columns):
+def _(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk, num_warps):
     return tuple(torch.empty_like(r) for _ in range(5))
 
 
@@ -257,8 +268,7 @@ def _backward(ctx, grad_y, grad_final_state, _grad_removal, _grad_checkpoints):
             r, w, k, a, b, grad_y, grad_final_state, STATE_GRADIENT_ROWS_PER_THREAD, ctx.checkpoint_stride)
         grad_r, grad_w, grad_k, grad_a, grad_b = chunk_gradients(
             r, w, k, v, a, b, grad_y, removal, grad_b_dot, checkpoints, future_grads,
-            ctx.checkpoint_stride * segment_length(r.shape[-1]), CHUNK_GRADIENT_WARPS,
-            min(CHUNK_GRADIENT_COLUMNS, r.shape[-1]))
+            ctx.checkpoint_stride * segment_length(r.shape[-1]), CHUNK_GRADIENT_WARPS)
         grads = (grad_r, grad_w, grad_k, grad_v, grad_a, grad_b, grad_initial)
     grad_state = grads[6] if ctx.has_state else None
     return (*grads[:6], grad_state, None, None, None)
@@ -276,7 +286,7 @@ def wkv7_cuda(r, w, k, v, a, b, state=None):
         any(x.requires_grad for x in inputs) or (state is not None and state.requires_grad)
     )
     stride = 1
-    if needs_grad and BACKWARD == "split" and split_backward.triton_available():
-        stride = split_checkpoint_stride(r.shape[-1])
+    if needs_grad and uses_split_backward(r.shape[-1], r.dtype):
+        stride = split_checkpoint_stride(r.shape[-1], r.dtype)
     y, final_state, _, _ = cuda_forward(*inputs, state, needs_grad, FORWARD_ROWS_PER_THREAD, stride)
     return y, final_state

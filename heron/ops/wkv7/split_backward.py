@@ -14,8 +14,7 @@ matrix expression:
    row-local like the forward: ``gb_t``, ``dv_t = G_t k_t``, the initial state's gradient, and
    ``G`` at the end of every chunk (from the future only: ``dy r^T`` of the chunk's last step not
    yet added).
-2. :func:`chunk_gradients_torch` / :func:`chunk_gradients_triton`, one program per (chunk, head,
-   block of key columns):
+2. :func:`chunk_gradients_torch` / :func:`chunk_gradients_triton`, one program per (chunk, head):
    ``dr, da`` from the chunk's entering state, ``dk, db`` from the chunk's final ``G``, and the
    decay gradient from the scaling identity (scaling column j of every state from step t on and
    compensating in the later reads and writes leaves the loss unchanged):
@@ -170,16 +169,16 @@ def split_backward_reference(r, w, k, v, a, b, state, grad_y, grad_final_state, 
 
 
 def _kernels(device: torch.device):
-    """The two Triton kernels. CPU tensors need Triton's interpreter, which Triton picks when it is
-    imported (``TRITON_INTERPRET=1``; the tests set it on machines without a GPU)."""
+    """The Triton kernels module. CPU tensors need Triton's interpreter, which Triton picks when it
+    is imported (``TRITON_INTERPRET=1``; the tests set it on machines without a GPU)."""
     import os
 
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise RuntimeError("chunk_gradients_triton: CPU tensors run in Triton's interpreter; set "
                            "TRITON_INTERPRET=1 before triton is first imported")
-    from .triton_kernels import factored_kernel, stepped_kernel
+    from . import triton_kernels
 
-    return factored_kernel, stepped_kernel
+    return triton_kernels
 
 
 def triton_available() -> bool:
@@ -190,24 +189,34 @@ def triton_available() -> bool:
     return True
 
 
-def chunk_length(head_size: int) -> int:
-    """Steps per chunk of pass 2 (a multiple of the forward's segment: heron.ops.wkv7.cuda). With 16
-    key columns per program and 8 warps its sm_90 build needs no spills at 64 steps; longer chunks
-    save fewer states (the forward writes one every chunk)."""
-    return 64
+# Key columns per program of the stepped kernel (whose state tiles are [N, BJ]).
+STEPPED_COLUMNS = 16
+
+
+def chunk_length(head_size: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Steps per chunk of pass 2 (a multiple of the forward's segment: heron.ops.wkv7.cuda): the
+    fastest on an H200 (tenth session): 32 at head size 64 (64 steps: 20% slower, 16: 50%), 64 at
+    128 for 16-bit inputs. float32 inputs keep 32 at 128: their exact products in [128, 128] tiles
+    took minutes to build. Shorter chunks mean more saved states (the forward writes one every chunk)."""
+    return 64 if head_size >= 128 and dtype != torch.float32 else 32
+
+
+def default_warps(head_size: int, chunk: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Warps per program of the stacked kernel: 8 where its [2 chunk, head size] tiles reach 8192
+    elements (64-step chunks at 64, 32-step at 128: 20-30% faster than 4 on an H200), else 4 (one
+    warpgroup; 30% faster at 32-step chunks, head size 64). float32 inputs keep 4, their tested build."""
+    return 8 if 2 * chunk * head_size >= 8192 and dtype != torch.float32 else 4
 
 
 def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, chunk,
                            *, precision: str | None = None, max_log_decay: float = MAX_CHUNK_LOG_DECAY,
-                           num_warps: int | None = None, block_columns: int | None = None):
+                           num_warps: int | None = None):
     """Pass 2 of the split backward in Triton (:mod:`heron.ops.wkv7.triton_kernels`):
     ``(grad_r, grad_w, grad_k, grad_a, grad_b)`` in the inputs' dtype. CUDA tensors run compiled;
     CPU tensors run in Triton's interpreter (tests). ``precision``: the matrix products'
     (``"ieee"``, the default for float32 inputs, or ``"tf32"``, the default otherwise).
     ``max_log_decay``: chunks past it step through exactly (``< 0``: every chunk does; tests).
-    ``block_columns``: key columns per program (default 16); ``num_warps``: default 8. (At 64-step
-    chunks, 16 columns and 8 warps the sm_90 build of the factored kernel needs 232 registers and
-    spills nothing for head sizes 32-128; 32 columns or 4 warps spill: ``tools/triton_resources.py``.)"""
+    ``num_warps``: the stacked kernel's (default :func:`default_warps`)."""
     B, T, H, N = r.shape
     if chunk < 16 or chunk & (chunk - 1) or N < 16 or N & (N - 1):
         raise ValueError(f"chunk_gradients_triton: chunk and head size must be powers of two >= 16, got {chunk}, {N}")
@@ -218,21 +227,19 @@ def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states
     if tuple(future_grads.shape) != (B, H, num_chunks, N, N) or future_grads.dtype != torch.float32:
         raise ValueError(f"chunk_gradients_triton: future_grads must be float32 {(B, H, num_chunks, N, N)}, "
                          f"got {future_grads.dtype} {tuple(future_grads.shape)}")
-    columns = block_columns or 16
-    if columns > N or N % columns or columns < 16 or columns & (columns - 1):
-        raise ValueError(f"chunk_gradients_triton: block_columns must be a power of two in [16, {N}], got {columns}")
+    if T * H * N >= 2**31:  # the stacked kernel's in-head offsets are int32
+        raise ValueError(f"chunk_gradients_triton: T * H * N must be below 2**31, got {T * H * N}")
     if precision is None:
         precision = "ieee" if r.dtype == torch.float32 else "tf32"
     grads = [torch.empty_like(r) for _ in range(5)]
     if B * T * H == 0:
         return tuple(grads)
-    if num_warps is None:
-        num_warps = 8
-    factored, stepped = _kernels(r.device)
-    grid = (B * H * num_chunks * (N // columns),)
+    kernels = _kernels(r.device)
     args = (r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, *grads,
             T, H, num_chunks, float(max_log_decay), MAX_STEP_LOG_DECAY)
-    # each writes the chunks the other leaves (decided by the same test on the decays)
-    factored[grid](*args, N=N, L=chunk, BJ=columns, BK=min(N, 16), PRECISION=precision, num_warps=num_warps)
-    stepped[grid](*args, N=N, L=chunk, BJ=columns, num_warps=4)
+    # each writes the chunks the other leaves (decided by the same test on the chunk's decays)
+    kernels.stacked_chunk_kernel[(B * H * num_chunks,)](
+        *args, N=N, L=chunk, PRECISION=precision, num_warps=num_warps or default_warps(N, chunk, r.dtype))
+    kernels.stepped_kernel[(B * H * num_chunks * (N // STEPPED_COLUMNS),)](
+        *args, N=N, L=chunk, BJ=STEPPED_COLUMNS, num_warps=4)
     return tuple(grads)

@@ -2,21 +2,18 @@
 :mod:`heron.ops.wkv7.split_backward`). Imported only where Triton is installed (CPU tensors need
 ``TRITON_INTERPRET=1`` before triton is first imported).
 
-One program: key columns ``[BJ c, BJ c + BJ)`` of one chunk of one (batch, head), numbered
-``program_id(0) = ((batch * H + head) * num_chunks + chunk) * (N // BJ) + c``, so that the
-programs of one chunk run side by side and share its inputs in L2. Rows of the ``[L, *]`` tiles are the chunk's steps; "values"
-run over a head's value indices, "keys" over the program's key columns. Every gradient of a key
-column depends on that column of the states only, so the programs never communicate.
+Two kernels; each writes the chunks the other skips (decided by the same test on the chunk's decays):
+- :func:`stacked_chunk_kernel`: one program per chunk of one (batch, head); tensor-core products
+  with the decay ratios factored as ``exp(lam_s) * exp(-lam_q)``, for chunks whose decays allow it
+  (the model's always do). Rows of its ``[L, N]`` tiles are the chunk's steps.
+- :func:`stepped_kernel`: the other chunks (a decay near zero), stepping through them exactly, one
+  program per block of BJ key columns of a chunk (every gradient of a key column depends on that
+  column of the states only).
 
-Two kernels share the grid and each writes the chunks the other skips:
-- :func:`factored_kernel`: tensor-core products with the decay ratios factored as
-  ``exp(lam_s) * exp(-lam_q)``, for chunks whose decays allow it (the model's always do);
-- :func:`stepped_kernel`: the other chunks (a decay near zero), stepping through them exactly.
-
-The factored kernel accumulates its products over the value index in blocks of BK values (a
-matrix product's K loop): the first version held whole [L, N] tiles of four inputs at once and,
-in its sm_90 build, used all 255 registers and spilled 0.5-3.5 KB per thread (ninth session;
-``tools/triton_resources.py`` reports a build's registers and spills without a GPU).
+Registers are what limits these kernels: the stacked kernel's sm_90 build at 32-step chunks and
+head size 64 uses 255 and spills ~0.5 KB, and a profile on an H200 found the L1 (spills, shared
+memory) the busiest unit at 12.5% occupancy (tenth session). ``tools/triton_resources.py``
+reports a build's registers and spills without a GPU.
 """
 
 from __future__ import annotations
@@ -66,100 +63,6 @@ def _well_conditioned(g, max_log_decay, max_step_log_decay):
 
 
 @triton.jit
-def factored_kernel(
-    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
-    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
-    T, H, num_chunks, max_log_decay, max_step_log_decay,
-    N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
-):
-    chunk, bh, column_block = _program(num_chunks, N, BJ)
-    part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
-    g = _log_decays(w_ptr, part, valid)
-    if _well_conditioned(g, max_log_decay, max_step_log_decay):
-        lam = tl.cumsum(g, axis=0)  # the chunk's cumulative log-decay, inclusive
-        out_type = dr_ptr.dtype.element_ty
-        state_base = (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N
-        future_base = (bh * num_chunks + chunk).to(tl.int64) * N * N
-        # Every product over the value index, accumulated over blocks of BK values (a matrix
-        # product's K loop: only [L, BK] slices of dy, sa, v, gb live at a time):
-        # [L, BJ]: dy S_in, gb S_in (the entering state, read by r and a), v G_end, sa G_end (the
-        # chunk's final gradient, read by k and b); [L, L]: the pairwise products of the chunk's
-        # steps; [BJ]: sum_i G_end S_end, every later step's share of the decay gradient.
-        dy_state = tl.zeros((L, BJ), dtype=tl.float32)
-        gb_state = tl.zeros((L, BJ), dtype=tl.float32)
-        v_future = tl.zeros((L, BJ), dtype=tl.float32)
-        u_future = tl.zeros((L, BJ), dtype=tl.float32)
-        yu = tl.zeros((L, L), dtype=tl.float32)
-        yv = tl.zeros((L, L), dtype=tl.float32)
-        gu = tl.zeros((L, L), dtype=tl.float32)
-        gv = tl.zeros((L, L), dtype=tl.float32)
-        carry = tl.zeros((BJ,), dtype=tl.float32)
-        for start in range(0, N, BK):
-            block = start + tl.arange(0, BK)
-            slices = rows + block[None, :]
-            dy = tl.load(dy_ptr + slices, mask=valid, other=0.0).to(tl.float32)
-            u = tl.load(u_ptr + slices, mask=valid, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + slices, mask=valid, other=0.0).to(tl.float32)
-            gb = tl.load(gb_ptr + slices, mask=valid, other=0.0).to(tl.float32)
-            square = block[:, None] * N + keys[None, :]
-            s_in = tl.load(states_ptr + state_base + square)
-            g_end = tl.load(futures_ptr + future_base + square)
-            dy_state += tl.dot(dy, s_in, input_precision=PRECISION)
-            gb_state += tl.dot(gb, s_in, input_precision=PRECISION)
-            v_future += tl.dot(v, g_end, input_precision=PRECISION)
-            u_future += tl.dot(u, g_end, input_precision=PRECISION)
-            yu += tl.dot(dy, tl.trans(u), input_precision=PRECISION)
-            yv += tl.dot(dy, tl.trans(v), input_precision=PRECISION)
-            gu += tl.dot(gb, tl.trans(u), input_precision=PRECISION)
-            gv += tl.dot(gb, tl.trans(v), input_precision=PRECISION)
-            carry += tl.sum(g_end * tl.load(states_ptr + state_base + N * N + square), axis=0)
-
-        down = tl.exp(-lam)
-        up = tl.exp(lam)
-        up_prev = tl.exp(lam - g)
-        incl = steps[:, None] >= steps[None, :]
-        strict = steps[:, None] > steps[None, :]
-        later = steps[None, :] >= steps[:, None]
-        later_strict = steps[None, :] > steps[:, None]
-        b = tl.load(b_ptr + part, mask=valid, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + part, mask=valid, other=0.0).to(tl.float32)
-        b_down = b * down
-        k_down = k * down
-        # dr_s = S_s^T dy_s, da_s = S_{s-1}^T gb_s: the entering state decayed, plus the chunk's
-        # writes sa_q b_q^T + v_q k_q^T (q <= s, q < s)
-        grad_r = up * (dy_state + tl.dot(tl.where(incl, yu, 0.0), b_down, input_precision=PRECISION)
-                       + tl.dot(tl.where(incl, yv, 0.0), k_down, input_precision=PRECISION))
-        tl.store(dr_ptr + part, grad_r.to(out_type), mask=valid)
-        r = tl.load(r_ptr + part, mask=valid, other=0.0).to(tl.float32)
-        acc = r * grad_r
-        grad_a = up_prev * (gb_state + tl.dot(tl.where(strict, gu, 0.0), b_down, input_precision=PRECISION)
-                            + tl.dot(tl.where(strict, gv, 0.0), k_down, input_precision=PRECISION))
-        tl.store(da_ptr + part, grad_a.to(out_type), mask=valid)
-        a = tl.load(a_ptr + part, mask=valid, other=0.0).to(tl.float32)
-        a_grad_a = a * grad_a
-        acc += a_grad_a
-        # dk_s = G_s^T v_s, db_s = G_s^T sa_s: the chunk's final G decayed back, plus dy_q r_q^T
-        # (q >= s) and gb_q a_q^T (q > s); v_s . dy_q is yv[q, s]
-        r_up = r * up
-        a_up = a * up_prev
-        from_end = tl.exp(tl.sum(g, axis=0))[None, :]
-        grad_k = down * (from_end * v_future
-                         + tl.dot(tl.where(later, tl.trans(yv), 0.0), r_up, input_precision=PRECISION)
-                         + tl.dot(tl.where(later_strict, tl.trans(gv), 0.0), a_up, input_precision=PRECISION))
-        tl.store(dk_ptr + part, grad_k.to(out_type), mask=valid)
-        acc -= k * grad_k
-        grad_b = down * (from_end * u_future
-                         + tl.dot(tl.where(later, tl.trans(yu), 0.0), r_up, input_precision=PRECISION)
-                         + tl.dot(tl.where(later_strict, tl.trans(gu), 0.0), a_up, input_precision=PRECISION))
-        tl.store(db_ptr + part, grad_b.to(out_type), mask=valid)
-        acc -= b * grad_b
-        # the decay gradient from the scaling identity: dg_s = sum_{q>=s} (r dr - b db - k dk)_q
-        # + sum_{q>s} (a da)_q + sum_i G_end S_end
-        grad_g = tl.cumsum(acc, axis=0, reverse=True) - a_grad_a + carry[None, :]
-        tl.store(dw_ptr + part, (grad_g * g).to(out_type), mask=valid)
-
-
-@triton.jit
 def stepped_kernel(
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
     dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
@@ -170,8 +73,8 @@ def stepped_kernel(
     # decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient directly
     # as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
     chunk, bh, column_block = _program(num_chunks, N, BJ)
-    part, rows, valid, steps, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
-    g = _log_decays(w_ptr, part, valid)
+    _, rows, valid, _, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
+    g = _log_decays(w_ptr, rows + values[None, :], valid)  # all the chunk's columns, as the stacked kernel
     if not _well_conditioned(g, max_log_decay, max_step_log_decay):
         out_type = dr_ptr.dtype.element_ty
         square = values[:, None] * N + keys[None, :]
@@ -215,3 +118,103 @@ def stepped_kernel(
             grad_g = d_s * tl.sum(g_state * previous, axis=0)
             tl.store(dw_ptr + out, (grad_g * g_s).to(out_type), mask=present)
             g_state = g_state * d_s[None, :] + gb_s[:, None] * a_s[None, :]
+
+
+@triton.jit
+def _head_rows(bh, chunk, T, H, N: tl.constexpr, L: tl.constexpr):
+    """(offset of head ``bh % H`` of batch ``bh // H`` in a ``[B, T, H, N]`` tensor, int64 scalar;
+    the chunk's ``[L, N]`` offsets from it, int32; the ``[L, 1]`` mask of steps before ``T``).
+    Offsets as 64-bit [L, N] tensors held a third of the registers; the launcher checks that
+    ``T * H * N`` fits in int32."""
+    steps = chunk * L + tl.arange(0, L)
+    head = ((bh // H) * T * H + bh % H).to(tl.int64) * N
+    return head, steps[:, None] * (H * N) + tl.arange(0, N)[None, :], (steps < T)[:, None]
+
+
+@triton.jit
+def _load_rows(ptr, head, offsets, valid):
+    """The chunk's ``[L, N]`` rows in float32, zeros past ``T``."""
+    return tl.load(ptr + head + offsets, mask=valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(ptr, value, head, offsets, valid):
+    tl.store(ptr + head + offsets, value.to(ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _stack(upper, lower, L: tl.constexpr, N: tl.constexpr):
+    """``[2L, N]``: ``upper`` over ``lower``."""
+    return tl.reshape(tl.permute(tl.join(upper, lower), (2, 0, 1)), (2 * L, N))
+
+
+@triton.jit
+def _halves(x, L: tl.constexpr, N: tl.constexpr):
+    """The upper and lower ``[L, N]`` halves of a ``[2L, N]`` tile."""
+    return tl.split(tl.permute(tl.reshape(x, (2, L, N)), (1, 2, 0)))
+
+
+@triton.jit
+def _square(ptr, index, N: tl.constexpr):
+    """The ``index``-th ``[N, N]`` float32 matrix of a contiguous stack."""
+    square = tl.arange(0, N)[:, None] * N + tl.arange(0, N)[None, :]
+    return tl.load(ptr + index.to(tl.int64) * N * N + square)
+
+
+@triton.jit
+def stacked_chunk_kernel(
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
+    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
+    T, H, num_chunks, max_log_decay, max_step_log_decay,
+    N: tl.constexpr, L: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # One program per chunk (program_id(0) = (batch * H + head) * num_chunks + chunk), the step
+    # vectors stacked in pairs ([2L, N] tiles: the readers' gradients [dy; gb], the writes [u; v])
+    # so that the chunk takes five large matrix products (a layout with a program per block of key
+    # columns, or with a score of small products, ran 1.6-2.5x slower on an H200). The [2L, 2L]
+    # product [dy; gb] [u; v]^T holds the four step-pair blocks; masked (a step's r reads its own
+    # write, its a only earlier ones) it gives [dr; da] from [b; k] and, transposed, [db; dk] from
+    # [r; a].
+    pid = tl.program_id(0)
+    chunk = pid % num_chunks
+    bh = pid // num_chunks
+    head, offsets, valid = _head_rows(bh, chunk, T, H, N, L)
+    g = tl.where(valid, -tl.exp(_load_rows(w_ptr, head, offsets, valid)), 0.0)  # log-decay, 0 past T
+    if _well_conditioned(g, max_log_decay, max_step_log_decay):
+        # the three products with the step vectors first, so that they and the states die early
+        # (loading the vectors again later instead of keeping them spilled more: the loads merge)
+        readers = _stack(_load_rows(dy_ptr, head, offsets, valid), _load_rows(gb_ptr, head, offsets, valid),
+                         L, N)
+        writes = _stack(_load_rows(u_ptr, head, offsets, valid), _load_rows(v_ptr, head, offsets, valid), L, N)
+        products = tl.dot(readers, tl.trans(writes), input_precision=PRECISION)
+        entering = tl.dot(readers, _square(states_ptr, bh * (num_chunks + 1) + chunk, N),
+                          input_precision=PRECISION)  # [dy S_in; gb S_in]
+        g_end = _square(futures_ptr, bh * num_chunks + chunk, N)
+        leaving = tl.dot(writes, g_end, input_precision=PRECISION)  # [u G_end; v G_end]
+        carry = tl.sum(g_end * _square(states_ptr, bh * (num_chunks + 1) + chunk + 1, N), axis=0)
+        upper = (tl.arange(0, 2 * L) < L)[:, None]
+        reader_step = (tl.arange(0, 2 * L) % L)[:, None]
+        writer_step = (tl.arange(0, 2 * L) % L)[None, :]
+        products = tl.where(tl.where(upper, reader_step >= writer_step, reader_step > writer_step), products, 0.0)
+
+        lam = tl.cumsum(g, axis=0)
+        down = _stack(tl.exp(-lam), tl.exp(-lam), L, N)
+        read_scale = _stack(tl.exp(lam), tl.exp(lam - g), L, N)  # r reads S_s, a reads S_{s-1}
+        bk = _stack(_load_rows(b_ptr, head, offsets, valid), _load_rows(k_ptr, head, offsets, valid), L, N)
+        grad_ra = read_scale * (entering + tl.dot(products, bk * down, input_precision=PRECISION))
+        grad_r, grad_a = _halves(grad_ra, L, N)
+        _store_rows(dr_ptr, grad_r, head, offsets, valid)
+        _store_rows(da_ptr, grad_a, head, offsets, valid)
+        ra = _stack(_load_rows(r_ptr, head, offsets, valid), _load_rows(a_ptr, head, offsets, valid), L, N)
+        from_end = tl.exp(tl.sum(g, axis=0))[None, :]
+        grad_bk = down * (from_end * leaving + tl.dot(tl.trans(products), ra * read_scale, input_precision=PRECISION))
+        grad_b, grad_k = _halves(grad_bk, L, N)
+        _store_rows(db_ptr, grad_b, head, offsets, valid)
+        _store_rows(dk_ptr, grad_k, head, offsets, valid)
+
+        # the decay gradient from the scaling identity: dg_s = sum_{q>=s} (r dr + a da - b db - k dk)_q
+        # - (a da)_s + sum_i G_end S_end
+        r_terms, a_terms = _halves(ra * grad_ra, L, N)
+        b_terms, k_terms = _halves(bk * grad_bk, L, N)
+        grad_g = tl.cumsum(r_terms + a_terms - b_terms - k_terms, axis=0, reverse=True) - a_terms + carry[None, :]
+        _store_rows(dw_ptr, grad_g * g, head, offsets, valid)
