@@ -149,12 +149,13 @@ def test_backward_scheme_setting(monkeypatch):
     from heron.ops.wkv7 import cuda as wkv7_cuda
 
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", "auto")
-    assert [wkv7_cuda.uses_split_backward(n) for n in (16, 32, 64, 128)] == [False, False, True, True]
-    assert not wkv7_cuda.uses_split_backward(64, torch.float32)
+    assert [wkv7_cuda.uses_split_backward((2, 512, 4, n)) for n in (16, 32, 64, 128)] == [False, False, True, True]
+    assert not wkv7_cuda.uses_split_backward((2, 512, 4, 64), torch.float32)
+    assert not wkv7_cuda.uses_split_backward((1, 2**20, 32, 64))  # T * H * N = 2**31: past int32 offsets
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", "split")
-    assert wkv7_cuda.uses_split_backward(16)
+    assert wkv7_cuda.uses_split_backward((2, 512, 4, 16))
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", "sequential")
-    assert not wkv7_cuda.uses_split_backward(128)
+    assert not wkv7_cuda.uses_split_backward((2, 512, 4, 128))
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", "splt")
     with pytest.raises(ValueError, match="BACKWARD must be"):
-        wkv7_cuda.uses_split_backward(64)
+        wkv7_cuda.uses_split_backward((2, 512, 4, 64))

@@ -83,13 +83,16 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def uses_split_backward(head_size: int, dtype: torch.dtype = torch.bfloat16) -> bool:
-    """Whether a forward that needs a backward saves for the split one (:data:`BACKWARD`)."""
+def uses_split_backward(shape, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether a forward of ``[B, T, H, N]`` inputs that needs a backward saves for the split one
+    (:data:`BACKWARD`). Never where ``T * H * N`` (or ``B * T * H``) reaches 2**31, past the
+    Triton pass's int32 offsets."""
     if BACKWARD not in ("auto", "split", "sequential"):
         raise ValueError(f"heron.ops.wkv7.cuda.BACKWARD must be 'auto', 'split' or 'sequential', got {BACKWARD!r}")
-    if BACKWARD == "sequential" or (BACKWARD == "auto" and (head_size < 64 or dtype == torch.float32)):
+    B, T, H, N = shape
+    if BACKWARD == "sequential" or (BACKWARD == "auto" and (N < 64 or dtype == torch.float32)):
         return False
-    return split_backward.triton_available()
+    return max(T * H * N, B * T * H) < 2**31 and split_backward.triton_available()
 
 
 def split_checkpoint_stride(head_size: int, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -286,7 +289,7 @@ def wkv7_cuda(r, w, k, v, a, b, state=None):
         any(x.requires_grad for x in inputs) or (state is not None and state.requires_grad)
     )
     stride = 1
-    if needs_grad and uses_split_backward(r.shape[-1], r.dtype):
+    if needs_grad and uses_split_backward(r.shape, r.dtype):
         stride = split_checkpoint_stride(r.shape[-1], r.dtype)
     y, final_state, _, _ = cuda_forward(*inputs, state, needs_grad, FORWARD_ROWS_PER_THREAD, stride)
     return y, final_state

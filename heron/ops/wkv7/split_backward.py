@@ -227,8 +227,9 @@ def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states
     if tuple(future_grads.shape) != (B, H, num_chunks, N, N) or future_grads.dtype != torch.float32:
         raise ValueError(f"chunk_gradients_triton: future_grads must be float32 {(B, H, num_chunks, N, N)}, "
                          f"got {future_grads.dtype} {tuple(future_grads.shape)}")
-    if T * H * N >= 2**31:  # the stacked kernel's in-head offsets are int32
-        raise ValueError(f"chunk_gradients_triton: T * H * N must be below 2**31, got {T * H * N}")
+    if max(T * H * N, B * T * H) >= 2**31:  # the stacked kernel's in-head offsets and row count are int32
+        raise ValueError(f"chunk_gradients_triton: T * H * N and B * T * H must be below 2**31, got {T * H * N}, "
+                         f"{B * T * H}")
     if precision is None:
         precision = "ieee" if r.dtype == torch.float32 else "tf32"
     grads = [torch.empty_like(r) for _ in range(5)]
