@@ -124,8 +124,8 @@ def stepped_kernel(
 def _head_rows(bh, chunk, T, H, N: tl.constexpr, L: tl.constexpr):
     """(offset of head ``bh % H`` of batch ``bh // H`` in a ``[B, T, H, N]`` tensor, int64 scalar;
     the chunk's ``[L, N]`` offsets from it, int32; the ``[L, 1]`` mask of steps before ``T``).
-    Offsets as 64-bit [L, N] tensors held a third of the registers; the launcher checks that
-    ``T * H * N`` fits in int32."""
+    64-bit [L, N] offset tensors take two registers per element; the launcher checks that
+    ``T * H * N`` and ``B * T * H`` fit in int32."""
     steps = chunk * L + tl.arange(0, L)
     head = ((bh // H) * T * H + bh % H).to(tl.int64) * N
     return head, steps[:, None] * (H * N) + tl.arange(0, N)[None, :], (steps < T)[:, None]
