@@ -150,23 +150,31 @@ def bench_gpu(args):
     }
 
 
+def _split_saved(inputs, grad_y, chunk):
+    """What the split backward's pass 2 reads, from one forward saving a state every ``chunk`` steps
+    and pass 1 on it (bf16 CUDA inputs), and pass 1 itself as a callable, for timing."""
+    stride = chunk // wkv7_cuda.segment_length(inputs[0].shape[-1])
+    _, _, removal, checkpoints = wkv7_cuda.cuda_forward(*inputs, None, True, wkv7_cuda.FORWARD_ROWS_PER_THREAD, stride)
+
+    def pass1():
+        return wkv7_cuda.cuda_state_gradients(*inputs[:3], *inputs[4:], grad_y, None,
+                                              wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD, stride)
+
+    grad_b_dot, _, future_grads, _ = pass1()
+    return (*inputs, grad_y, removal, grad_b_dot, checkpoints, future_grads), pass1
+
+
 def _split_pass_times(inputs, grad_y):
     """The split backward's two passes timed alone on the saved tensors of one forward."""
     import triton.testing
 
-    r, w, k, v, a, b = inputs
-    N = r.shape[-1]
-    stride = wkv7_cuda.split_checkpoint_stride(N, inputs[0].dtype)
-    chunk = stride * wkv7_cuda.segment_length(N)
-    _, _, removal, checkpoints = wkv7_cuda.cuda_forward(
-        r, w, k, v, a, b, None, True, wkv7_cuda.FORWARD_ROWS_PER_THREAD, stride)
-    pass1 = wkv7_cuda.cuda_state_gradients(r, w, k, a, b, grad_y, None, wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD, stride)
+    N = inputs[0].shape[-1]
+    chunk = wkv7_cuda.split_checkpoint_stride(N, inputs[0].dtype) * wkv7_cuda.segment_length(N)
+    saved, pass1 = _split_saved(inputs, grad_y, chunk)
     return {
-        "pass 1 (CUDA, sequential)": triton.testing.do_bench(lambda: wkv7_cuda.cuda_state_gradients(
-            r, w, k, a, b, grad_y, None, wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD, stride), return_mode="median"),
+        "pass 1 (CUDA, sequential)": triton.testing.do_bench(pass1, return_mode="median"),
         "pass 2 (Triton, chunks)": triton.testing.do_bench(lambda: wkv7_cuda.chunk_gradients(
-            r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk,
-            wkv7_cuda.CHUNK_GRADIENT_WARPS), return_mode="median"),
+            *saved, chunk, wkv7_cuda.CHUNK_GRADIENT_WARPS), return_mode="median"),
     }
 
 
@@ -178,7 +186,12 @@ SWEEP_WARPS = (4, 8)  # warps per program of the Triton pass
 def split_sweep(args):
     """The split backward's parts at the anchor shapes, bf16: the forward saving a state every
     chunk, pass 1, and pass 2 with each of SWEEP_WARPS (its gradients checked against the first's);
-    the sum is what the split scheme's fwd+bwd would cost at best."""
+    the sum is what the split scheme's fwd+bwd would cost at best. Under a profiler the first
+    pass 2 launch is the default one at (8, 4096, 32):
+
+        ncu -k regex:stacked --launch-count 1 --section SpeedOfLight --section Occupancy \\
+            --section WarpStateStats python benchmarks/wkv7.py --split-sweep --shape 8 4096 32 64 --chunks 32
+    """
     import triton.testing
 
     def bench(fn):
@@ -191,13 +204,9 @@ def split_sweep(args):
         for chunk in args.chunks or SWEEP_CHUNKS:
             stride = chunk // wkv7_cuda.segment_length(N)
             rows_per_thread = wkv7_cuda.FORWARD_ROWS_PER_THREAD
-            _, _, removal, checkpoints = wkv7_cuda.cuda_forward(*inputs, None, True, rows_per_thread, stride)
             forward_ms = bench(lambda: wkv7_cuda.cuda_forward(*inputs, None, True, rows_per_thread, stride))
-            pass1_rows = wkv7_cuda.STATE_GRADIENT_ROWS_PER_THREAD
-            pass1 = wkv7_cuda.cuda_state_gradients(*inputs[:3], *inputs[4:], grad_y, None, pass1_rows, stride)
-            pass1_ms = bench(lambda: wkv7_cuda.cuda_state_gradients(
-                *inputs[:3], *inputs[4:], grad_y, None, pass1_rows, stride))
-            saved = (*inputs, grad_y, removal, pass1[0], checkpoints, pass1[2])
+            saved, pass1 = _split_saved(inputs, grad_y, chunk)
+            pass1_ms = bench(pass1)
             reference = None
             for warps in SWEEP_WARPS:
                 def pass2():

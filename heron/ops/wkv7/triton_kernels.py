@@ -38,14 +38,10 @@ def _row_offset(bh, t, T, H, N: tl.constexpr):
 
 @triton.jit
 def _place(chunk, bh, column_block, T, H, N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr):
-    """Offsets of the program's ``[L, BJ]`` tiles and of its steps' rows (``[L, 1]``), the row mask,
-    and the program's indices."""
-    steps = tl.arange(0, L)
-    values = tl.arange(0, N)
-    keys = column_block * BJ + tl.arange(0, BJ)
-    t = chunk * L + steps
-    rows = _row_offset(bh, t, T, H, N)[:, None]
-    return rows + keys[None, :], rows, (t < T)[:, None], steps, values, keys
+    """Offsets of the chunk's steps' rows (``[L, 1]``), the row mask, the value indices and the
+    program's key columns."""
+    t = chunk * L + tl.arange(0, L)
+    return _row_offset(bh, t, T, H, N)[:, None], (t < T)[:, None], tl.arange(0, N), column_block * BJ + tl.arange(0, BJ)
 
 
 @triton.jit
@@ -73,7 +69,7 @@ def stepped_kernel(
     # decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient directly
     # as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
     chunk, bh, column_block = _program(num_chunks, N, BJ)
-    _, rows, valid, _, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
+    rows, valid, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
     g = _log_decays(w_ptr, rows + values[None, :], valid)  # all the chunk's columns, as the stacked kernel
     if not _well_conditioned(g, max_log_decay, max_step_log_decay):
         out_type = dr_ptr.dtype.element_ty
