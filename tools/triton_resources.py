@@ -36,6 +36,8 @@ def _signature(kernel, dtype):
     for name in kernel.arg_names:
         if name in ("u_ptr", "gb_ptr", "states_ptr", "futures_ptr"):
             signature[name] = "*fp32"
+        elif name == "stepped_ptr":
+            signature[name] = "*i8"
         elif name.endswith("_ptr"):
             signature[name] = "*" + dtype
         elif name in ("T", "H", "num_chunks"):
@@ -86,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--kernel", nargs="+", default=["stacked_chunk_kernel", "stepped_kernel"])
     parser.add_argument("--head-size", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--chunk", type=int, nargs="+", default=[32])
-    parser.add_argument("--columns", type=int, nargs="+", default=[16], help="the stepped kernel's key columns per program")
+    parser.add_argument("--columns", type=int, nargs="+", default=[16], help="key columns per step of the exact path (BJ)")
     parser.add_argument("--warps", type=int, nargs="+", default=[4])
     parser.add_argument("--stages", type=int, nargs="+", default=[3],
                         help="software-pipelining depth (num_stages; 3 is what a launch without it gets on sm_90)")

@@ -85,8 +85,9 @@ def test_triton_pass_equals_the_pytorch_pass(B, T, H, N, chunk, path):
 def test_triton_pass_steps_through_chunks_where_decay_vanishes(decay_input):
     # exp(w) = 20 (decay 2e-9) and exp(30) (decay exactly 0 in float32) on three steps: against
     # autograd through the float64 reference (the PyTorch pass's decay gradient, from the scaling
-    # identity, has only absolute accuracy at such steps). Only the first of the stepped kernel's two
-    # 16-column blocks has them: it must take the whole chunk, which the stacked kernel leaves.
+    # identity, has only absolute accuracy at such steps). Only the first of the chunk's two
+    # 16-column blocks has them: the stacked kernel must leave (mark) the whole chunk, and the
+    # stepped kernel take every column of it.
     args, state, grad_final = _pass2_inputs(1, 40, 1, 32, 16, torch.float32, seed=5, strong_decay=decay_input,
                                             with_state=True, strong_columns=10)
     got = split_backward.chunk_gradients_triton(*args, 16)

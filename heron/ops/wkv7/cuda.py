@@ -37,10 +37,11 @@ BACKWARD_COLUMNS_PER_THREAD = 2
 # saves what its backward needs (the split backward: a state every chunk, not every segment). Both
 # are exact and tested. "auto" takes the split backward for 16-bit inputs of head sizes >= 64 where
 # Triton is installed (float32 inputs need exact products, which the tensor cores do not give).
-# There, with its stacked Triton pass, it was the faster at every benchmarked shape (tenth session,
-# one H200, bf16 fwd+bwd: 8.55 / 2.96 / 23.10 ms at (8, 4096, 32), (32, 1024, 12), (4, 16384, 32)
-# against 9.49 / 4.22 / 27.47 sequential; 20.56 against 30.86 at (8, 4096, 16, 128)); at head size
-# 32 it lost (7.00 against 6.81 ms at (8, 4096, 64, 32)) and at 16 it won by 1.5%;
+# There, with its stacked Triton pass, it was the faster at every benchmarked shape (eleventh
+# session, one H200, bf16 fwd+bwd: 8.17 / 2.81 / 22.34 ms at (8, 4096, 32), (32, 1024, 12),
+# (4, 16384, 32) against 9.46 / 4.22 / 27.51 sequential; tenth session: 20.56 against 30.86 at
+# (8, 4096, 16, 128)); in the tenth session, before pass 2 lost its stepped kernel's rescan, it lost
+# at head size 32 (7.00 against 6.81 ms at (8, 4096, 64, 32)) and won by 1.5% at 16;
 # docs/benchmarks/wkv7.md.
 BACKWARD = "auto"
 # State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD).

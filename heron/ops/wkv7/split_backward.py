@@ -189,7 +189,7 @@ def triton_available() -> bool:
     return True
 
 
-# Key columns per program of the stepped kernel (whose state tiles are [N, BJ]).
+# Key columns per step of the Triton pass's exact path (whose state tiles are [N, BJ]).
 STEPPED_COLUMNS = 16
 
 
@@ -236,11 +236,11 @@ def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states
     if B * T * H == 0:
         return tuple(grads)
     kernels = _kernels(r.device)
+    programs = B * H * num_chunks
+    stepped = torch.empty(programs, dtype=torch.int8, device=r.device)  # written by the stacked kernel
     args = (r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, *grads,
-            T, H, num_chunks, float(max_log_decay), MAX_STEP_LOG_DECAY)
-    # each writes the chunks the other leaves (decided by the same test on the chunk's decays)
-    kernels.stacked_chunk_kernel[(B * H * num_chunks,)](
+            stepped, T, H, num_chunks, float(max_log_decay), MAX_STEP_LOG_DECAY)
+    kernels.stacked_chunk_kernel[(programs,)](
         *args, N=N, L=chunk, PRECISION=precision, num_warps=num_warps or default_warps(N, chunk, r.dtype))
-    kernels.stepped_kernel[(B * H * num_chunks * (N // STEPPED_COLUMNS),)](
-        *args, N=N, L=chunk, BJ=STEPPED_COLUMNS, num_warps=4)
+    kernels.stepped_kernel[(programs,)](*args, N=N, L=chunk, BJ=STEPPED_COLUMNS, num_warps=4)
     return tuple(grads)

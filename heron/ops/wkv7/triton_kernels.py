@@ -2,13 +2,16 @@
 :mod:`heron.ops.wkv7.split_backward`). Imported only where Triton is installed (CPU tensors need
 ``TRITON_INTERPRET=1`` before triton is first imported).
 
-Two kernels; each writes the chunks the other skips (decided by the same test on the chunk's decays):
-- :func:`stacked_chunk_kernel`: one program per chunk of one (batch, head); tensor-core products
-  with the decay ratios factored as ``exp(lam_s) * exp(-lam_q)``, for chunks whose decays allow it
-  (the model's always do). Rows of its ``[L, N]`` tiles are the chunk's steps.
-- :func:`stepped_kernel`: the other chunks (a decay near zero), stepping through them exactly, one
-  program per block of BJ key columns of a chunk (every gradient of a key column depends on that
-  column of the states only).
+Two kernels, each with one program per chunk of one (batch, head):
+- :func:`stacked_chunk_kernel`: tensor-core products with the decay ratios factored as
+  ``exp(lam_s) * exp(-lam_q)``, for chunks whose decays allow it (the model's always do); rows of its
+  ``[L, N]`` tiles are the chunk's steps. It marks the chunks it leaves (a decay near zero).
+- :func:`stepped_kernel`, launched after it: the marked chunks, stepping through them exactly, BJ
+  key columns at a time (every gradient of a key column depends on that column of the states only).
+  The other programs read their mark and stop. (Until the eleventh session this kernel tested every
+  chunk's decays again, one program per chunk and key-column block: 15% of the pass's time, 0.45 of
+  3.05 ms at (8, 4096, 32, 64) on an H200. Taking the exact path inside the stacked kernel instead
+  made it spill more.)
 
 Registers are what limits these kernels: the stacked kernel's sm_90 build at 32-step chunks and
 head size 64 uses 255 and spills ~0.5 KB, and a profile on an H200 found the L1 (spills, shared
@@ -23,31 +26,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _program(num_chunks, N: tl.constexpr, BJ: tl.constexpr):
-    """(chunk, batch * H + head, column block) of this program."""
-    pid = tl.program_id(0)
-    rest = pid // (N // BJ)
-    return rest % num_chunks, rest // num_chunks, pid % (N // BJ)
-
-
-@triton.jit
 def _row_offset(bh, t, T, H, N: tl.constexpr):
     """Offset of step ``t``'s vector of head ``bh % H`` of batch ``bh // H`` in a ``[B, T, H, N]`` tensor."""
     return (((bh // H) * T + t) * H + bh % H).to(tl.int64) * N
-
-
-@triton.jit
-def _place(chunk, bh, column_block, T, H, N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr):
-    """Offsets of the chunk's steps' rows (``[L, 1]``), the row mask, the value indices and the
-    program's key columns."""
-    t = chunk * L + tl.arange(0, L)
-    return _row_offset(bh, t, T, H, N)[:, None], (t < T)[:, None], tl.arange(0, N), column_block * BJ + tl.arange(0, BJ)
-
-
-@triton.jit
-def _log_decays(w_ptr, part, valid):
-    """g = log(decay) = -exp(w), 0 on padded steps."""
-    return -tl.exp(tl.load(w_ptr + part, mask=valid, other=float("-inf")).to(tl.float32))
 
 
 @triton.jit
@@ -59,61 +40,59 @@ def _well_conditioned(g, max_log_decay, max_step_log_decay):
 
 
 @triton.jit
-def stepped_kernel(
+def _step_through_columns(
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
-    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
-    T, H, num_chunks, max_log_decay, max_step_log_decay,
+    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr, chunk, bh, column_block, T, H, num_chunks,
     N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr,
 ):
-    # A decay near zero: step through the chunk, G backwards from its end (never dividing by the
-    # decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient directly
-    # as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
-    chunk, bh, column_block = _program(num_chunks, N, BJ)
-    rows, valid, values, keys = _place(chunk, bh, column_block, T, H, N, L, BJ)
-    g = _log_decays(w_ptr, rows + values[None, :], valid)  # all the chunk's columns, as the stacked kernel
-    if not _well_conditioned(g, max_log_decay, max_step_log_decay):
-        out_type = dr_ptr.dtype.element_ty
-        square = values[:, None] * N + keys[None, :]
-        s_in = tl.load(states_ptr + (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N + square)
-        g_state = tl.load(futures_ptr + (bh * num_chunks + chunk).to(tl.int64) * N * N + square)
-        for back in range(0, L):
-            s = L - 1 - back
-            t_s = chunk * L + s
-            present_v = (values * 0 + t_s) < T  # masks as tensors: the interpreter rejects scalar ones
-            present = (keys * 0 + t_s) < T
-            row = _row_offset(bh, t_s, T, H, N)
-            dy_s = tl.load(dy_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-            u_s = tl.load(u_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-            v_s = tl.load(v_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-            gb_s = tl.load(gb_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-            r_s = tl.load(r_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-            k_s = tl.load(k_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-            a_s = tl.load(a_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-            b_s = tl.load(b_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-            g_s = -tl.exp(tl.load(w_ptr + row + keys, mask=present, other=float("-inf")).to(tl.float32))
-            d_s = tl.exp(g_s)
-            g_state += dy_s[:, None] * r_s[None, :]
-            previous = s_in
-            for q in range(0, s):
-                t_q = chunk * L + q
-                here_v = (values * 0 + t_q) < T
-                here = (keys * 0 + t_q) < T
-                row_q = _row_offset(bh, t_q, T, H, N)
-                u_q = tl.load(u_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
-                v_q = tl.load(v_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
-                b_q = tl.load(b_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
-                k_q = tl.load(k_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
-                d_q = tl.exp(-tl.exp(tl.load(w_ptr + row_q + keys, mask=here, other=float("-inf")).to(tl.float32)))
-                previous = previous * d_q[None, :] + u_q[:, None] * b_q[None, :] + v_q[:, None] * k_q[None, :]
-            current = previous * d_s[None, :] + u_s[:, None] * b_s[None, :] + v_s[:, None] * k_s[None, :]
-            out = row + keys
-            tl.store(dr_ptr + out, tl.sum(current * dy_s[:, None], axis=0).to(out_type), mask=present)
-            tl.store(da_ptr + out, tl.sum(previous * gb_s[:, None], axis=0).to(out_type), mask=present)
-            tl.store(dk_ptr + out, tl.sum(g_state * v_s[:, None], axis=0).to(out_type), mask=present)
-            tl.store(db_ptr + out, tl.sum(g_state * u_s[:, None], axis=0).to(out_type), mask=present)
-            grad_g = d_s * tl.sum(g_state * previous, axis=0)
-            tl.store(dw_ptr + out, (grad_g * g_s).to(out_type), mask=present)
-            g_state = g_state * d_s[None, :] + gb_s[:, None] * a_s[None, :]
+    # A decay near zero: step through the chunk for BJ key columns (every gradient of a key column
+    # depends on that column of the states only), G backwards from the chunk's end (never dividing
+    # by the decay) and S_{s-1} recomputed from the chunk's entering state; the decay gradient
+    # directly as d_s sum_i G_s S_{s-1}. O(L^2) state updates: only for such chunks.
+    values = tl.arange(0, N)
+    keys = column_block * BJ + tl.arange(0, BJ)
+    out_type = dr_ptr.dtype.element_ty
+    square = values[:, None] * N + keys[None, :]
+    s_in = tl.load(states_ptr + (bh * (num_chunks + 1) + chunk).to(tl.int64) * N * N + square)
+    g_state = tl.load(futures_ptr + (bh * num_chunks + chunk).to(tl.int64) * N * N + square)
+    for back in range(0, L):
+        s = L - 1 - back
+        t_s = chunk * L + s
+        present_v = (values * 0 + t_s) < T  # masks as tensors: the interpreter rejects scalar ones
+        present = (keys * 0 + t_s) < T
+        row = _row_offset(bh, t_s, T, H, N)
+        dy_s = tl.load(dy_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+        u_s = tl.load(u_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+        v_s = tl.load(v_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+        gb_s = tl.load(gb_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
+        r_s = tl.load(r_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+        k_s = tl.load(k_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+        a_s = tl.load(a_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+        b_s = tl.load(b_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+        g_s = -tl.exp(tl.load(w_ptr + row + keys, mask=present, other=float("-inf")).to(tl.float32))
+        d_s = tl.exp(g_s)
+        g_state += dy_s[:, None] * r_s[None, :]
+        previous = s_in
+        for q in range(0, s):
+            t_q = chunk * L + q
+            here_v = (values * 0 + t_q) < T
+            here = (keys * 0 + t_q) < T
+            row_q = _row_offset(bh, t_q, T, H, N)
+            u_q = tl.load(u_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
+            v_q = tl.load(v_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
+            b_q = tl.load(b_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
+            k_q = tl.load(k_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
+            d_q = tl.exp(-tl.exp(tl.load(w_ptr + row_q + keys, mask=here, other=float("-inf")).to(tl.float32)))
+            previous = previous * d_q[None, :] + u_q[:, None] * b_q[None, :] + v_q[:, None] * k_q[None, :]
+        current = previous * d_s[None, :] + u_s[:, None] * b_s[None, :] + v_s[:, None] * k_s[None, :]
+        out = row + keys
+        tl.store(dr_ptr + out, tl.sum(current * dy_s[:, None], axis=0).to(out_type), mask=present)
+        tl.store(da_ptr + out, tl.sum(previous * gb_s[:, None], axis=0).to(out_type), mask=present)
+        tl.store(dk_ptr + out, tl.sum(g_state * v_s[:, None], axis=0).to(out_type), mask=present)
+        tl.store(db_ptr + out, tl.sum(g_state * u_s[:, None], axis=0).to(out_type), mask=present)
+        grad_g = d_s * tl.sum(g_state * previous, axis=0)
+        tl.store(dw_ptr + out, (grad_g * g_s).to(out_type), mask=present)
+        g_state = g_state * d_s[None, :] + gb_s[:, None] * a_s[None, :]
 
 
 @triton.jit
@@ -161,7 +140,7 @@ def _square(ptr, index, N: tl.constexpr):
 def stacked_chunk_kernel(
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
     dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
-    T, H, num_chunks, max_log_decay, max_step_log_decay,
+    stepped_ptr, T, H, num_chunks, max_log_decay, max_step_log_decay,
     N: tl.constexpr, L: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # One program per chunk (program_id(0) = (batch * H + head) * num_chunks + chunk), the step
@@ -176,7 +155,9 @@ def stacked_chunk_kernel(
     bh = pid // num_chunks
     head, offsets, valid = _head_rows(bh, chunk, T, H, N, L)
     g = tl.where(valid, -tl.exp(_load_rows(w_ptr, head, offsets, valid)), 0.0)  # log-decay, 0 past T
-    if _well_conditioned(g, max_log_decay, max_step_log_decay):
+    conditioned = _well_conditioned(g, max_log_decay, max_step_log_decay)
+    tl.store(stepped_ptr + pid, (~conditioned).to(tl.int8))  # the chunks stepped_kernel takes
+    if conditioned:
         # the three products with the step vectors first, so that they and the states die early
         # (loading the vectors again later instead of keeping them spilled more: the loads merge)
         readers = _stack(_load_rows(dy_ptr, head, offsets, valid), _load_rows(gb_ptr, head, offsets, valid),
@@ -214,3 +195,21 @@ def stacked_chunk_kernel(
         b_terms, k_terms = _halves(bk * grad_bk, L, N)
         grad_g = tl.cumsum(r_terms + a_terms - b_terms - k_terms, axis=0, reverse=True) - a_terms + carry[None, :]
         _store_rows(dw_ptr, grad_g * g, head, offsets, valid)
+
+
+@triton.jit
+def stepped_kernel(
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr, futures_ptr,
+    dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr,
+    stepped_ptr, T, H, num_chunks, max_log_decay, max_step_log_decay,
+    N: tl.constexpr, L: tl.constexpr, BJ: tl.constexpr,
+):
+    # The chunks the stacked kernel (launched before, same program numbering) marked in stepped_ptr.
+    pid = tl.program_id(0)
+    if tl.load(stepped_ptr + pid) != 0:
+        chunk = pid % num_chunks
+        bh = pid // num_chunks
+        for column_block in range(0, N // BJ):
+            _step_through_columns(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, dy_ptr, u_ptr, gb_ptr, states_ptr,
+                                  futures_ptr, dr_ptr, dw_ptr, dk_ptr, da_ptr, db_ptr, chunk, bh, column_block, T, H,
+                                  num_chunks, N, L, BJ)
