@@ -238,6 +238,8 @@ def chunk_gradients_triton(r, w, k, v, a, b, grad_y, removal, grad_b_dot, states
     kernels = _kernels(r.device)
     programs = B * H * num_chunks
     stepped = torch.empty(programs, dtype=torch.int8, device=r.device)  # written by the stacked kernel
+    # one argument list for both kernels (the stepped kernel leaves the decay bounds unread: it
+    # takes the chunks the stacked kernel marked)
     args = (r, w, k, v, a, b, grad_y, removal, grad_b_dot, states, future_grads, *grads,
             stepped, T, H, num_chunks, float(max_log_decay), MAX_STEP_LOG_DECAY)
     kernels.stacked_chunk_kernel[(programs,)](
