@@ -46,13 +46,15 @@ def _errors(B, T, H, N, dtype, seed):
     return dict(zip(NAMES, values))
 
 
-@pytest.fixture(params=[(1, "sequential"), (2, "sequential"), (1, "split"), (2, "split")],
-                ids=["rows1", "rows2", "split-rows1", "split-rows2"])
+@pytest.fixture(params=[(1, "sequential"), (2, "sequential"), (4, "sequential"), (1, "split"), (2, "split"),
+                        (4, "split")],
+                ids=["rows1", "rows2", "rows4", "split-rows1", "split-rows2", "split-rows4"])
 def forward_rows(request, monkeypatch):
-    """Both kernel layouts (one or two state rows / columns per lane group), both backward schemes."""
+    """Every kernel layout (one, two or four state rows per lane group in the forward and pass 1; one
+    or two columns in the sequential backward), both backward schemes."""
     rows, scheme = request.param
     monkeypatch.setattr(wkv7_cuda, "FORWARD_ROWS_PER_THREAD", rows)
-    monkeypatch.setattr(wkv7_cuda, "BACKWARD_COLUMNS_PER_THREAD", rows)
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD_COLUMNS_PER_THREAD", min(rows, 2))
     monkeypatch.setattr(wkv7_cuda, "STATE_GRADIENT_ROWS_PER_THREAD", rows)
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
     return rows
@@ -93,6 +95,30 @@ def test_cuda_short_sequences_and_chaining(T, forward_rows):
     y2, s2 = wkv7(*second, s1, return_state=True)
     assert relative_l2(torch.cat([y1, y2], 1), y_ref) < 1e-5
     assert relative_l2(s2, s_ref) < 1e-5
+
+
+@pytest.mark.parametrize("scheme", ["sequential", "split"])
+def test_inputs_off_16_byte_alignment(scheme, monkeypatch):
+    # The forward and pass 1 read the step vectors in 16-byte pieces; contiguous views that start
+    # one element into a buffer must give the same numbers as aligned copies.
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
+    B, T, H, N = 2, 50, 2, 64
+    inputs = make_inputs(B, T, H, N, device="cuda", seed=12)
+
+    def shifted(x):
+        buffer = torch.empty(x.numel() + 1, dtype=torch.bfloat16, device="cuda")
+        view = buffer[1:].view(x.shape)
+        view.copy_(x)
+        return view
+
+    odd = [shifted(x).requires_grad_() for x in inputs[:6]]
+    even = [x.detach().clone().requires_grad_() for x in odd]
+    assert odd[0].data_ptr() % 16 and odd[0].is_contiguous()
+    grad_y = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
+    y_odd, y_even = (wkv7(*xs, backend="cuda") for xs in (odd, even))
+    assert torch.equal(y_odd, y_even)
+    for g_odd, g_even in zip(torch.autograd.grad(y_odd, odd, grad_y), torch.autograd.grad(y_even, even, grad_y)):
+        assert torch.equal(g_odd, g_even)
 
 
 def test_zero_decay_and_no_state():

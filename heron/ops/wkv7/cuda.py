@@ -28,9 +28,12 @@ _SOURCES = ("wkv7/csrc/wkv7_binding.cpp", "wkv7/csrc/wkv7_kernels.cu")
 # it recomputes S_{t-1} from the state entering the segment (exact for any decay, ~1.4x slower).
 # With the model's decay parametrisation (exp(w) <= e**-0.5) a 16-step segment sums to <= 9.7.
 BACKSTEP_MAX_LOG_GROWTH = 7.0
-# State rows per lane group in the forward kernel (1 or 2; 2 applies to head sizes 32 and 64): two
-# rows share every value read from shared memory.
-FORWARD_ROWS_PER_THREAD = 2
+# State rows per lane group in the forward kernel (1, 2 or 4; 2 applies to head sizes 32 and 64, 4
+# to 64 and 128, else the nearest that applies): the rows share every value read from shared
+# memory. 4 (half-width lanes) was the fastest at every benchmarked shape (twelfth session, one
+# H200, bf16: forward 1.99 against 2.21 ms with 2 rows at (8, 4096, 32), 3.34 against 6.28 at
+# (8, 4096, 16, 128)).
+FORWARD_ROWS_PER_THREAD = 4
 # State columns per lane group in the backward kernel (1 or 2; 2 applies to head sizes 32 and 64).
 BACKWARD_COLUMNS_PER_THREAD = 2
 # "auto" (the default), "split" (needs Triton) or "sequential"; read when the forward runs, which
@@ -44,8 +47,9 @@ BACKWARD_COLUMNS_PER_THREAD = 2
 # at head size 32 (7.00 against 6.81 ms at (8, 4096, 64, 32)) and won by 1.5% at 16;
 # docs/benchmarks/wkv7.md.
 BACKWARD = "auto"
-# State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD).
-STATE_GRADIENT_ROWS_PER_THREAD = 2
+# State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD;
+# pass 1 took 1.81 against 2.07 ms with 2 rows at (8, 4096, 32)).
+STATE_GRADIENT_ROWS_PER_THREAD = 4
 # Warps per program of the split backward's Triton pass, and its chunk length (0: the defaults of
 # heron.ops.wkv7.split_backward; the chunk must be a multiple of the segment).
 CHUNK_GRADIENT_WARPS = 0

@@ -23,7 +23,9 @@ int segment_length(int head_size);
 bool head_size_supported(int head_size);
 
 // Returns 0 on success, else a cudaError_t value.
-// rows_per_thread: 1 or 2 state rows per lane group in the forward (2 applies to N >= 32).
+// rows_per_thread: 1, 2 or 4 state rows per lane group in the forward and the state-gradient pass
+// (2 applies to N = 32 and 64, 4 to N = 64 and 128; elsewhere the nearest that applies). Both read
+// r, w, k, v (dy), a, b in 16-byte pieces: their pointers must be 16-byte aligned.
 int launch_forward(DType dtype, int batch, int time, int heads, int head_size, int rows_per_thread,
                    int checkpoint_stride, const void* r, const void* w, const void* k, const void* v,
                    const void* a, const void* b, const float* initial_state, void* y, float* final_state,

@@ -58,6 +58,17 @@ int64_t segment_count(const Shape& shape) {
   return (shape.time + every - 1) / every;
 }
 
+// The forward and the state-gradient pass read the step vectors in 16-byte pieces; a tensor that
+// starts elsewhere (a view at an odd offset) is copied into a fresh, aligned allocation.
+torch::Tensor aligned16(const torch::Tensor& x) {
+  return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 ? x.clone() : x;
+}
+
+void check_rows_per_thread(int64_t rows_per_thread) {
+  TORCH_CHECK(rows_per_thread == 1 || rows_per_thread == 2 || rows_per_thread == 4,
+              "wkv7 CUDA: rows_per_thread must be 1, 2 or 4, got ", rows_per_thread);
+}
+
 void check_launch(int code, const char* what) {
   TORCH_CHECK(code == 0, "wkv7 CUDA: ", what, " kernel launch failed with CUDA error ", code);
 }
@@ -73,8 +84,8 @@ std::vector<torch::Tensor> forward(torch::Tensor r, torch::Tensor w, torch::Tens
                                    int64_t stream) {
   const Shape shape = check_inputs(r, w, k, v, a, b);
   const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
-  TORCH_CHECK(rows_per_thread == 1 || rows_per_thread == 2, "wkv7 CUDA: rows_per_thread must be 1 or 2, got ",
-              rows_per_thread);
+  check_rows_per_thread(rows_per_thread);
+  r = aligned16(r), w = aligned16(w), k = aligned16(k), v = aligned16(v), a = aligned16(a), b = aligned16(b);
   TORCH_CHECK(checkpoint_stride >= 1, "wkv7 CUDA: checkpoint_stride must be >= 1, got ", checkpoint_stride);
   const float* initial = nullptr;
   if (initial_state.has_value()) {
@@ -143,8 +154,9 @@ std::vector<torch::Tensor> state_gradients(torch::Tensor r, torch::Tensor w, tor
                                            int64_t chunk_segments, int64_t stream) {
   const Shape shape = check_inputs(r, w, k, grad_y, a, b);
   const int64_t batch = shape.batch, time = shape.time, heads = shape.heads, n = shape.n;
-  TORCH_CHECK(rows_per_thread == 1 || rows_per_thread == 2, "wkv7 CUDA: rows_per_thread must be 1 or 2, got ",
-              rows_per_thread);
+  check_rows_per_thread(rows_per_thread);
+  r = aligned16(r), w = aligned16(w), k = aligned16(k), a = aligned16(a), b = aligned16(b);
+  grad_y = aligned16(grad_y);
   TORCH_CHECK(chunk_segments >= 1, "wkv7 CUDA: chunk_segments must be >= 1, got ", chunk_segments);
   const float* grad_final = nullptr;
   if (grad_final_state.has_value()) {

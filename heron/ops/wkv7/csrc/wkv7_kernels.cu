@@ -68,6 +68,44 @@ __device__ __forceinline__ float group_sum(float x) {
   return x;
 }
 
+// Sums each of a lane's R partial sums over its group of S lanes (R <= S, powers of two) with
+// R - 1 + log2(S / R) shuffles instead of R log2(S): at every level a lane keeps half of its values
+// and adds its partner's half. Returns the total of row `part / (S / R)`, which the S / R lanes
+// from `part / (S / R) * (S / R)` on all hold.
+template <int R, int S>
+__device__ __forceinline__ float reduce_scatter(const float (&partial)[R], int part) {
+  static_assert(R <= S, "reduce_scatter: more rows than lanes");
+  float x[R];
+#pragma unroll
+  for (int row = 0; row < R; ++row) x[row] = partial[row];
+#pragma unroll
+  for (int level = 0; (R >> level) > 1; ++level) {
+    const int half = (R >> level) / 2, mask = S >> (level + 1);
+    const bool upper = part & mask;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float keep = upper ? x[i + half] : x[i];
+      const float send = upper ? x[i] : x[i + half];
+      x[i] = keep + __shfl_xor_sync(0xffffffffu, send, mask);
+    }
+  }
+  float total = x[0];
+#pragma unroll
+  for (int mask = S / R / 2; mask >= 1; mask >>= 1) total += __shfl_xor_sync(0xffffffffu, total, mask);
+  return total;
+}
+
+// Every row's total in every lane of the group, from reduce_scatter's (R shuffles).
+template <int R, int S>
+__device__ __forceinline__ void all_gather(float own_total, float (&totals)[R]) {
+  if constexpr (R == 1) {
+    totals[0] = own_total;
+  } else {
+#pragma unroll
+    for (int row = 0; row < R; ++row) totals[row] = __shfl_sync(0xffffffffu, own_total, row * (S / R), S);
+  }
+}
+
 __device__ __forceinline__ size_t vector_index(int batch, int t, int time, int heads, int head,
                                                int n, int c) {
   return ((static_cast<size_t>(batch) * time + t) * heads + head) * n + c;
@@ -76,9 +114,15 @@ __device__ __forceinline__ size_t vector_index(int batch, int t, int time, int h
 // The forward may also give each lane group R adjacent rows: every staged step value a lane
 // reads from shared memory then feeds R rows, which halves the shared-memory traffic per row at
 // R = 2 (the forward is bound by it) for half the threads per block.
+//
+// At R = 4 a lane holds half as many keys (8 lanes per row at N = 64), which keeps the threads
+// per block and halves the shared-memory reads per state element once more; the dot products then
+// finish with reduce_scatter / all_gather, whose shuffle count grows with R only linearly.
 template <int N, int R>
 struct ForwardConfig {
-  static constexpr int kThreads = N / R * Config<N>::kSplit;
+  static constexpr int kPerThread = R >= 4 ? Config<N>::kPerThread / 2 : Config<N>::kPerThread;
+  static constexpr int kSplit = N / kPerThread;
+  static constexpr int kThreads = N / R * kSplit;
 };
 
 // A lane group's R adjacent rows of an [N, N] matrix, split over S lanes as the rows above (the
@@ -99,26 +143,96 @@ __device__ __forceinline__ void store_rows(const float (&rows)[R][E], float* tar
     for (int e = 0; e < E; ++e) target[row * N + e * S + part] = rows[row][e];
 }
 
-// Stages a segment's step vectors in shared memory, as the forward and the state-gradient pass
-// both read them: r, the decay exp(-exp(w)), k, a, b, and one more vector (v or dy).
-template <typename T, int L, int N, int kThreads>
-__device__ __forceinline__ void stage_segment(float (&s_r)[L][N], float (&s_d)[L][N], float (&s_k)[L][N],
-                                              float (&s_a)[L][N], float (&s_b)[L][N], float (&s_extra)[L][N],
-                                              const T* __restrict__ r, const T* __restrict__ w,
-                                              const T* __restrict__ k, const T* __restrict__ a,
-                                              const T* __restrict__ b, const T* __restrict__ extra, int t0, int length, int time, int heads, int batch,
-                                              int head) {
-  for (int flat = threadIdx.x; flat < length * N; flat += kThreads) {
-    const int s = flat / N, c = flat % N;
-    const size_t index = vector_index(batch, t0 + s, time, heads, head, N, c);
-    s_r[s][c] = load(r + index);
-    s_d[s][c] = __expf(-__expf(load(w + index)));
-    s_k[s][c] = load(k + index);
-    s_a[s][c] = load(a + index);
-    s_b[s][c] = load(b + index);
-    s_extra[s][c] = load(extra + index);
+// 16-byte pieces of a step vector, as floats.
+template <typename T>
+struct Piece {
+  static constexpr int kValues = 16 / sizeof(T);
+};
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[Piece<T>::kValues]);
+template <>
+__device__ __forceinline__ void unpack<float>(const uint4& raw, float (&out)[4]) {
+  out[0] = __uint_as_float(raw.x);
+  out[1] = __uint_as_float(raw.y);
+  out[2] = __uint_as_float(raw.z);
+  out[3] = __uint_as_float(raw.w);
+}
+template <>
+__device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& raw, float (&out)[8]) {
+  const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // a bfloat16 is the upper half of a float32
+    out[2 * i] = __uint_as_float(words[i] << 16);
+    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
   }
 }
+template <>
+__device__ __forceinline__ void unpack<__half>(const uint4& raw, float (&out)[8]) {
+  const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
+    out[2 * i] = pair.x;
+    out[2 * i + 1] = pair.y;
+  }
+}
+
+// The step vectors the forward and the state-gradient pass read, one segment at a time: r, the
+// decay (staged as exp(-exp(w))), k, a, b and one more (v or dy). `fetch` loads a segment into
+// registers in 16-byte pieces (the binding hands over 16-byte aligned tensors) and `commit`
+// writes them to shared memory as floats. A kernel fetches the next segment right after committing
+// the current one, so the loads run during the current segment's steps instead of stalling the
+// block between two barriers.
+template <typename T, int L, int N, int kThreads>
+struct SegmentStager {
+  static constexpr int kVectors = 6, kDecay = 1;
+  static constexpr int kValues = Piece<T>::kValues;
+  static constexpr int kPiecesPerStep = N / kValues;
+  static constexpr int kPieces = L * kPiecesPerStep;
+  static constexpr int kPerThread = (kPieces + kThreads - 1) / kThreads;
+  static_assert(N % kValues == 0, "SegmentStager: a step vector must be whole 16-byte pieces");
+
+  const T* sources[kVectors];
+  uint4 pieces[kVectors][kPerThread];
+
+  __device__ __forceinline__ void fetch(int t0, int length, int time, int heads, int batch, int head) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int piece = threadIdx.x + i * kThreads, step = piece / kPiecesPerStep;
+      if (piece < kPieces && step < length) {
+        const size_t index =
+            vector_index(batch, t0 + step, time, heads, head, N, piece % kPiecesPerStep * kValues);
+#pragma unroll
+        for (int vector = 0; vector < kVectors; ++vector)
+          pieces[vector][i] = __ldg(reinterpret_cast<const uint4*>(sources[vector] + index));
+      }
+    }
+  }
+
+  __device__ __forceinline__ void commit(float (&staged)[kVectors][L][N], int length) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int piece = threadIdx.x + i * kThreads, step = piece / kPiecesPerStep;
+      if (piece < kPieces && step < length) {
+        const int column = piece % kPiecesPerStep * kValues;
+#pragma unroll
+        for (int vector = 0; vector < kVectors; ++vector) {
+          float values[kValues];
+          unpack<T>(pieces[vector][i], values);
+          if (vector == kDecay) {
+#pragma unroll
+            for (int e = 0; e < kValues; ++e) values[e] = __expf(-__expf(values[e]));
+          }
+#pragma unroll
+          for (int e = 0; e < kValues; e += 4)
+            *reinterpret_cast<float4*>(&staged[vector][step][column + e]) =
+                make_float4(values[e], values[e + 1], values[e + 2], values[e + 3]);
+        }
+      }
+    }
+  }
+};
 
 template <typename T, int N, int R>
 __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
@@ -126,7 +240,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
     const T* __restrict__ v, const T* __restrict__ a, const T* __restrict__ b,
     const float* __restrict__ initial_state, T* __restrict__ y, float* __restrict__ final_state,
     float* __restrict__ removal, float* __restrict__ checkpoints, int checkpoint_stride) {
-  constexpr int L = Config<N>::kSegment, E = Config<N>::kPerThread, S = Config<N>::kSplit;
+  constexpr int L = Config<N>::kSegment;
+  constexpr int E = ForwardConfig<N, R>::kPerThread, S = ForwardConfig<N, R>::kSplit;
   constexpr int kThreads = ForwardConfig<N, R>::kThreads;
   const int bh = blockIdx.x;
   const int batch = bh / heads;
@@ -134,8 +249,19 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
   const int tid = threadIdx.x;
   const int first_row = tid / S * R;  // state rows (value indices) first_row .. first_row + R - 1
   const int part = tid % S;           // this lane holds keys e * S + part
+  // after reduce_scatter, the row whose totals this lane holds, and whether it writes them out
+  const int own_row = first_row + part / (S / R);
+  const bool writes_row = part % (S / R) == 0;
 
-  __shared__ float s_r[L][N], s_d[L][N], s_k[L][N], s_a[L][N], s_b[L][N], s_v[L][N];
+  using Stager = SegmentStager<T, L, N, kThreads>;
+  __shared__ __align__(16) float staged[Stager::kVectors][L][N];
+  float(&s_r)[L][N] = staged[0];
+  float(&s_d)[L][N] = staged[Stager::kDecay];
+  float(&s_k)[L][N] = staged[2];
+  float(&s_a)[L][N] = staged[3];
+  float(&s_b)[L][N] = staged[4];
+  float(&s_v)[L][N] = staged[5];
+  Stager stager{{r, w, k, a, b, v}};
 
   float state[R][E];
   const size_t state_rows = (static_cast<size_t>(bh) * N + first_row) * N;
@@ -145,6 +271,7 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
   const int num_segments = (time + L - 1) / L;
   // a saved state every checkpoint_stride segments, and the final state in the last slot
   const int num_slots = (num_segments + checkpoint_stride - 1) / checkpoint_stride + 1;
+  stager.fetch(0, min(L, time), time, heads, batch, head);
   for (int segment = 0; segment < num_segments; ++segment) {
     const int t0 = segment * L;
     const int length = min(L, time - t0);
@@ -152,9 +279,9 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
       save_state(checkpoints + (static_cast<size_t>(bh) * num_slots + segment / checkpoint_stride) * N * N +
                  first_row * N);
     __syncthreads();  // the previous segment is done reading shared memory
-    stage_segment<T, L, N, kThreads>(s_r, s_d, s_k, s_a, s_b, s_v, r, w, k, a, b, v, t0, length, time, heads,
-                                     batch, head);
+    stager.commit(staged, length);
     __syncthreads();
+    if (segment + 1 < num_segments) stager.fetch(t0 + L, min(L, time - t0 - L), time, heads, batch, head);
     for (int s = 0; s < length; ++s) {
       float sa[R], out[R], value[R];
 #pragma unroll
@@ -169,8 +296,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
 #pragma unroll
         for (int row = 0; row < R; ++row) sa[row] += state[row][e] * ae;
       }
-#pragma unroll
-      for (int row = 0; row < R; ++row) sa[row] = group_sum<S>(sa[row]);
+      const float own_sa = reduce_scatter<R, S>(sa, part);
+      all_gather<R, S>(own_sa, sa);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const int c = e * S + part;
@@ -181,15 +308,11 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) forward_kernel(
           out[row] += state[row][e] * re;
         }
       }
-#pragma unroll
-      for (int row = 0; row < R; ++row) out[row] = group_sum<S>(out[row]);
-      if (part == 0) {
-#pragma unroll
-        for (int row = 0; row < R; ++row) {
-          const size_t index = vector_index(batch, t0 + s, time, heads, head, N, first_row + row);
-          store(y + index, out[row]);
-          if (removal) removal[index] = sa[row];
-        }
+      const float own_out = reduce_scatter<R, S>(out, part);
+      if (writes_row) {
+        const size_t index = vector_index(batch, t0 + s, time, heads, head, N, own_row);
+        store(y + index, own_out);
+        if (removal) removal[index] = own_sa;
       }
     }
   }
@@ -211,7 +334,8 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
     const T* __restrict__ k, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ grad_y,
     const float* __restrict__ grad_final_state, float* __restrict__ grad_b_dot, T* __restrict__ grad_v,
     float* __restrict__ future_grads, float* __restrict__ grad_initial_state) {
-  constexpr int L = Config<N>::kSegment, E = Config<N>::kPerThread, S = Config<N>::kSplit;
+  constexpr int L = Config<N>::kSegment;
+  constexpr int E = ForwardConfig<N, R>::kPerThread, S = ForwardConfig<N, R>::kSplit;
   constexpr int kThreads = ForwardConfig<N, R>::kThreads;
   const int bh = blockIdx.x;
   const int batch = bh / heads;
@@ -219,8 +343,18 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
   const int tid = threadIdx.x;
   const int first_row = tid / S * R;
   const int part = tid % S;
+  const int own_row = first_row + part / (S / R);  // as in forward_kernel
+  const bool writes_row = part % (S / R) == 0;
 
-  __shared__ float s_r[L][N], s_d[L][N], s_k[L][N], s_a[L][N], s_b[L][N], s_dy[L][N];
+  using Stager = SegmentStager<T, L, N, kThreads>;
+  __shared__ __align__(16) float staged[Stager::kVectors][L][N];
+  float(&s_r)[L][N] = staged[0];
+  float(&s_d)[L][N] = staged[Stager::kDecay];
+  float(&s_k)[L][N] = staged[2];
+  float(&s_a)[L][N] = staged[3];
+  float(&s_b)[L][N] = staged[4];
+  float(&s_dy)[L][N] = staged[5];
+  Stager stager{{r, w, k, a, b, grad_y}};
 
   float grad[R][E];
   const size_t state_rows = (static_cast<size_t>(bh) * N + first_row) * N;
@@ -229,6 +363,7 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
 
   const int num_segments = (time + L - 1) / L;
   const int num_chunks = (num_segments + chunk_segments - 1) / chunk_segments;
+  stager.fetch((num_segments - 1) * L, time - (num_segments - 1) * L, time, heads, batch, head);
   for (int segment = num_segments - 1; segment >= 0; --segment) {
     const int t0 = segment * L;
     const int length = min(L, time - t0);
@@ -236,9 +371,9 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
       save_grad(future_grads + (static_cast<size_t>(bh) * num_chunks + segment / chunk_segments) * N * N +
                 first_row * N);
     __syncthreads();  // the previous segment is done reading shared memory
-    stage_segment<T, L, N, kThreads>(s_r, s_d, s_k, s_a, s_b, s_dy, r, w, k, a, b, grad_y, t0, length, time,
-                                     heads, batch, head);
+    stager.commit(staged, length);
     __syncthreads();
+    if (segment > 0) stager.fetch(t0 - L, L, time, heads, batch, head);
     for (int s = length - 1; s >= 0; --s) {
       float dy[R], gb[R], dv[R];
 #pragma unroll
@@ -258,18 +393,12 @@ __global__ void __launch_bounds__(ForwardConfig<N, R>::kThreads) state_gradient_
           dv[row] += grad[row][e] * ke;
         }
       }
-#pragma unroll
-      for (int row = 0; row < R; ++row) {
-        gb[row] = group_sum<S>(gb[row]);
-        dv[row] = group_sum<S>(dv[row]);
-      }
-      if (part == 0) {
-#pragma unroll
-        for (int row = 0; row < R; ++row) {
-          const size_t index = vector_index(batch, t0 + s, time, heads, head, N, first_row + row);
-          grad_b_dot[index] = gb[row];
-          store(grad_v + index, dv[row]);
-        }
+      const float own_gb = reduce_scatter<R, S>(gb, part), own_dv = reduce_scatter<R, S>(dv, part);
+      all_gather<R, S>(own_gb, gb);
+      if (writes_row) {
+        const size_t index = vector_index(batch, t0 + s, time, heads, head, N, own_row);
+        grad_b_dot[index] = own_gb;
+        store(grad_v + index, own_dv);
       }
 #pragma unroll
       for (int e = 0; e < E; ++e) {
@@ -557,9 +686,16 @@ int forward_typed(int batch, int time, int heads, int rows_per_thread, int check
         static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b), initial_state,
         static_cast<T*>(y), final_state, removal, checkpoints, checkpoint_stride);
   };
-  // Two rows per lane group: N = 16 would fall under one warp, N = 128 would use every register.
+  // Four rows per lane group take half-width lanes (ForwardConfig), so they fit N = 128 too; two
+  // rows with full-width lanes: N = 16 would fall under one warp, N = 128 would use every register.
+  if constexpr (N == 64 || N == 128) {
+    if (rows_per_thread == 4) {
+      launch(forward_kernel<T, N, 4>, ForwardConfig<N, 4>::kThreads);
+      return static_cast<int>(cudaGetLastError());
+    }
+  }
   if constexpr (N == 32 || N == 64) {
-    if (rows_per_thread == 2) {
+    if (rows_per_thread >= 2) {
       launch(forward_kernel<T, N, 2>, ForwardConfig<N, 2>::kThreads);
       return static_cast<int>(cudaGetLastError());
     }
@@ -606,8 +742,14 @@ int state_gradients_typed(int batch, int time, int heads, int rows_per_thread, i
         static_cast<const T*>(grad_y), grad_final_state, grad_b_dot, static_cast<T*>(grad_v), future_grads,
         grad_initial_state);
   };
+  if constexpr (N == 64 || N == 128) {
+    if (rows_per_thread == 4) {
+      launch(state_gradient_kernel<T, N, 4>, ForwardConfig<N, 4>::kThreads);
+      return static_cast<int>(cudaGetLastError());
+    }
+  }
   if constexpr (N == 32 || N == 64) {
-    if (rows_per_thread == 2) {
+    if (rows_per_thread >= 2) {
       launch(state_gradient_kernel<T, N, 2>, ForwardConfig<N, 2>::kThreads);
       return static_cast<int>(cudaGetLastError());
     }
