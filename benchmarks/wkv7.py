@@ -44,6 +44,7 @@ VARIANT_SETTINGS = ("FORWARD_ROWS_PER_THREAD", "BACKWARD_COLUMNS_PER_THREAD", "B
 # fwd+bwd of other kernel settings, timed beside the defaults (labels name what differs).
 VARIANTS = {
     "sequential backward": {"BACKWARD": "sequential"},
+    "2 rows per lane group (forward, pass 1)": {"FORWARD_ROWS_PER_THREAD": 2, "STATE_GRADIENT_ROWS_PER_THREAD": 2},
     "split, 64-step chunks, 8 warps": {"SPLIT_CHUNK_LENGTH": 64, "CHUNK_GRADIENT_WARPS": 8},
     "split, 16-step chunks": {"SPLIT_CHUNK_LENGTH": 16},  # head size 128 only (two 8-step segments)
 }

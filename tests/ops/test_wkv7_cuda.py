@@ -208,13 +208,18 @@ def test_strong_decay_segments_fall_back_to_recomputing(scheme, monkeypatch):
         assert torch.isfinite(g).all() and relative_l2(g, g_ref) < 1e-4
 
 
+@pytest.mark.parametrize("rows", [1, 2, 4])
 @pytest.mark.parametrize("N,T", [(16, 100), (32, 77), (64, 200), (128, 70)])
-def test_split_backward_passes_match_their_references(N, T):
+def test_split_backward_passes_match_their_references(N, T, rows):
     # Each stage of the split backward on its own, float32, against the step-by-step references of
-    # heron.ops.wkv7.split_backward fed the same saved tensors.
+    # heron.ops.wkv7.split_backward fed the same saved tensors, for every lane layout of the forward
+    # and pass 1.
     B, H = 2, 3
     raw = make_inputs(B, T, H, N, dtype=torch.float64, device="cuda", seed=N + 3 * T)
     r, w, k, v, a, b = (x.float().contiguous() for x in raw[:6])
+    # decay e^-20 per step on a few steps of three columns in two heads
+    w[:, 20:22, 0, :3] = 3.0
+    w[:, 40:43, 1, :3] = 3.0
     state = raw[6].float().contiguous()
     grad_y = torch.randn(B, T, H, N, device="cuda")
     grad_final = torch.randn(B, H, N, N, device="cuda")
@@ -224,10 +229,10 @@ def test_split_backward_passes_match_their_references(N, T):
     def double(*xs):
         return [x.double() for x in xs]
 
-    _, _, removal, checkpoints = wkv7_cuda.cuda_forward(r, w, k, v, a, b, state, True, 2, stride)
+    _, _, removal, checkpoints = wkv7_cuda.cuda_forward(r, w, k, v, a, b, state, True, rows, stride)
     _, _, removal_ref, states_ref = split_backward.forward_states_reference(*double(r, w, k, v, a, b, state), chunk)
     assert relative_l2(removal, removal_ref) < 1e-5 and relative_l2(checkpoints, states_ref) < 1e-5
-    pass1 = wkv7_cuda.cuda_state_gradients(r, w, k, a, b, grad_y, grad_final, 2, stride)
+    pass1 = wkv7_cuda.cuda_state_gradients(r, w, k, a, b, grad_y, grad_final, rows, stride)
     pass1_ref = split_backward.state_gradients_reference(*double(r, w, k, a, b, grad_y, grad_final), chunk)
     for got, want in zip(pass1, pass1_ref):
         assert relative_l2(got, want) < 1e-5

@@ -144,13 +144,15 @@ def test_split_chunk_length_must_span_whole_segments(monkeypatch):
 
 
 def test_backward_scheme_setting(monkeypatch):
-    # "auto" takes the split backward for 16-bit inputs from head size 64 up (where it was measured
-    # faster; float32 needs exact products), and a
-    # misspelt setting is an error rather than a silent fallback
+    # "auto" takes the split backward for 16-bit inputs at every head size (where it was measured
+    # faster; float32 needs exact products), and a misspelt setting is an error rather than a
+    # silent fallback
     from heron.ops.wkv7 import cuda as wkv7_cuda
 
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", "auto")
-    assert [wkv7_cuda.uses_split_backward((2, 512, 4, n)) for n in (16, 32, 64, 128)] == [False, False, True, True]
+    assert all(wkv7_cuda.uses_split_backward((2, 512, 4, n)) == wkv7_cuda.split_backward.triton_available()
+               for n in (16, 32, 64, 128))
+    assert wkv7_cuda.uses_split_backward((2, 512, 4, 32), torch.float16) == wkv7_cuda.split_backward.triton_available()
     assert not wkv7_cuda.uses_split_backward((2, 512, 4, 64), torch.float32)
     assert not wkv7_cuda.uses_split_backward((1, 2**20, 32, 64))  # T * H * N = 2**31: past int32 offsets
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", "split")

@@ -7,7 +7,7 @@ Two backward schemes (:data:`BACKWARD`): ``"sequential"`` (one CUDA kernel per h
 through time) and ``"split"`` (:mod:`heron.ops.wkv7.split_backward`: a sequential CUDA pass for
 the state gradient's coupling term, then a chunk-parallel Triton pass on the tensor cores for
 every other gradient; needs Triton). The default, ``"auto"``, takes the split one for 16-bit
-inputs of head size 64 or 128, where it is the faster.
+inputs, where it is the faster.
 """
 
 from __future__ import annotations
@@ -38,14 +38,12 @@ FORWARD_ROWS_PER_THREAD = 4
 BACKWARD_COLUMNS_PER_THREAD = 2
 # "auto" (the default), "split" (needs Triton) or "sequential"; read when the forward runs, which
 # saves what its backward needs (the split backward: a state every chunk, not every segment). Both
-# are exact and tested. "auto" takes the split backward for 16-bit inputs of head sizes >= 64 where
-# Triton is installed (float32 inputs need exact products, which the tensor cores do not give).
-# There, with its stacked Triton pass, it was the faster at every benchmarked shape (eleventh
-# session, one H200, bf16 fwd+bwd: 8.17 / 2.81 / 22.34 ms at (8, 4096, 32), (32, 1024, 12),
-# (4, 16384, 32) against 9.46 / 4.22 / 27.51 sequential; tenth session: 20.56 against 30.86 at
-# (8, 4096, 16, 128)); in the tenth session, before pass 2 lost its stepped kernel's rescan, it lost
-# at head size 32 (7.00 against 6.81 ms at (8, 4096, 64, 32)) and won by 1.5% at 16;
-# docs/benchmarks/wkv7.md.
+# are exact and tested. "auto" takes the split backward for 16-bit inputs where Triton is installed
+# (float32 inputs need exact products, which the tensor cores do not give): it was the faster at
+# every benchmarked shape (twelfth session, one H200, bf16 fwd+bwd: 6.65 / 2.33 / 17.12 ms at
+# (8, 4096, 32), (32, 1024, 12), (4, 16384, 32) against 8.88 / 4.00 / 25.33 sequential; 6.52
+# against 6.96 at (8, 4096, 64, 32), 2.69 against 2.71 at (16, 1024, 64, 32), 5.39 against 5.85 at
+# (8, 4096, 128, 16)); docs/benchmarks/wkv7.md.
 BACKWARD = "auto"
 # State rows per lane group in the split backward's sequential pass (as FORWARD_ROWS_PER_THREAD;
 # pass 1 took 1.81 against 2.07 ms with 2 rows at (8, 4096, 32)).
@@ -95,7 +93,7 @@ def uses_split_backward(shape, dtype: torch.dtype = torch.bfloat16) -> bool:
     if BACKWARD not in ("auto", "split", "sequential"):
         raise ValueError(f"heron.ops.wkv7.cuda.BACKWARD must be 'auto', 'split' or 'sequential', got {BACKWARD!r}")
     B, T, H, N = shape
-    if BACKWARD == "sequential" or (BACKWARD == "auto" and (N < 64 or dtype == torch.float32)):
+    if BACKWARD == "sequential" or (BACKWARD == "auto" and dtype == torch.float32):
         return False
     return max(T * H * N, B * T * H) < 2**31 and split_backward.triton_available()
 

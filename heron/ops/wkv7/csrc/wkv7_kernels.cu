@@ -1,10 +1,11 @@
 // WKV7 forward and backward: one block per (batch, head), sequential over time.
 //
-// Forward: row i of the state (value index i) lives in the registers of a few adjacent lanes, so
-// S_{t-1} a_t and y_t = S_t r_t are short dot products finished with warp shuffles; the step's r/decay/k/a/b vectors are staged in
-// shared memory a whole segment at a time (one barrier per segment, not per step). The state
-// entering every segment (and the final state, in one more slot) is saved for the backward pass
-// together with S_{t-1} a_t.
+// Forward: rows of the state (value indices) live in the registers of a few adjacent lanes, so
+// S_{t-1} a_t and y_t = S_t r_t are short dot products finished with warp shuffles; the step's
+// r/decay/k/a/b vectors are staged in shared memory a whole segment at a time (barriers per
+// segment, not per step), fetched from global memory one segment ahead. The state entering every
+// segment (or every few segments) and the final state are saved for the backward passes together
+// with S_{t-1} a_t. The split backward's first pass (state_gradient_kernel) has the same layout.
 //
 // Backward: lanes of group i own column i of the state (key index i) and both row i and column i
 // of the state gradient G, which makes every per-step gradient a group-local reduction. S_{t-1}
