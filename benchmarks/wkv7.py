@@ -50,6 +50,12 @@ VARIANTS = {
 }
 
 
+# fla's chunk_rwkv7 settings timed in the same run when fla imports: its default, and the one
+# ANCHORS.md's best fla figures used (64-step chunks with the gate taken as safe, which the
+# model's log-decays in (-e^-0.5, 0) are).
+FLA_SETTINGS = {"default": {}, "chunk 64, safe gate": {"safe_gate": True, "chunk_size": 64}}
+
+
 def make_inputs(B, T, H, N, dtype, device, seed=0):
     return list(random_inputs(B, T, H, N, dtype=dtype, device=device, seed=seed, with_state=False,
                               draw_on_device=True)[:6])
@@ -127,18 +133,23 @@ def bench_gpu(args):
             log_decay = w_to_fla_log_decay(w.float()).to(w.dtype)
             fla_leaves = [x.clone().requires_grad_() for x in (r, log_decay, k, v, a, b)]
 
-            def fla_forward():
-                with torch.no_grad():
-                    return chunk_rwkv7(r, log_decay, k, v, a, b, scale=1.0)[0]
+            row["fla_ms"] = {}  # label: (fwd, fwd+bwd), or why it failed
+            for label, options in FLA_SETTINGS.items():
+                def fla_forward():
+                    with torch.no_grad():
+                        return chunk_rwkv7(r, log_decay, k, v, a, b, scale=1.0, **options)[0]
 
-            def fla_forward_backward():
-                o = chunk_rwkv7(*fla_leaves, scale=1.0)[0]
-                o.backward(grad_y)
+                def fla_forward_backward():
+                    o = chunk_rwkv7(*fla_leaves, scale=1.0, **options)[0]
+                    o.backward(grad_y)
 
-            row["fla_fwd_ms"] = triton.testing.do_bench(fla_forward, return_mode="median")
-            row["fla_fwdbwd_ms"] = triton.testing.do_bench(
-                fla_forward_backward, grad_to_none=fla_leaves, return_mode="median"
-            )
+                try:
+                    row["fla_ms"][label] = (
+                        triton.testing.do_bench(fla_forward, return_mode="median"),
+                        triton.testing.do_bench(fla_forward_backward, grad_to_none=fla_leaves, return_mode="median"),
+                    )
+                except Exception as exc:  # a setting this fla version does not take: reported, not fatal
+                    row["fla_ms"][label] = f"{type(exc).__name__}: {str(exc)[:200]}"
         rows.append(row)
         print(_format_row(row), flush=True)
         torch.cuda.empty_cache()
@@ -245,8 +256,12 @@ def _format_row(row):
     )
     for label, ms in row.get("split_passes_ms", {}).items():
         text += f"; {label} {ms:.3f}"
-    if "fla_fwd_ms" in row:
-        text += f"; fla fwd {row['fla_fwd_ms']:.3f}, fwd+bwd {row['fla_fwdbwd_ms']:.3f}"
+    for label, measured in row.get("fla_ms", {}).items():
+        if isinstance(measured, str):
+            text += f"; fla {label}: failed ({measured})"
+        else:
+            text += (f"; fla {label} (same run): {measured[0]:.3f} / {measured[1]:.3f} "
+                     f"(x{measured[1] / row['heron_fwdbwd_ms']:.2f})")
     for name, (fwd, fwdbwd) in row["anchors"].items():
         text += f"; anchor {name} {fwd}/{fwdbwd} (x{fwdbwd / row['heron_fwdbwd_ms']:.2f})"
     return text
