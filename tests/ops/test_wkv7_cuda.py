@@ -70,10 +70,11 @@ def test_cuda_matches_float64_reference(N, T, dtype, forward_rows):
     assert all(errors[name] < grad_tolerance for name in NAMES[2:]), errors
 
 
-def test_cuda_float16_inputs():
-    errors = _errors(2, 300, 4, 64, torch.float16, seed=5)
+@pytest.mark.parametrize("N", [32, 64])
+def test_cuda_float16_inputs(N):
+    errors = _errors(2, 300, 4, N, torch.float16, seed=5)
     output_tolerance, grad_tolerance = TOLERANCES[torch.float16]
-    print("N=64 T=300 torch.float16: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+    print(f"N={N} T=300 torch.float16: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
     assert errors["y"] < output_tolerance and errors["state"] < output_tolerance, errors
     assert all(errors[name] < grad_tolerance for name in NAMES[2:]), errors
 
