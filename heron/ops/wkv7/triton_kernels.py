@@ -61,14 +61,14 @@ def _step_through_columns(
         present_v = (values * 0 + t_s) < T  # masks as tensors: the interpreter rejects scalar ones
         present = (keys * 0 + t_s) < T
         row = _row_offset(bh, t_s, T, H, N)
-        dy_s = tl.load(dy_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-        u_s = tl.load(u_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-        v_s = tl.load(v_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-        gb_s = tl.load(gb_ptr + row + values, mask=present_v, other=0.0).to(tl.float32)
-        r_s = tl.load(r_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-        k_s = tl.load(k_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-        a_s = tl.load(a_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
-        b_s = tl.load(b_ptr + row + keys, mask=present, other=0.0).to(tl.float32)
+        dy_s = _load_rows(dy_ptr, row, values, present_v)
+        u_s = _load_rows(u_ptr, row, values, present_v)
+        v_s = _load_rows(v_ptr, row, values, present_v)
+        gb_s = _load_rows(gb_ptr, row, values, present_v)
+        r_s = _load_rows(r_ptr, row, keys, present)
+        k_s = _load_rows(k_ptr, row, keys, present)
+        a_s = _load_rows(a_ptr, row, keys, present)
+        b_s = _load_rows(b_ptr, row, keys, present)
         g_s = -tl.exp(tl.load(w_ptr + row + keys, mask=present, other=float("-inf")).to(tl.float32))
         d_s = tl.exp(g_s)
         g_state += dy_s[:, None] * r_s[None, :]
@@ -78,10 +78,10 @@ def _step_through_columns(
             here_v = (values * 0 + t_q) < T
             here = (keys * 0 + t_q) < T
             row_q = _row_offset(bh, t_q, T, H, N)
-            u_q = tl.load(u_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
-            v_q = tl.load(v_ptr + row_q + values, mask=here_v, other=0.0).to(tl.float32)
-            b_q = tl.load(b_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
-            k_q = tl.load(k_ptr + row_q + keys, mask=here, other=0.0).to(tl.float32)
+            u_q = _load_rows(u_ptr, row_q, values, here_v)
+            v_q = _load_rows(v_ptr, row_q, values, here_v)
+            b_q = _load_rows(b_ptr, row_q, keys, here)
+            k_q = _load_rows(k_ptr, row_q, keys, here)
             d_q = tl.exp(-tl.exp(tl.load(w_ptr + row_q + keys, mask=here, other=float("-inf")).to(tl.float32)))
             previous = previous * d_q[None, :] + u_q[:, None] * b_q[None, :] + v_q[:, None] * k_q[None, :]
         current = previous * d_s[None, :] + u_s[:, None] * b_s[None, :] + v_s[:, None] * k_s[None, :]
@@ -107,9 +107,10 @@ def _head_rows(bh, chunk, T, H, N: tl.constexpr, L: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, head, offsets, valid):
-    """The chunk's ``[L, N]`` rows in float32, zeros past ``T``."""
-    return tl.load(ptr + head + offsets, mask=valid, other=0.0).to(tl.float32)
+def _load_rows(ptr, base, offsets, valid):
+    """``ptr[base + offsets]`` in float32, zeros where ``valid`` is false (past ``T``): a chunk's
+    ``[L, N]`` rows, or one step's values or key columns."""
+    return tl.load(ptr + base + offsets, mask=valid, other=0.0).to(tl.float32)
 
 
 @triton.jit
