@@ -75,7 +75,9 @@ def bench_gpu(args):
     device = torch.device("cuda")
     chunk_rwkv7, fla_error = _load_fla()
     rows = []
-    shapes = [(tuple(shape), {}) for shape in args.shape] if args.shape else GPU_SHAPES
+    anchors_of = dict(GPU_SHAPES)
+    shapes = [(tuple(shape), anchors_of.get(tuple(shape), {})) for shape in args.shape] if args.shape else GPU_SHAPES
+    variants = {label: VARIANTS[label] for label in args.variants} if args.variants is not None else VARIANTS
     for (B, T, H, N), anchors in shapes:
         if args.quick and T * B > 40000:
             continue
@@ -102,7 +104,7 @@ def bench_gpu(args):
         row["variants_ms"] = {}  # label: (fwd, fwd+bwd)
         defaults = {name: getattr(wkv7_cuda, name) for name in VARIANT_SETTINGS}
         try:
-            for label, settings in VARIANTS.items():
+            for label, settings in variants.items():
                 for name, value in settings.items():
                     setattr(wkv7_cuda, name, value)
                 try:
@@ -129,12 +131,16 @@ def bench_gpu(args):
             heron_state_forward_backward, grad_to_none=leaves + [state], return_mode="median"
         )
         if chunk_rwkv7 is not None:
+            # fla's first calls autotune for minutes: Heron's figures are shown before they start
+            print(f"{row['shape']}: heron fwd {row['heron_fwd_ms']:.3f} ms, fwd+bwd {row['heron_fwdbwd_ms']:.3f} ms; "
+                  "timing fla...", file=sys.stderr, flush=True)
             r, w, k, v, a, b = inputs
             log_decay = w_to_fla_log_decay(w.float()).to(w.dtype)
             fla_leaves = [x.clone().requires_grad_() for x in (r, log_decay, k, v, a, b)]
 
             row["fla_ms"] = {}  # label: (fwd, fwd+bwd), or why it failed
-            for label, options in FLA_SETTINGS.items():
+            for label in args.fla_settings if args.fla_settings is not None else FLA_SETTINGS:
+                options = FLA_SETTINGS[label]
                 def fla_forward():
                     with torch.no_grad():
                         return chunk_rwkv7(r, log_decay, k, v, a, b, scale=1.0, **options)[0]
@@ -322,6 +328,12 @@ def main():
                         help="time the split backward's passes alone, for several chunk lengths and warps")
     parser.add_argument("--shape", type=int, nargs=4, action="append", metavar=("B", "T", "H", "N"),
                         help="GPU shape(s) to time instead of the built-in ones (repeatable)")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="LABEL",
+                        help="the kernel settings to time beside the defaults (default: all of "
+                             + ", ".join(repr(label) for label in VARIANTS) + "; none: --variants alone)")
+    parser.add_argument("--fla-settings", nargs="*", choices=list(FLA_SETTINGS), metavar="LABEL",
+                        help="fla's settings to time when fla imports (default: all of "
+                             + ", ".join(repr(label) for label in FLA_SETTINGS) + ")")
     parser.add_argument("--chunks", type=int, nargs="+", help="--split-sweep: chunk lengths (default 32 64)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
