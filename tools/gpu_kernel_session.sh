@@ -4,8 +4,8 @@
 #
 #   tools/gpu_kernel_session.sh kernels   # build, WKV7/ROSA GPU tests, benchmarks/wkv7.py, train steps
 #   tools/gpu_kernel_session.sh rest      # ctx 4096 train steps, generation b1/b64, all GPU tests
-#   tools/gpu_kernel_session.sh wkv7      # WKV7 only: its GPU tests (~300 s on an H200: Triton builds),
-#                                         # benchmarks/wkv7.py (with fla when .whl is carried), then
+#   tools/gpu_kernel_session.sh wkv7      # WKV7 only: benchmarks/wkv7.py (with fla when .whl is
+#                                         # carried), its GPU tests (~300 s on an H200: Triton builds), then
 #                                         # the split backward's passes alone (--split-sweep); ~10 min
 #
 # Every part is bounded by `timeout` and may fail without stopping the others; the log of each
@@ -59,11 +59,14 @@ wkv7)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$log"
   python3 -c "from heron.ops.wkv7 import cuda; cuda.load()" >> "$log" 2>&1
-  # the figures first (fla's autotuned Triton builds add a minute or more), then the tests (114,
-  # ~300 s cold); the sweep gets what is left of the 10-minute command
-  part ${WKV7_S:-260} "benchmarks/wkv7.py" python3 benchmarks/wkv7.py --json "$out/wkv7.json"
+  # the figures first, then the tests (115, ~270-300 s cold); the sweep gets what is left of the
+  # 10-minute command. fla's autotuning takes minutes per setting on a cold machine (thirteenth
+  # session: with both of its settings and every variant, 420 s did not finish the first shape),
+  # so only ANCHORS.md's best fla setting and the sequential backward are timed beside the default
+  part ${WKV7_S:-280} "benchmarks/wkv7.py" python3 benchmarks/wkv7.py --variants "sequential backward" \
+    --fla-settings "chunk 64, safe gate" --json "$out/wkv7.json"
   grep -E "^\(" "$log" | cut -c1-700
-  part ${TESTS_S:-300} "WKV7 GPU tests" python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/ops/test_wkv7_cuda.py
+  part ${TESTS_S:-290} "WKV7 GPU tests" python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/ops/test_wkv7_cuda.py
   grep -E "passed|failed" "$log" | tail -n 2
   part ${SWEEP_S:-60} "benchmarks/wkv7.py --split-sweep" python3 benchmarks/wkv7.py --split-sweep --json "$out/split_sweep.json"
   grep -E "^\(.*chunk" "$log" | sed 's/fwd .* + pass 2/pass 2/' | cut -c1-200
