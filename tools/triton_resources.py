@@ -34,7 +34,7 @@ def _ptxas_candidates():
 def _signature(kernel, dtype):
     signature = {}
     for name in kernel.arg_names:
-        if name in ("u_ptr", "gb_ptr", "states_ptr", "futures_ptr"):
+        if name in ("u_ptr", "gb_ptr", "states_ptr", "futures_ptr", "partial_ptr"):
             signature[name] = "*fp32"
         elif name == "stepped_ptr":
             signature[name] = "*i8"
@@ -49,7 +49,8 @@ def _signature(kernel, dtype):
     return signature
 
 
-def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precision="tf32", arch=90, stages=3):
+def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precision="tf32", arch=90, stages=3,
+           max_registers=0):
     """ptxas's one-line summary (registers, stack, spills) of one build."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -64,7 +65,8 @@ def report(kernel_name, head_size, chunk, columns, warps, dtype="bf16", precisio
     if "PRECISION" in kernel.arg_names:
         constants["PRECISION"] = precision
     compiled = triton.compile(ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=constants),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages,
+                                       **({"maxnreg": max_registers} if max_registers else {})})
     with tempfile.TemporaryDirectory() as folder:
         ptx = os.path.join(folder, "kernel.ptx")
         Path(ptx).write_text(compiled.asm["ptx"])
@@ -92,6 +94,7 @@ def main(argv=None):
     parser.add_argument("--warps", type=int, nargs="+", default=[4])
     parser.add_argument("--stages", type=int, nargs="+", default=[3],
                         help="software-pipelining depth (num_stages; 3 is what a launch without it gets on sm_90)")
+    parser.add_argument("--max-registers", type=int, default=0, help="register cap per thread (maxnreg; 0: none)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--precision", default="tf32", choices=["tf32", "ieee", "tf32x3"])
     args = parser.parse_args(argv)
@@ -99,7 +102,8 @@ def main(argv=None):
                                                                     args.columns, args.warps, args.stages):
         if columns > n:
             continue
-        summary = report(name, n, chunk, columns, warps, args.dtype, args.precision, stages=stages)
+        summary = report(name, n, chunk, columns, warps, args.dtype, args.precision, stages=stages,
+                         max_registers=args.max_registers)
         print(f"{name} N={n} chunk={chunk} columns={columns} warps={warps} stages={stages} {args.dtype}/{args.precision}: "
               f"{summary}", flush=True)
     return 0
