@@ -139,8 +139,9 @@ def generate(
     tokens per GPT-mode call (the state carries over between chunks); by default as many as keep
     the logits of one call under 2**28 elements.
     """
-    options = SamplingOptions(float(temperature) if not isinstance(temperature, bool) else temperature,
-                              float(top_p) if not isinstance(top_p, bool) else top_p, top_k)
+    # numbers only (float() would also take the string "1"); SamplingOptions checks the ranges
+    options = SamplingOptions(*(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+                                for value in (temperature, top_p)), top_k)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "step"):
         raise TypeError("model: expected a Heron model (nn.Module with forward(tokens, state, return_state) and step())")
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens, 0)
@@ -148,6 +149,8 @@ def generate(
         _check_count("prefill_chunk", prefill_chunk, 1)
     vocab_size = model_vocab_size(model)
     prompt_rows = _as_prompt_lists(prompts, vocab_size)
+    if isinstance(stop_tokens, (str, bytes)) or not isinstance(stop_tokens, Iterable):
+        raise TypeError(f"stop_tokens: expected an iterable of token ids (e.g. a list), got {stop_tokens!r}")
     stop_set = set()
     for token in stop_tokens:
         if isinstance(token, bool) or not isinstance(token, int) or token < 0:

@@ -55,7 +55,7 @@ def _check_uniforms(uniforms, batch_size: int) -> torch.Tensor:
         raise TypeError("uniforms: expected a floating-point tensor of random numbers in [0, 1)")
     if uniforms.shape != (batch_size,):
         raise ValueError(f"uniforms: expected shape ({batch_size},), got {tuple(uniforms.shape)}")
-    if uniforms.numel() and (uniforms.min() < 0 or uniforms.max() >= 1):
+    if uniforms.numel() and not bool(((uniforms >= 0) & (uniforms < 1)).all()):  # NaN fails both
         raise ValueError("uniforms: values must lie in [0, 1)")
     return uniforms
 
@@ -97,6 +97,10 @@ def sample_next(logits: torch.Tensor, options: SamplingOptions, uniforms: torch.
     uniforms = _check_uniforms(uniforms, logits.shape[0])
     probabilities = filtered_probabilities(logits, options)
     cumulative = torch.cumsum(probabilities, dim=1)
+    # a row with no finite logit (a model that diverged) has no distribution to sample from
+    if not bool(torch.isfinite(cumulative[:, -1]).all()):
+        rows = torch.nonzero(~torch.isfinite(cumulative[:, -1])).flatten().tolist()
+        raise ValueError(f"logits: row(s) {rows[:8]} give no finite distribution (NaN or no finite value)")
     targets = uniforms.to(device=cumulative.device, dtype=torch.float64)[:, None] * cumulative[:, -1:]
     # first index whose cumulative mass exceeds the target: zero-probability tokens are never hit
     chosen = torch.searchsorted(cumulative, targets, right=True)[:, 0]

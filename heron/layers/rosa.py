@@ -118,11 +118,19 @@ def _new_automaton(num_streams: int):
     return OnlineROSA(num_streams)
 
 
+def _check_automaton(automaton, name: str) -> None:
+    from ..ops.rosa import OnlineROSA
+
+    if not isinstance(automaton, OnlineROSA):
+        raise TypeError(f"{name} must be a heron.ops.rosa.OnlineROSA, got {type(automaton).__name__}")
+
+
 def _check_state(state, name: str, num_streams: int, need_shift: bool = False) -> None:
     if state is None:
         return
     if not isinstance(state, ROSAState):
         raise TypeError(f"state must be a ROSAState from a previous call of {name}, got {type(state).__name__}")
+    _check_automaton(state.automaton, "state.automaton")
     if state.automaton.num_streams != num_streams:
         raise ValueError(
             f"state holds {state.automaton.num_streams} streams but {name} needs {num_streams} "
@@ -315,6 +323,10 @@ class ROSAQKVOp(nn.Module):
             )
         B, T, C = q.shape
         G = C // self.bits
+        _check_automaton(automaton, "automaton")
+        if automaton.num_streams != B * G:
+            raise ValueError(f"automaton holds {automaton.num_streams} streams, q, k, v of shape {tuple(q.shape)} need "
+                             f"B * C / bits = {B * G}")
         fresh = automaton.length == 0
         streams = [_streams(pack_symbols(t.detach(), self.bits)).cpu() for t in (q, k, v)]
         y = _unstreams(automaton.extend(*streams), B, G).to(q.device)

@@ -254,7 +254,7 @@ class ROSALM(nn.Module):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] == 0:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T] with T >= 1, got {got}")
-        check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens")
+        check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens", check_range=True)
         if state is not None:
             self._check_state(state, tokens.shape[0])
         x = self.emb(tokens)

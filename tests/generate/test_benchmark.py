@@ -25,11 +25,8 @@ def test_trapezoid_total_interpolates_linearly(bench):
 @pytest.mark.parametrize("model", ["rosa", "rwkv8-rosa"])
 def test_benchmark_runs_at_a_tiny_shape(bench, tmp_path, capsys, model):
     out = tmp_path / "result.json"
-    try:
-        code = bench.main(["--model", model, "--layers", "1", "--width", "64", "--vocab", "50", "--prompt", "6",
-                           "--tokens", "5", "--batch", "1", "3", "--check", "3", "--json", str(out), "--no-warmup"])
-    except ImportError as exc:
-        pytest.skip(f"model not available yet: {exc}")
+    code = bench.main(["--model", model, "--layers", "1", "--width", "64", "--vocab", "50", "--prompt", "6",
+                       "--tokens", "5", "--batch", "1", "3", "--check", "3", "--json", str(out), "--no-warmup"])
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("x |") == 2
@@ -39,11 +36,8 @@ def test_benchmark_runs_at_a_tiny_shape(bench, tmp_path, capsys, model):
 
 
 def test_full_exact_mode(bench, tmp_path):
-    try:
-        code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "4",
-                           "--tokens", "4", "--batch", "2", "--full-exact", "--no-warmup"])
-    except ImportError as exc:
-        pytest.skip(f"model not available yet: {exc}")
+    code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "4",
+                       "--tokens", "4", "--batch", "2", "--full-exact", "--no-warmup"])
     assert code == 0
 
 
@@ -63,19 +57,17 @@ def test_incremental_steps_are_bounded_by_the_push_budget(bench):
 
 
 def test_automaton_streams_count_rosa_channels(bench):
-    rosa_lm = pytest.importorskip("heron.models.rosa_lm")
-    model = rosa_lm.ROSALM(rosa_lm.ROSALMConfig(n_layer=3, n_embd=16, vocab_size=20, bits=4))
+    from heron.models.rosa_lm import ROSALM, ROSALMConfig
+
+    model = ROSALM(ROSALMConfig(n_layer=3, n_embd=16, vocab_size=20, bits=4))
     assert bench.automaton_streams(model) == 3 * 16 // 4
 
 
 def test_extrapolated_incremental_decode_and_summary(bench, tmp_path, capsys):
     out = tmp_path / "result.json"
-    try:
-        code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "5",
-                           "--tokens", "8", "--batch", "1", "2", "--incremental-tokens", "3", "--check", "5",
-                           "--json", str(out), "--no-warmup", "--no-progress"])
-    except ImportError as exc:
-        pytest.skip(f"model not available yet: {exc}")
+    code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "5",
+                       "--tokens", "8", "--batch", "1", "2", "--incremental-tokens", "3", "--check", "5",
+                       "--json", str(out), "--no-warmup", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("x |") == 2
@@ -99,11 +91,8 @@ def test_extrapolated_incremental_decode_and_summary(bench, tmp_path, capsys):
 def test_batch_that_does_not_fit_in_memory_is_skipped(bench, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "host_memory_available", lambda: 1 << 20)   # 1 MiB free
     out = tmp_path / "result.json"
-    try:
-        code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "4",
-                           "--tokens", "4", "--batch", "1", "64", "--json", str(out), "--no-warmup", "--no-progress"])
-    except ImportError as exc:
-        pytest.skip(f"model not available yet: {exc}")
+    code = bench.main(["--model", "rosa", "--layers", "1", "--width", "32", "--vocab", "40", "--prompt", "4",
+                       "--tokens", "4", "--batch", "1", "64", "--json", str(out), "--no-warmup", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("x |") == 1 and "| 64 | skipped: the online automata need" in printed

@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from heron.cli import main
+from heron.models import loading as load_module
+from heron.models import rwkv8
 
 
 @pytest.fixture(scope="module")
 def byte_checkpoint(tmp_path_factory):
     """A tiny byte-level RWKV-8 saved in heron's own format."""
-    rwkv8 = pytest.importorskip("heron.models.rwkv8")
-    load_module = pytest.importorskip("heron.models.loading")
     torch.manual_seed(0)
     model = rwkv8.RWKV8(rwkv8.RWKV8Config(n_layer=1, n_embd=32, vocab_size=257, head_size=16))
     with torch.no_grad():

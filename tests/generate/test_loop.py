@@ -135,6 +135,13 @@ def test_bad_arguments():
         generate(model, [[1]], 2, seed=1, generator=torch.Generator())
     with pytest.raises(ValueError, match="stop_tokens"):
         generate(model, [[1]], 2, stop_tokens=[-1])
+    for stop_tokens in (5, None, "ab"):
+        with pytest.raises(TypeError, match="stop_tokens"):
+            generate(model, [[1]], 2, stop_tokens=stop_tokens)
+    for name in ("temperature", "top_p"):
+        for value in ("1", None):  # numbers only, not what float() happens to take
+            with pytest.raises(ValueError, match=name):
+                generate(model, [[1]], 2, **{name: value})
     with pytest.raises(TypeError, match="model"):
         generate(torch.nn.Linear(2, 2), [[1]], 2)
 
@@ -142,11 +149,6 @@ def test_bad_arguments():
 # ---------------------------------------------------------------------------------------------
 # the real models, fp64: incremental logits == full recompute within 1e-9
 
-def _build_or_skip(factory):
-    try:
-        return factory()
-    except (ImportError, ModuleNotFoundError) as exc:
-        pytest.skip(f"model not available yet: {exc}")
 
 
 def _rwkv8(rosa=None):
@@ -157,10 +159,7 @@ def _rwkv8(rosa=None):
 
 
 def _rosa_lm(bits):
-    try:
-        from heron.models import ROSALM, ROSALMConfig
-    except ImportError:  # the package export may land after the module
-        from heron.models.rosa_lm import ROSALM, ROSALMConfig
+    from heron.models import ROSALM, ROSALMConfig
 
     return ROSALM(ROSALMConfig(n_layer=2, n_embd=16, vocab_size=40, bits=bits))
 
@@ -187,7 +186,7 @@ MODELS = {
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_real_model_incremental_equals_full_recompute(name):
-    model = _randomize(_build_or_skip(MODELS[name]), seed=1)
+    model = _randomize(MODELS[name](), seed=1)
     rng = random.Random(2)
     # random ragged prompts, then constant and periodic ones (dead / periodic ROSA streams)
     for trial, prompts in enumerate([_random_prompts(rng, 3, 40, low=1, high=24),
@@ -236,7 +235,7 @@ CONTINUATION = [2, 3, 8, 4, 6, 2, 6, 4, 3, 3]
 @pytest.mark.parametrize("name", list(MODELS))
 @torch.no_grad()
 def test_real_model_state_copy(name):
-    model = _randomize(_build_or_skip(MODELS[name]), seed=3)
+    model = _randomize(MODELS[name](), seed=3)
     _, state = model(torch.tensor([PROMPT]), return_state=True)
     copied = state.copy()
     original = _continue(model, state, CONTINUATION)
@@ -251,7 +250,7 @@ def test_real_model_state_copy(name):
 @pytest.mark.parametrize("name", list(MODELS))
 @torch.no_grad()
 def test_real_model_state_serialization(name):
-    model = _randomize(_build_or_skip(MODELS[name]), seed=4)
+    model = _randomize(MODELS[name](), seed=4)
     _, state = model(torch.tensor([PROMPT]), return_state=True)
     restored = _serialize_round_trip(state)
     assert torch.equal(_continue(model, restored, CONTINUATION), _continue(model, state, CONTINUATION))
@@ -260,7 +259,7 @@ def test_real_model_state_serialization(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["rosa-lm-1bit", "rwkv8+rosa-qkv1"])
 def test_cuda_generation_matches_cpu(name):
-    model = _randomize(_build_or_skip(MODELS[name]), seed=5)
+    model = _randomize(MODELS[name](), seed=5)
     prompts = _random_prompts(random.Random(6), 3, 40, low=4, high=20)
     options = dict(temperature=0.9, top_p=0.95, seed=2, record_logits=True)
     on_cpu = generate(model, prompts, 12, incremental=False, **options)

@@ -101,5 +101,11 @@ def test_bad_inputs():
         sample_next(torch.zeros(2, 3), options, torch.rand(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="uniforms"):
         sample_next(torch.zeros(1, 3), options, torch.tensor([1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="uniforms"):
+        sample_next(torch.zeros(1, 3), options, torch.tensor([float("nan")], dtype=torch.float64))
+    # a diverged model: a row with no finite logit is an error, not token V - 1
+    for bad_row in ([float("nan")] * 3, [float("-inf")] * 3, [0.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match=r"row\(s\) \[1\]"):
+            sample_next(torch.tensor([[0.0, 1.0, 2.0], bad_row]), options, torch.full((2,), 0.5, dtype=torch.float64))
     with pytest.raises(TypeError, match="options"):
         sample_next(torch.zeros(1, 3), {"temperature": 0})

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from heron.layers.rosa import EmbROSA, ROSABits, ROSAQKV, ROSAQKVOp, ROSAState
+from heron.ops.rosa import OnlineROSA
 from heron.ops.rosa.grad import pack_symbols
 from heron.ops.rosa.reference import rosa_oracle, rosa_qkv_oracle
 
@@ -247,6 +248,14 @@ def test_bad_inputs_raise_clear_errors():
         layer(torch.randn(3, 3, 8), state=state, return_state=True)
     with pytest.raises(TypeError, match="ROSAState"):
         layer(torch.randn(2, 3, 8), state={"x": 1}, return_state=True)
+    with pytest.raises(TypeError, match="state.automaton must be a heron.ops.rosa.OnlineROSA"):
+        layer(torch.randn(2, 3, 8), state=ROSAState("abc"), return_state=True)
+    op = ROSAQKVOp(8)
+    q = torch.randn(2, 3, 8)
+    with pytest.raises(TypeError, match="automaton must be a heron.ops.rosa.OnlineROSA"):
+        op(q, q, q, automaton="abc")
+    with pytest.raises(ValueError, match="automaton holds 3 streams"):
+        op(q, q, q, automaton=OnlineROSA(3))
 
 
 def test_continuing_a_state_without_return_state_returns_only_the_output():

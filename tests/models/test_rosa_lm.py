@@ -199,6 +199,11 @@ def test_bad_input():
         model.step(torch.zeros(2, 1, dtype=torch.long))
     with pytest.raises(TypeError, match="state"):
         model(torch.zeros(2, 3, dtype=torch.long), state=[1, 2])
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"tokens must lie in \[0, {vocab}\)"):  # not an IndexError from nn.Embedding
+        model(torch.tensor([[0, vocab]]))
+    with pytest.raises(ValueError, match="tokens must lie in"):
+        model.step(torch.tensor([-1]))
     with pytest.raises(ValueError, match="bits"):
         ROSALMConfig(n_layer=1, n_embd=8, vocab_size=5, bits=3)
     with pytest.raises(ValueError, match="multiple of bits"):

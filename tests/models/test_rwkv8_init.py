@@ -80,7 +80,6 @@ def test_task_recipe_redraws_module_values_and_is_seeded():
 
 
 def test_task_recipe_resets_rosa_blocks():
-    pytest.importorskip("heron.layers.rosa")
     model = RWKV8(small_config(rosa="qkv1"))
     with torch.no_grad():
         for param in model.parameters():

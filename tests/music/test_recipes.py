@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from heron.train.config import TrainConfig, read_config_file
 
@@ -29,7 +28,6 @@ def test_recipes_are_valid_and_train_the_same_way():
 
 
 def test_recipes_have_equal_parameter_counts():
-    pytest.importorskip("heron.layers.rosa", reason="the ROSA-QKV layer is not built yet")
     from heron.models.rwkv8 import RWKV8, RWKV8Config
 
     counts = []

@@ -160,6 +160,15 @@ def test_single_step_matches_reference(B):
     assert relative_l2(y32, y_ref) < 1e-5 and relative_l2(s32, s_ref) < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(0, 6, 2, 4), (1, 6, 0, 4), (1, 6, 2, 0), (1, 0, 2, 4)])
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+def test_empty_dimensions_give_empty_outputs(shape, backend):
+    B, T, H, N = shape
+    inputs = [torch.randn(shape) for _ in range(6)]
+    y, final_state = wkv7(*inputs, return_state=True, backend=backend)
+    assert y.shape == (B, T, H, N) and final_state.shape == (B, H, N, N)
+
+
 def test_short_sequences_and_step_gradients():
     _check_against_reference(3, 3, 2, 16, seed=9, fn=lambda *xs: wkv7(*xs[:6], xs[6], True))
 

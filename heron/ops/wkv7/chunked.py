@@ -94,8 +94,8 @@ def _wkv7_chunked(r, w, k, v, a, b, state, chunk_length, force_pairwise):
         state = torch.zeros(B, H, N, N, dtype=compute, device=device)
     else:
         state = state.to(compute)
-    if T == 0:
-        return r.new_zeros(B, 0, H, N), state
+    if r.numel() == 0:  # T, B, H or N is 0
+        return r.new_zeros(B, T, H, N), state
 
     L = chunk_length
     num_chunks = (T + L - 1) // L
