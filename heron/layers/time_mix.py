@@ -187,6 +187,11 @@ class TimeMix(nn.Module):
             raise TypeError(f"state must be a TimeMixState or None, got {type(state).__name__}")
         B = x.shape[0]
         H, N = self.n_head, self.head_size
+        for name in ("x_prev", "wkv"):
+            value = getattr(state, name)
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"state.{name} must be a floating-point tensor, got {got}")
         if tuple(state.x_prev.shape) != (B, self.n_embd):
             raise ValueError(f"state.x_prev must have shape [{B}, {self.n_embd}], got {tuple(state.x_prev.shape)}")
         if tuple(state.wkv.shape) != (B, H, N, N):
@@ -200,9 +205,10 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         if self.mixes_value_with_first_layer:
-            if not isinstance(v_first, torch.Tensor) or v_first.shape != x.shape:
-                got = tuple(v_first.shape) if isinstance(v_first, torch.Tensor) else type(v_first).__name__
-                raise ValueError(f"v_first must be layer 0's values of shape {tuple(x.shape)} for layer "
+            if not isinstance(v_first, torch.Tensor) or v_first.shape != x.shape or not v_first.is_floating_point():
+                got = (f"{v_first.dtype} {tuple(v_first.shape)}" if isinstance(v_first, torch.Tensor)
+                       else type(v_first).__name__)
+                raise ValueError(f"v_first must be layer 0's values (floating point) of shape {tuple(x.shape)} for layer "
                                  f"{self.layer_id}, got {got}")
         if state is not None:
             self._check_state(state, x)

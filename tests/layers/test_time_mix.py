@@ -212,5 +212,14 @@ def test_bad_inputs_raise_clear_errors():
                state=TimeMixState(torch.zeros(2, cfg.n_embd), torch.zeros(2, 4, 3, 3)))
     with pytest.raises(TypeError, match="TimeMixState"):
         layer0(torch.randn(2, 3, cfg.n_embd), state=(torch.zeros(2, cfg.n_embd),))
+    x = torch.randn(2, 3, cfg.n_embd)
+    with pytest.raises(ValueError, match="v_first must be layer 0's values"):
+        layer1(x, v_first=x.long())
+    H, N = layer0.n_head, layer0.head_size
+    for x_prev, wkv, name in ((torch.zeros(2, cfg.n_embd), torch.zeros(2, H, N, N, dtype=torch.int64), "state.wkv"),
+                              ([0.0] * cfg.n_embd, torch.zeros(2, H, N, N), "state.x_prev")):
+        for T in (1, 3):  # the single-step path and the sequence path
+            with pytest.raises(TypeError, match=f"{name} must be a floating-point tensor"):
+                layer0(x[:, :T], state=TimeMixState(x_prev, wkv))
     with pytest.raises(ValueError, match="multiple of head_size"):
         TimeMix(make_config(n_embd=10, head_size=4), 0)
