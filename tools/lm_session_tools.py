@@ -5,8 +5,9 @@
         steps for a cosine schedule that fits BUDGET_SECONDS, from a probe run's train.csv; with
         --max-passes at most P passes over the demo corpus's training split at N tokens per step
     python3 tools/lm_session_tools.py export RUN_DIR
-        write RUN_DIR/model.safetensors (+ tokenizer.json for abc) from RUN_DIR/checkpoint.pt when
-        the run stopped on its time limit and so exported nothing
+        write RUN_DIR/model.safetensors (+ tokenizer.json for abc) from RUN_DIR/checkpoint.pt where
+        it is missing (runs from before the trainer exported on every stop; today a run stopped by
+        its time limit or a signal exports one itself)
     python3 tools/lm_session_tools.py params NAME=TASK:ARGS...
         parameter counts of models (not used by the session; for sizing)
     python3 tools/lm_session_tools.py report --out DIR NAME=RUN_DIR[,COPY_JSON] ...

@@ -17,7 +17,8 @@ runs=${RUNS_DIR:-runs}
 
 train() {
   local name=$1; shift
-  if [ -f "$runs/$name/model.safetensors" ]; then return 0; fi  # finished earlier
+  # resuming a finished run returns at once ("done: ... no new steps"); model.safetensors alone
+  # does not mean finished: a run stopped by --time-limit leaves one too
   if [ -f "$runs/$name/checkpoint.pt" ]; then
     python3 -m heron train reverse --resume --out "$runs/$name" --time-limit "$minutes" --no-progress
   else
@@ -37,7 +38,8 @@ wait $without_rosa || status=$?
 tail -n 3 "$runs/reverse.log" "$runs/reverse-no-rosa.log"
 [ $status -eq 0 ] || exit $status
 
-if [ -f "$runs/reverse/model.safetensors" ] && [ -f "$runs/reverse-no-rosa/model.safetensors" ]; then
+finished() { grep -q "done: step" "$runs/$1.log"; }  # the trainer's last line once the schedule completes
+if finished reverse && finished reverse-no-rosa; then
   python3 -m heron.train.plot "$runs/reverse" --png "$runs/reverse/curve.png" --title "reverse 1-60, RWKV-8 + ROSA (40K)"
   python3 -m heron.train.plot "$runs/reverse-no-rosa" --png "$runs/reverse-no-rosa/curve.png" --title "reverse 1-60, time-mix only"
   for name in reverse reverse-no-rosa; do
