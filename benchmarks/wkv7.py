@@ -77,7 +77,7 @@ def bench_gpu(args):
     rows = []
     anchors_of = dict(GPU_SHAPES)
     shapes = [(tuple(shape), anchors_of.get(tuple(shape), {})) for shape in args.shape] if args.shape else GPU_SHAPES
-    variants = {label: VARIANTS[label] for label in args.variants} if args.variants is not None else VARIANTS
+    variants = {label: VARIANTS[label] for label in args.variants}
     for (B, T, H, N), anchors in shapes:
         if args.quick and T * B > 40000:
             continue
@@ -139,8 +139,9 @@ def bench_gpu(args):
             fla_leaves = [x.clone().requires_grad_() for x in (r, log_decay, k, v, a, b)]
 
             row["fla_ms"] = {}  # label: (fwd, fwd+bwd), or why it failed
-            for label in args.fla_settings if args.fla_settings is not None else FLA_SETTINGS:
+            for label in args.fla_settings:
                 options = FLA_SETTINGS[label]
+
                 def fla_forward():
                     with torch.no_grad():
                         return chunk_rwkv7(r, log_decay, k, v, a, b, scale=1.0, **options)[0]
@@ -328,10 +329,11 @@ def main():
                         help="time the split backward's passes alone, for several chunk lengths and warps")
     parser.add_argument("--shape", type=int, nargs=4, action="append", metavar=("B", "T", "H", "N"),
                         help="GPU shape(s) to time instead of the built-in ones (repeatable)")
-    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="LABEL",
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS), metavar="LABEL",
                         help="the kernel settings to time beside the defaults (default: all of "
                              + ", ".join(repr(label) for label in VARIANTS) + "; none: --variants alone)")
-    parser.add_argument("--fla-settings", nargs="*", choices=list(FLA_SETTINGS), metavar="LABEL",
+    parser.add_argument("--fla-settings", nargs="*", choices=list(FLA_SETTINGS), default=list(FLA_SETTINGS),
+                        metavar="LABEL",
                         help="fla's settings to time when fla imports (default: all of "
                              + ", ".join(repr(label) for label in FLA_SETTINGS) + ")")
     parser.add_argument("--chunks", type=int, nargs="+", help="--split-sweep: chunk lengths (default 32 64)")

@@ -111,6 +111,13 @@ def _check_count(name: str, value, minimum: int) -> int:
     return value
 
 
+def _as_float(value):
+    """``float(value)`` for numbers (anything with ``__float__``: numpy scalars, one-element tensors),
+    else ``value`` unchanged, for :class:`SamplingOptions` to refuse by name (``float()`` would also
+    parse the string ``"1"``, and a bool is not a temperature)."""
+    return float(value) if hasattr(value, "__float__") and not isinstance(value, bool) else value
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -139,9 +146,7 @@ def generate(
     tokens per GPT-mode call (the state carries over between chunks); by default as many as keep
     the logits of one call under 2**28 elements.
     """
-    # numbers only (float() would also take the string "1"); SamplingOptions checks the ranges
-    options = SamplingOptions(*(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-                                for value in (temperature, top_p)), top_k)
+    options = SamplingOptions(_as_float(temperature), _as_float(top_p), top_k)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "step"):
         raise TypeError("model: expected a Heron model (nn.Module with forward(tokens, state, return_state) and step())")
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens, 0)

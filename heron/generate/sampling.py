@@ -98,8 +98,9 @@ def sample_next(logits: torch.Tensor, options: SamplingOptions, uniforms: torch.
     probabilities = filtered_probabilities(logits, options)
     cumulative = torch.cumsum(probabilities, dim=1)
     # a row with no finite logit (a model that diverged) has no distribution to sample from
-    if not bool(torch.isfinite(cumulative[:, -1]).all()):
-        rows = torch.nonzero(~torch.isfinite(cumulative[:, -1])).flatten().tolist()
+    finite = torch.isfinite(cumulative[:, -1])
+    if not bool(finite.all()):
+        rows = torch.nonzero(~finite).flatten().tolist()
         raise ValueError(f"logits: row(s) {rows[:8]} give no finite distribution (NaN or no finite value)")
     targets = uniforms.to(device=cumulative.device, dtype=torch.float64)[:, None] * cumulative[:, -1:]
     # first index whose cumulative mass exceeds the target: zero-probability tokens are never hit

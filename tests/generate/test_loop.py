@@ -1,6 +1,7 @@
 import io
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,6 +143,10 @@ def test_bad_arguments():
         for value in ("1", None):  # numbers only, not what float() happens to take
             with pytest.raises(ValueError, match=name):
                 generate(model, [[1]], 2, **{name: value})
+        # but any number is one: numpy scalars and one-element tensors convert as before
+        for value in (np.float32(0.5), torch.tensor(0.5)):
+            assert generate(model, [[1]], 2, seed=0, **{name: value}).tokens == generate(
+                model, [[1]], 2, seed=0, **{name: 0.5}).tokens
     with pytest.raises(TypeError, match="model"):
         generate(torch.nn.Linear(2, 2), [[1]], 2)
 
