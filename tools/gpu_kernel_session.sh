@@ -4,9 +4,12 @@
 #
 #   tools/gpu_kernel_session.sh kernels   # build, WKV7/ROSA GPU tests, benchmarks/wkv7.py, train steps
 #   tools/gpu_kernel_session.sh rest      # ctx 4096 train steps, generation b1/b64, all GPU tests
-#   tools/gpu_kernel_session.sh wkv7      # WKV7 only: benchmarks/wkv7.py (with fla when .whl is
-#                                         # carried), its GPU tests (~300 s on an H200: Triton builds), then
-#                                         # the split backward's passes alone (--split-sweep); ~10 min
+#   tools/gpu_kernel_session.sh wkv7      # WKV7 only: benchmarks/wkv7.py (Heron and the sequential
+#                                         # backward), its GPU tests (~300 s on an H200: Triton builds),
+#                                         # then the split backward's passes alone (--split-sweep); ~8 min
+#   tools/gpu_kernel_session.sh wkv7-fla  # the anchor shapes with fla beside Heron (carry .whl); fla's
+#                                         # first calls on a machine autotune for over 4 minutes, so this
+#                                         # phase has a 10-minute command of its own
 #
 # Every part is bounded by `timeout` and may fail without stopping the others; the log of each
 # phase is $OUT/<phase>.log.
@@ -15,7 +18,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 MAX_JOBS=${MAX_JOBS:-16}
 [ -d "$PWD/.gpu_shared" ] && export HERON_SHARED=${HERON_SHARED:-$PWD/.gpu_shared}  # ../shared does not travel
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-phase=${1:?usage: gpu_kernel_session.sh kernels | rest | wkv7}
+phase=${1:?usage: gpu_kernel_session.sh kernels | rest | wkv7 | wkv7-fla}
 log="$out/$phase.log"; touch "$log"
 . tools/session_parts.sh  # part SECONDS TITLE COMMAND...
 bench=benchmarks/train_step.py
@@ -54,22 +57,30 @@ rest)
   tail -n 3 "$log"
   ;;
 wkv7)
-  # fla (carry .whl from tools/fetch_wheels.sh) is measured in the benchmark's run when importable
-  site=$(tools/ensure_wheels.sh /tmp/heron-site) && export PYTHONPATH="$PYTHONPATH:$site"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$log"
   python3 -c "from heron.ops.wkv7 import cuda; cuda.load()" >> "$log" 2>&1
-  # the figures first, then the tests (115, ~270-300 s cold); the sweep gets what is left of the
-  # 10-minute command. fla's autotuning takes minutes per setting on a cold machine (thirteenth
-  # session: with both of its settings and every variant, 420 s did not finish the first shape),
-  # so only ANCHORS.md's best fla setting and the sequential backward are timed beside the default
-  part ${WKV7_S:-280} "benchmarks/wkv7.py" python3 benchmarks/wkv7.py --variants "sequential backward" \
-    --fla-settings "chunk 64, safe gate" --json "$out/wkv7.json"
-  grep -E "^\(" "$log" | cut -c1-700
-  part ${TESTS_S:-290} "WKV7 GPU tests" python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/ops/test_wkv7_cuda.py
+  # Heron's figures first (fla is the wkv7-fla phase: the fourteenth session's run of both in one
+  # command spent its benchmark time in fla's autotuning, and cut the tests off at 109 of 115)
+  part ${WKV7_S:-150} "benchmarks/wkv7.py" python3 benchmarks/wkv7.py --variants "sequential backward" \
+    --fla-settings --json "$out/wkv7.json"
+  grep -E "^\(" "$log" | cut -c1-400
+  part ${TESTS_S:-300} "WKV7 GPU tests" python3 -m pytest -q -p no:cacheprovider -m gpu -rf tests/ops/test_wkv7_cuda.py
   grep -E "passed|failed" "$log" | tail -n 2
-  part ${SWEEP_S:-60} "benchmarks/wkv7.py --split-sweep" python3 benchmarks/wkv7.py --split-sweep --json "$out/split_sweep.json"
+  part ${SWEEP_S:-60} "benchmarks/wkv7.py --split-sweep" python3 benchmarks/wkv7.py --split-sweep --chunks 32 \
+    --json "$out/split_sweep.json"
   grep -E "^\(.*chunk" "$log" | sed 's/fwd .* + pass 2/pass 2/' | cut -c1-200
+  ;;
+wkv7-fla)
+  # fla (carry .whl from tools/fetch_wheels.sh), ANCHORS.md's best setting only (64-step chunks,
+  # safe gate; its default is 1.4-2.2x slower), at the anchor shapes, Heron timed beside it
+  site=$(tools/ensure_wheels.sh /tmp/heron-site) && export PYTHONPATH="$PYTHONPATH:$site"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
+  python3 -c "from heron.ops.wkv7 import cuda; cuda.load()" >> "$log" 2>&1
+  part ${FLA_S:-540} "benchmarks/wkv7.py with fla" python3 benchmarks/wkv7.py --shape 8 4096 32 64 \
+    --shape 32 1024 12 64 --shape 4 16384 32 64 --variants --fla-settings "chunk 64, safe gate" \
+    --json "$out/wkv7_fla.json"
+  grep -E "^\(" "$log" | cut -c1-500
   ;;
 *)
   echo "unknown phase $phase" >&2; exit 2 ;;

@@ -40,8 +40,8 @@ BACKWARD_COLUMNS_PER_THREAD = 2
 # saves what its backward needs (the split backward: a state every chunk, not every segment). Both
 # are exact and tested. "auto" takes the split backward for 16-bit inputs where Triton is installed
 # (float32 inputs need exact products, which the tensor cores do not give): it was the faster at
-# every benchmarked shape (twelfth session, one H200, bf16 fwd+bwd: 6.65 / 2.33 / 17.12 ms at
-# (8, 4096, 32), (32, 1024, 12), (4, 16384, 32) against 8.88 / 4.00 / 25.33 sequential; 6.52
+# every benchmarked shape (fourteenth session, one H200, bf16 fwd+bwd: 6.26 / 2.18 / 16.37 ms at
+# (8, 4096, 32), (32, 1024, 12), (4, 16384, 32) against 8.88 / 4.00 / 25.29 sequential; twelfth: 6.52
 # against 6.96 at (8, 4096, 64, 32), 2.69 against 2.71 at (16, 1024, 64, 32), 5.39 against 5.85 at
 # (8, 4096, 128, 16)); docs/benchmarks/wkv7.md.
 BACKWARD = "auto"
