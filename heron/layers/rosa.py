@@ -32,6 +32,7 @@ from ..ops.rosa.grad import (
     rosa_channel,
     rosa_qkv_channels,
 )
+from .time_mix import check_batch_index
 
 __all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV", "QK_INITS", "check_qk_init"]
 
@@ -67,9 +68,6 @@ class ROSAState:
     def select(self, batch_index, batch_size: int | None = None) -> "ROSAState":
         """Reorder or subset the batch rows (beam search). Each row owns ``num_streams / B``
         consecutive streams (stream ``b * G + g``); ``batch_size`` defaults to ``x_prev``'s rows."""
-        index = torch.as_tensor(batch_index, dtype=torch.int64).cpu()
-        if index.dim() != 1:
-            raise ValueError(f"batch_index must be 1-D, got shape {tuple(index.shape)}")
         if batch_size is None:
             if self.x_prev is None:
                 raise ValueError("batch_size is needed to select rows of a state without x_prev")
@@ -77,8 +75,7 @@ class ROSAState:
         streams = self.automaton.num_streams
         if batch_size < 1 or streams % batch_size:
             raise ValueError(f"batch_size {batch_size} does not divide the state's {streams} streams")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= batch_size):
-            raise ValueError(f"batch_index must lie in [0, {batch_size}), got {index.tolist()}")
+        index = check_batch_index(batch_index, batch_size)
         per_row = streams // batch_size
         stream_index = (index.unsqueeze(1) * per_row + torch.arange(per_row)).reshape(-1)
         x_prev = None if self.x_prev is None else self.x_prev[index.to(self.x_prev.device)]

@@ -21,7 +21,7 @@ from torch import nn
 
 from heron.ops.wkv7 import wkv7, wkv7_step
 
-__all__ = ["TimeMix", "TimeMixState", "check_layer_input", "orthogonal_init_", "wkv_state_dtype"]
+__all__ = ["TimeMix", "TimeMixState", "check_batch_index", "check_layer_input", "orthogonal_init_", "wkv_state_dtype"]
 
 
 def check_layer_input(x, n_embd: int, name: str = "x") -> None:
@@ -32,6 +32,27 @@ def check_layer_input(x, n_embd: int, name: str = "x") -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() != 3 or x.shape[-1] != n_embd or x.shape[1] == 0:
         raise ValueError(f"{name} must have shape [B, T, {n_embd}] with T >= 1, got {tuple(x.shape)}")
+
+
+def check_batch_index(batch_index, batch_size: int, name: str = "batch_index") -> torch.Tensor:
+    """The rows a state's ``select`` keeps, as a 1-D int64 CPU tensor: integer indices in
+    ``[0, batch_size)`` (any order, repeats allowed), or a boolean mask of ``batch_size`` rows (the
+    rows where it is true, as ``x[mask]``). Floats are refused rather than truncated."""
+    index = torch.as_tensor(batch_index)
+    if index.numel() == 0 and index.dtype != torch.bool:
+        index = index.to(torch.int64)  # torch.as_tensor([]) is float32
+    if index.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(index.shape)}")
+    if index.dtype == torch.bool:
+        if index.numel() != batch_size:
+            raise ValueError(f"{name}: a boolean mask needs one entry per row ({batch_size}), got {index.numel()}")
+        return index.cpu().nonzero().squeeze(1)
+    if index.is_floating_point() or index.is_complex():
+        raise TypeError(f"{name} must hold integers or be a boolean mask, got dtype {index.dtype}")
+    index = index.to("cpu", torch.int64)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= batch_size):
+        raise ValueError(f"{name} must lie in [0, {batch_size}), got {index.tolist()}")
+    return index
 
 
 def wkv_state_dtype(activation_dtype: torch.dtype) -> torch.dtype:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_ids
+from heron.layers.time_mix import check_batch_index
 
 __all__ = ["ROSALMConfig", "ROSALM", "ROSALMState", "ROSALMBlockState"]
 
@@ -162,7 +163,7 @@ class ROSALMState:
 
     def select(self, batch_index) -> "ROSALMState":
         """Reorder or subset the batch (beam search, dropping finished sequences)."""
-        index = torch.as_tensor(batch_index, dtype=torch.int64)
+        index = check_batch_index(batch_index, self.batch_size)
         return ROSALMState([block.select(index.to(block.ffn.x_prev.device)) for block in self.blocks])
 
     def state_dict(self) -> dict:

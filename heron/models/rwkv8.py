@@ -26,7 +26,7 @@ from torch import nn
 
 from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_ids
 from heron.layers.side_stream import join_side_stream, launch_on_side_stream
-from heron.layers.time_mix import TimeMix, TimeMixState, wkv_state_dtype
+from heron.layers.time_mix import TimeMix, TimeMixState, check_batch_index, wkv_state_dtype
 
 __all__ = ["RWKV8Config", "RWKV8", "State", "BlockState", "Block", "default_lora_rank"]
 
@@ -218,12 +218,8 @@ class State:
 
     def select(self, batch_index) -> "State":
         """Reorder or subset the batch (beam search, dropping finished sequences)."""
-        index = torch.as_tensor(batch_index, dtype=torch.int64)
-        if index.dim() != 1:
-            raise ValueError(f"batch_index must be 1-D, got shape {tuple(index.shape)}")
         batch_size = self.batch_size
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= batch_size):
-            raise ValueError(f"batch_index must lie in [0, {batch_size}), got {index.tolist()}")
+        index = check_batch_index(batch_index, batch_size)
         selected = []
         for block in self.blocks:
             idx = index.to(block.att.wkv.device)

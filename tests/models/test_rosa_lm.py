@@ -137,6 +137,12 @@ def test_state_select_reorders_batch():
         _, reference_state = model(tokens[[2, 0]], return_state=True)
         reference, _ = model.step(torch.tensor([4, 5]), reference_state)
     assert (logits - reference).abs().max().item() < 1e-12
+    masked = state.select(torch.tensor([False, True, True]))
+    assert masked.batch_size == 2
+    with pytest.raises(ValueError, match="batch_index must lie in"):
+        state.select([3])
+    with pytest.raises(TypeError, match="batch_index must hold integers"):
+        state.select([0.5])
 
 
 def test_load_official_layout(tmp_path):

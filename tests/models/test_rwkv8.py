@@ -207,6 +207,25 @@ def test_state_select_reorders_batch():
     torch.testing.assert_close(logits, full[[2, 0]], rtol=1e-12, atol=1e-12)
 
 
+def test_state_select_takes_masks_and_refuses_floats():
+    config = small_config()
+    model = random_model(config, seed=9)
+    tokens = torch.randint(0, config.vocab_size, (3, 6))
+    with torch.no_grad():
+        _, state = model(tokens, return_state=True)
+        by_mask = state.select(torch.tensor([True, False, True]))
+        by_list = state.select([0, 2])
+    assert by_mask.batch_size == 2
+    assert_states_close(by_mask, by_list, 0.0)
+    assert state.select([]).batch_size == 0
+    with pytest.raises(TypeError, match="batch_index must hold integers"):
+        state.select(torch.tensor([1.7]))  # was truncated to row 1
+    with pytest.raises(ValueError, match="one entry per row"):
+        state.select([True, False])
+    with pytest.raises(ValueError, match=r"batch_index must lie in \[0, 3\)"):
+        state.select([3])
+
+
 def test_state_to_dtype_and_zero_state():
     config = small_config()
     model = random_model(config, seed=10)
