@@ -117,10 +117,14 @@ class RunLogger:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self, final_message: str | None = None) -> None:
+        """Close the progress bar, then print ``final_message`` under it (a message written while
+        the bar is open lands above the bar's last state, or on its line when stderr is a pipe)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if final_message is not None:
+            self.message(final_message)
         if self.writer is not None:
             self.writer.close()
             self.writer = None

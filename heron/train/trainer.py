@@ -401,9 +401,8 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
                 model_file = export()
                 context.barrier()  # every rank returns once the files are written
                 reason = "signal" if stop.requested else "time limit"
-                logger.message(f"stopped at step {step} ({reason}); checkpoint {saved}: continue with --resume"
-                               + (f"; model saved to {model_file}" if model_file else ""))
-                logger.close()
+                logger.close(f"stopped at step {step} ({reason}); checkpoint {saved}: continue with --resume"
+                             + (f"; model saved to {model_file}" if model_file else ""))
                 return TrainResult(step, False, recent, metrics, saved, model_file, losses, reason)
             if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
                 saved = checkpoint(step, elapsed)
@@ -418,6 +417,5 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
         summary = f"done: step {step}, loss {last_logged_loss:.4f}"
     if metrics:
         summary += ", " + ", ".join(f"{name} {value:.6g}" for name, value in sorted(metrics.items()))
-    logger.message(summary + (f"; model saved to {model_file}" if model_file else ""))
-    logger.close()
+    logger.close(summary + (f"; model saved to {model_file}" if model_file else ""))
     return TrainResult(step, True, last_logged_loss, metrics, saved, model_file, losses)
