@@ -203,11 +203,15 @@ def test_state_select_and_serialisation_continue_exactly(bits):
         torch.testing.assert_close(picked, whole[order])
         default_size, _ = block(x[order, 6:], state=state.select(order, 3), return_state=True)
         torch.testing.assert_close(default_size, whole[order])
+        masked, _ = block(x[[0, 2], 6:], state=state.select(torch.tensor([True, False, True])), return_state=True)
+        torch.testing.assert_close(masked, whole[[0, 2]])
         restored = ROSAState.from_state_dict(state.state_dict())
         again, _ = block(x[:, 6:], state=restored.detach(), return_state=True)
         torch.testing.assert_close(again, whole)
     with pytest.raises(ValueError, match="batch_index"):
         state.select(torch.tensor([3]))
+    with pytest.raises(TypeError, match="batch_index must hold integers"):
+        state.select(torch.tensor([0.0]))
     with pytest.raises(ValueError, match="from_state_dict"):
         ROSAState.from_state_dict({"x": 1})
 
