@@ -34,7 +34,7 @@ def _ptxas_candidates():
 def _signature(kernel, dtype):
     signature = {}
     for name in kernel.arg_names:
-        if name in ("u_ptr", "gb_ptr", "states_ptr", "futures_ptr", "partial_ptr"):
+        if name in ("u_ptr", "gb_ptr", "states_ptr", "futures_ptr"):
             signature[name] = "*fp32"
         elif name == "stepped_ptr":
             signature[name] = "*i8"

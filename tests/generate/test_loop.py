@@ -155,7 +155,6 @@ def test_bad_arguments():
 # the real models, fp64: incremental logits == full recompute within 1e-9
 
 
-
 def _rwkv8(rosa=None):
     from heron.models.rwkv8 import RWKV8, RWKV8Config
 
