@@ -242,3 +242,27 @@ def test_split_backward_passes_match_their_references(N, T, rows):
     pass2 = wkv7_cuda.chunk_gradients(r, w, k, v, a, b, grad_y, removal, pass1[0], checkpoints, pass1[2], chunk, 0)
     for got, want in zip(pass2, pass2_ref):
         assert relative_l2(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("scheme", ["sequential", "split"])
+@pytest.mark.parametrize("used", ["y", "state"])
+def test_gradients_when_one_output_is_unused(scheme, used, monkeypatch):
+    # The backward gets None (not a zero tensor) for an output the loss does not use, and for the
+    # saved tensors the forward returns alongside; the gradients still match the reference.
+    monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
+    inputs = make_inputs(2, 100, 2, 64, dtype=torch.float64, device="cuda", seed=31)
+    leaves = [x.to(torch.bfloat16).requires_grad_() for x in inputs[:6]] + [inputs[6].float().requires_grad_()]
+    reference = [x.detach().double().requires_grad_() for x in leaves]
+
+    def loss(outputs):
+        y, state = outputs
+        return y.float().square().sum() if used == "y" else (state * state.detach().sign()).sum()
+
+    grads = torch.autograd.grad(loss(wkv7(*leaves[:6], leaves[6], return_state=True, backend="cuda")), leaves,
+                                allow_unused=True)
+    expected = torch.autograd.grad(loss(wkv7_reference(*reference)), reference, allow_unused=True)
+    for name, g, e in zip(NAMES[2:], grads, expected):
+        if e is None:  # r reaches only y
+            assert name == "dr" and used == "state" and (g is None or not g.any()), name
+        else:
+            assert relative_l2(g, e) < TOLERANCES[torch.bfloat16][1], name

@@ -252,6 +252,11 @@ def _setup_context(ctx, inputs, output):
     ctx.has_state = state is not None
     ctx.checkpoint_stride = checkpoint_stride
     ctx.save_for_backward(r, w, k, v, a, b, removal, checkpoints)
+    # Outputs without a gradient reach the backward as None, not as zeros: autograd would otherwise
+    # fill zero gradients for `removal` and `checkpoints` (never used downstream) on every backward,
+    # 0.8 GB at (8, 4096, 32, 64); not filling them made the fwd+bwd 2-3.5% faster on an H200
+    # (fifteenth session: 6.06 against 6.24 ms there, 15.94 against 16.28 at (4, 16384, 32)).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_final_state, _grad_removal, _grad_checkpoints):
