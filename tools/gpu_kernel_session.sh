@@ -7,9 +7,13 @@
 #   tools/gpu_kernel_session.sh wkv7      # WKV7 only: benchmarks/wkv7.py (Heron and the sequential
 #                                         # backward), its GPU tests (~300 s on an H200: Triton builds),
 #                                         # then the split backward's passes alone (--split-sweep); ~8 min
-#   tools/gpu_kernel_session.sh wkv7-fla  # the anchor shapes with fla beside Heron (carry .whl); fla's
-#                                         # first calls on a machine autotune for over 4 minutes, so this
-#                                         # phase has a 10-minute command of its own
+#   tools/gpu_kernel_session.sh wkv7-fla [B T H N ...]
+#                                         # fla beside Heron (carry .whl) at the given shapes (default:
+#                                         # the three anchor shapes). fla autotunes every new shape: the
+#                                         # first on a cold machine took ~4 minutes (fifteenth session,
+#                                         # one H200), so give the anchor shapes two commands, e.g.
+#                                         # `wkv7-fla 8 4096 32 64 32 1024 12 64`, then, while the machine
+#                                         # is warm (its Triton cache kept), `wkv7-fla 4 16384 32 64`
 #
 # Every part is bounded by `timeout` and may fail without stopping the others; the log of each
 # phase is $OUT/<phase>.log.
@@ -18,7 +22,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 MAX_JOBS=${MAX_JOBS:-16}
 [ -d "$PWD/.gpu_shared" ] && export HERON_SHARED=${HERON_SHARED:-$PWD/.gpu_shared}  # ../shared does not travel
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-phase=${1:?usage: gpu_kernel_session.sh kernels | rest | wkv7 | wkv7-fla}
+phase=${1:?usage: gpu_kernel_session.sh kernels | rest | wkv7 | wkv7-fla [B T H N ...]}
 log="$out/$phase.log"; touch "$log"
 . tools/session_parts.sh  # part SECONDS TITLE COMMAND...
 bench=benchmarks/train_step.py
@@ -77,9 +81,12 @@ wkv7-fla)
   site=$(tools/ensure_wheels.sh /tmp/heron-site) && export PYTHONPATH="$PYTHONPATH:$site"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
   python3 -c "from heron.ops.wkv7 import cuda; cuda.load()" >> "$log" 2>&1
-  part ${FLA_S:-540} "benchmarks/wkv7.py with fla" python3 benchmarks/wkv7.py --shape 8 4096 32 64 \
-    --shape 32 1024 12 64 --shape 4 16384 32 64 --variants --fla-settings "chunk 64, safe gate" \
-    --json "$out/wkv7_fla.json"
+  shift
+  dims=("$@"); [ ${#dims[@]} -eq 0 ] && dims=(8 4096 32 64 32 1024 12 64 4 16384 32 64)
+  (( ${#dims[@]} % 4 == 0 )) || { echo "wkv7-fla: shapes are groups of four numbers B T H N" >&2; exit 2; }
+  shapes=(); for ((i = 0; i < ${#dims[@]}; i += 4)); do shapes+=(--shape "${dims[@]:i:4}"); done
+  part ${FLA_S:-540} "benchmarks/wkv7.py with fla" python3 benchmarks/wkv7.py "${shapes[@]}" --variants \
+    --fla-settings "chunk 64, safe gate" --json "$out/wkv7_fla.json"
   grep -E "^\(" "$log" | cut -c1-500
   ;;
 *)
