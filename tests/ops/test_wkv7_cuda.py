@@ -247,8 +247,9 @@ def test_split_backward_passes_match_their_references(N, T, rows):
 @pytest.mark.parametrize("scheme", ["sequential", "split"])
 @pytest.mark.parametrize("used", ["y", "state"])
 def test_gradients_when_one_output_is_unused(scheme, used, monkeypatch):
-    # The backward gets None (not a zero tensor) for an output the loss does not use, and for the
-    # saved tensors the forward returns alongside; the gradients still match the reference.
+    # An output the loss does not use reaches the backward as None (autograd no longer fills zeros
+    # for it, nor for the saved tensors the forward returns alongside): the gradients of both
+    # schemes still match the reference, with y alone or the final state alone in the loss.
     monkeypatch.setattr(wkv7_cuda, "BACKWARD", scheme)
     inputs = make_inputs(2, 100, 2, 64, dtype=torch.float64, device="cuda", seed=31)
     leaves = [x.to(torch.bfloat16).requires_grad_() for x in inputs[:6]] + [inputs[6].float().requires_grad_()]
