@@ -19,16 +19,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .time_mix import check_layer_input, orthogonal_init_
+from .time_mix import check_flag, check_layer_input, orthogonal_init_
 
 __all__ = ["ChannelMix", "ChannelMixState", "check_token_ids"]
 
 
 def check_token_ids(token_ids, vocab_size: int, shape: tuple[int, ...], name: str = "token_ids",
-                    check_range: bool = False) -> None:
+                    check_range: bool = False) -> torch.Tensor:
     """Raise a clear TypeError/ValueError unless ``token_ids`` is an integer tensor of ``shape``
     (with ``check_range``, also unless every id lies in ``[0, vocab_size)``; that check reads the
-    values, a device sync on GPU, and is skipped while ``torch.compile`` traces)."""
+    values, a device sync on GPU, and is skipped while ``torch.compile`` traces). Returns the ids
+    as an embedding index: int8/int16/uint8 ids become int64 (``nn.Embedding`` takes int32/int64)."""
     if not isinstance(token_ids, torch.Tensor):
         raise TypeError(f"{name} must be an integer torch.Tensor of shape {list(shape)}, got {type(token_ids).__name__}")
     if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
@@ -39,6 +40,7 @@ def check_token_ids(token_ids, vocab_size: int, shape: tuple[int, ...], name: st
         low, high = int(token_ids.min()), int(token_ids.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} must lie in [0, {vocab_size}), found values in [{low}, {high}]")
+    return token_ids if token_ids.dtype in (torch.int64, torch.int32) else token_ids.long()
 
 
 @dataclass
@@ -125,11 +127,15 @@ class ChannelMix(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None,
                 state: ChannelMixState | None = None, return_state: bool = False):
         check_layer_input(x, self.n_embd)
+        check_flag(return_state, "return_state")
         B, T, C = x.shape
         if self.deep_embed:
             if token_ids is None:
                 raise ValueError("token_ids [B, T] are required by the DeepEmbed channel-mix")
-            check_token_ids(token_ids, self.vocab_size, (B, T))
+            # The range check reads the ids: free on the CPU (where DeepEmbed tables usually live),
+            # a device sync on a GPU, where the models check their tokens once instead of per layer.
+            on_cpu = isinstance(token_ids, torch.Tensor) and not token_ids.is_cuda
+            token_ids = check_token_ids(token_ids, self.vocab_size, (B, T), check_range=on_cpu)
         if state is not None:
             if not isinstance(state, ChannelMixState):
                 raise TypeError(f"state must be a ChannelMixState or None, got {type(state).__name__}")
@@ -147,5 +153,5 @@ class ChannelMix(nn.Module):
         if self.deep_embed:
             out = out * self.deep_embed_rows(token_ids, out)
         if return_state:
-            return out, ChannelMixState(x[:, -1])
+            return out, ChannelMixState(x[:, -1].clone())  # a view would pin the whole [B, T, C] input
         return out

@@ -32,7 +32,7 @@ from ..ops.rosa.grad import (
     rosa_channel,
     rosa_qkv_channels,
 )
-from .time_mix import check_batch_index
+from .time_mix import check_batch_index, check_flag, detached_cpu_copy
 
 __all__ = ["ROSAState", "EmbROSA", "ROSABits", "ROSAQKVOp", "ROSAQKV", "QK_INITS", "check_qk_init"]
 
@@ -85,7 +85,7 @@ class ROSAState:
         """Plain tensors (loadable with ``torch.load(weights_only=True)``)."""
         out = {"automaton": self.automaton.state_dict()}
         if self.x_prev is not None:
-            out["x_prev"] = self.x_prev.detach().cpu()
+            out["x_prev"] = detached_cpu_copy(self.x_prev)
         return out
 
     @classmethod
@@ -185,6 +185,7 @@ class EmbROSA(nn.Module):
         self.emb = nn.Embedding(vocab_size, n_embd)
 
     def forward(self, idx: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
+        check_flag(return_state, "return_state")
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"idx must be a torch.Tensor of token ids [B, T], got {type(idx).__name__}")
         if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex():
@@ -254,6 +255,7 @@ class ROSABits(nn.Module):
 
     def forward(self, x: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
         check_activation("x", x, self.n_embd, self.bits)
+        check_flag(return_state, "return_state")
         B, T, _ = x.shape
         G = self.n_embd // self.bits
         _check_state(state, "ROSABits", B * G)
@@ -400,6 +402,7 @@ class ROSAQKV(nn.Module):
 
     def forward(self, x: torch.Tensor, state: ROSAState | None = None, return_state: bool = False):
         check_activation("x", x, self.n_embd, self.bits)
+        check_flag(return_state, "return_state")
         B, T, C = x.shape
         G = C // self.bits
         _check_state(state, "ROSAQKV", B * G, need_shift=True)
@@ -416,6 +419,6 @@ class ROSAQKV(nn.Module):
         _refuse_grad_through_history(state, q, k, v)
         automaton = state.automaton if state is not None else _new_automaton(B * G)
         y = self.rosa_qkv(q, k, v, automaton=automaton)
-        x_prev = x[:, -1].detach() if T > 0 else state.x_prev if state is not None else x.new_zeros(B, C)
+        x_prev = x[:, -1].detach().clone() if T > 0 else state.x_prev if state is not None else x.new_zeros(B, C)
         out = self.o(y)
         return (out, ROSAState(automaton, x_prev)) if return_state else out

@@ -34,6 +34,20 @@ def check_layer_input(x, n_embd: int, name: str = "x") -> None:
         raise ValueError(f"{name} must have shape [B, T, {n_embd}] with T >= 1, got {tuple(x.shape)}")
 
 
+def check_flag(value, name: str) -> bool:
+    """``return_state`` and similar switches: a bool, not any truthy object (a state passed in
+    the wrong position would otherwise be read as ``True``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def detached_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy with its own compact storage, for state dicts: a view (such as the last
+    position of a prefill's activations) would otherwise carry its whole base tensor into the file."""
+    return tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+
+
 def check_batch_index(batch_index, batch_size: int, name: str = "batch_index") -> torch.Tensor:
     """The rows a state's ``select`` keeps, as a 1-D int64 CPU tensor: integer indices in
     ``[0, batch_size)`` (any order, repeats allowed), or a boolean mask of ``batch_size`` rows (the
@@ -223,6 +237,7 @@ class TimeMix(nn.Module):
     def forward(self, x: torch.Tensor, v_first: torch.Tensor | None = None, state: TimeMixState | None = None,
                 return_state: bool = False):
         check_layer_input(x, self.n_embd)
+        check_flag(return_state, "return_state")
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         if self.mixes_value_with_first_layer:
@@ -285,5 +300,5 @@ class TimeMix(nn.Module):
             return out, v_first
         # the state keeps its autograd graph (callers detach for truncated backprop) and follows
         # the precision rule even when the caller passed a state of another dtype
-        new_state = TimeMixState(x[:, -1], new_wkv.to(wkv_state_dtype(x.dtype)))
+        new_state = TimeMixState(x[:, -1].clone(), new_wkv.to(wkv_state_dtype(x.dtype)))
         return out, v_first, new_state

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -385,9 +386,18 @@ def save(model: nn.Module, path: str | Path) -> Path:
         "config_class": config_name,
         "config": _config_to_json(model.config),
     }
-    path = Path(path)
+    return _write_atomically(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def _write_atomically(path: Path, write) -> Path:
+    """``write(temporary)`` beside ``path``, then rename over it: a crash never leaves a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -490,6 +500,11 @@ def official_state_dict(model: nn.Module, layout: str | None = None) -> dict[str
     RWKV8 without ``ln0`` and DeepEmbed but with 1-bit ROSA, else ``"rc00"``)."""
     state = {k: _official_shape(k, v.detach()) for k, v in model.state_dict().items()}
     state.update(getattr(model, "official_unused", {}))
+    for key in [k for k in state if re.search(r"(^|\.)rosa\.(q\.weight|q\.bias|x_q)$", k)]:
+        # ROSA blocks with rosa_qk_init="shared" have no key path (k = q): the official layout has
+        # one, and k = q, x_k = x_q is the same model
+        state.setdefault(re.sub(r"(q\.weight|q\.bias|x_q)$", lambda m: m.group(1).replace("q", "k"), key),
+                         state[key].clone())
     name = type(model).__name__
     if name == "RWKV8":
         config = model.config
@@ -556,7 +571,14 @@ def convert(source: str | Path, destination: str | Path, *, to: str = FORMAT_NAM
         return save(model, destination)
     if to not in ("official", "task", "rc00", "rosa_lm", "counting"):
         raise ValueError(f"to must be 'heron', 'official', 'task', 'rc00', 'rosa_lm' or 'counting', got {to!r}")
+    from heron.layers.rosa import ROSAQKVOp
+
+    qkv_bits = {module.bits for module in model.modules() if isinstance(module, ROSAQKVOp)}
+    if 4 in qkv_bits and "4bit" not in destination.name.lower():
+        # official files do not record the ROSA bit width: load() reads it from the file name
+        raise ValueError(f"destination {destination.name!r}: the model has 4-bit ROSA blocks, and official files "
+                         "do not record the bit width (heron.load reads 4 bits only from a name containing "
+                         "'4bit'); put '4bit' in the file name")
     state = official_state_dict(model, None if to == "official" else to)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.contiguous().clone() for k, v in state.items()}, destination)
-    return destination
+    return _write_atomically(destination, lambda temporary: torch.save(
+        {k: v.contiguous().clone() for k, v in state.items()}, temporary))

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_ids
-from heron.layers.time_mix import check_batch_index
+from heron.layers.time_mix import check_batch_index, check_flag, detached_cpu_copy
 
 __all__ = ["ROSALMConfig", "ROSALM", "ROSALMState", "ROSALMBlockState"]
 
@@ -79,9 +79,11 @@ class ROSALMConfig:
             raise ValueError(f"ROSALMConfig.dim_ffn must be a positive int, got {self.dim_ffn!r}")
         if isinstance(self.rosa_window, bool) or not isinstance(self.rosa_window, int) or self.rosa_window < 1:
             raise ValueError(f"ROSALMConfig.rosa_window must be a positive int, got {self.rosa_window!r}")
-        for name in ("rosa_tau", "layer_norm_eps"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ROSALMConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"ROSALMConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        from heron.models.rwkv8 import _check_estimator_fields
+
+        _check_estimator_fields(self, "ROSALMConfig")
         from heron.layers.rosa import check_qk_init
 
         check_qk_init(self.rosa_qk_init, "ROSALMConfig.rosa_qk_init")
@@ -169,7 +171,7 @@ class ROSALMState:
     def state_dict(self) -> dict:
         """Plain tensors and containers (loadable with ``torch.load(weights_only=True)``)."""
         return {"n_layer": len(self.blocks),
-                "blocks": [{"rosa": block.rosa.state_dict(), "ffn_x_prev": block.ffn.x_prev.detach().cpu()}
+                "blocks": [{"rosa": block.rosa.state_dict(), "ffn_x_prev": detached_cpu_copy(block.ffn.x_prev)}
                            for block in self.blocks]}
 
     @classmethod
@@ -252,10 +254,11 @@ class ROSALM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: ROSALMState | None = None, return_state: bool = False):
         """``tokens [B, T]`` -> ``logits [B, T, V]`` (or ``(logits, state)``), continuing ``state``."""
+        check_flag(return_state, "return_state")
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] == 0:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T] with T >= 1, got {got}")
-        check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens", check_range=True)
+        tokens = check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens", check_range=True)
         if state is not None:
             self._check_state(state, tokens.shape[0])
         x = self.emb(tokens)

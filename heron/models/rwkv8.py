@@ -26,7 +26,14 @@ from torch import nn
 
 from heron.layers.channel_mix import ChannelMix, ChannelMixState, check_token_ids
 from heron.layers.side_stream import join_side_stream, launch_on_side_stream
-from heron.layers.time_mix import TimeMix, TimeMixState, check_batch_index, wkv_state_dtype
+from heron.layers.time_mix import (
+    TimeMix,
+    TimeMixState,
+    check_batch_index,
+    check_flag,
+    detached_cpu_copy,
+    wkv_state_dtype,
+)
 
 __all__ = ["RWKV8Config", "RWKV8", "State", "BlockState", "Block", "default_lora_rank"]
 
@@ -39,6 +46,18 @@ def _check_max_gain(value, name: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be None or a positive finite number, got {value!r}")
+
+
+def _check_estimator_fields(config, owner: str) -> None:
+    """``rosa_estimator`` and ``rosa_tau`` are checked even for a model without ROSA blocks, so a
+    typo fails where it is made rather than when ROSA is switched on later."""
+    from heron.ops.rosa.grad import ESTIMATORS
+
+    if config.rosa_estimator not in ESTIMATORS:
+        raise ValueError(f"{owner}.rosa_estimator must be one of {ESTIMATORS}, got {config.rosa_estimator!r}")
+    tau = config.rosa_tau
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+        raise ValueError(f"{owner}.rosa_tau must be a positive finite number, got {tau!r}")
 
 
 def default_lora_rank(n_embd: int, factor: float) -> int:
@@ -117,9 +136,13 @@ class RWKV8Config:
 
         check_qk_init(self.rosa_qk_init, "RWKV8Config.rosa_qk_init")
         _check_max_gain(self.rosa_max_gain, "RWKV8Config.rosa_max_gain")
+        for name in ("deep_embed", "deep_embed_on_cpu", "ln0", "head_bias", "layer0_value_lora"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RWKV8Config.{name} must be a bool, got {getattr(self, name)!r}")
         if self.deep_embed_on_cpu and not self.deep_embed:
             raise ValueError("RWKV8Config.deep_embed_on_cpu needs deep_embed=True")
-        for name in ("layer_norm_eps", "ln_x_eps", "rosa_tau"):
+        _check_estimator_fields(self, "RWKV8Config")
+        for name in ("layer_norm_eps", "ln_x_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RWKV8Config.{name} must be > 0, got {getattr(self, name)!r}")
 
@@ -293,8 +316,8 @@ class State:
         """Plain tensors and containers (loadable with ``torch.load(weights_only=True)``)."""
         out = {"n_layer": len(self.blocks), "blocks": []}
         for block in self.blocks:
-            entry = {"att_x_prev": block.att.x_prev.detach().cpu(), "att_kv": block.att.wkv.detach().cpu(),
-                     "ffn_x_prev": block.ffn.x_prev.detach().cpu()}
+            entry = {"att_x_prev": detached_cpu_copy(block.att.x_prev), "att_kv": detached_cpu_copy(block.att.wkv),
+                     "ffn_x_prev": detached_cpu_copy(block.ffn.x_prev)}
             if block.rosa is not None:
                 entry["rosa"] = block.rosa.state_dict()
             out["blocks"].append(entry)
@@ -429,7 +452,7 @@ class RWKV8(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, return_state: bool = False):
         """``tokens [B, T]`` -> ``logits [B, T, V]`` (or ``(logits, state)``), continuing ``state``."""
-        if return_state:
+        if check_flag(return_state, "return_state"):
             features, new_state = self.features(tokens, state, return_state=True)
             return self.head(features), new_state
         return self.head(self.features(tokens, state))
@@ -438,12 +461,13 @@ class RWKV8(nn.Module):
         """The head's input ``ln_out(x) [B, T, C]`` (or ``(features, state)``): ``forward`` is
         ``head(features(...))``. Training with a large vocabulary applies the head in chunks of
         positions (``heron.train.losses.chunked_cross_entropy``) so the logits never exist whole."""
+        check_flag(return_state, "return_state")
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] == 0:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T] with T >= 1, got {got}")
         if tokens.device != self.emb.weight.device:
             raise ValueError(f"tokens are on {tokens.device} but the model is on {self.emb.weight.device}")
-        check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens", check_range=True)
+        tokens = check_token_ids(tokens, self.config.vocab_size, tuple(tokens.shape), name="tokens", check_range=True)
         if state is not None:
             self._check_state(state, tokens.shape[0])
         x = self.emb(tokens)

@@ -111,3 +111,15 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="state.x_prev"):
         layer(x, torch.zeros(2, 3, dtype=torch.int64), ChannelMixState(torch.zeros(3, 8)))
     assert not hasattr(ChannelMix(make_config(deep_embed=False), 0), "enn")
+
+
+def test_token_ids_out_of_range_or_small_integer_dtypes():
+    layer = randomized(ChannelMix(make_config(), 0), seed=3)
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    for bad in (11, -1):
+        with pytest.raises(ValueError, match="token_ids must lie in \\[0, 11\\)"):
+            layer(x, torch.full((2, 3), bad))
+    tokens = torch.randint(0, 11, (2, 3))
+    expected = layer(x, tokens)
+    for dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        torch.testing.assert_close(layer(x, tokens.to(dtype)), expected, rtol=0, atol=0)

@@ -131,6 +131,64 @@ def test_convert_both_ways(tmp_path, rc00_file):
         convert(ours, tmp_path / "x.pth", to="onnx")
 
 
+def _small_rwkv8(**overrides):
+    from heron.models.rwkv8 import RWKV8, RWKV8Config
+
+    torch.manual_seed(0)
+    config = RWKV8Config(n_layer=2, n_embd=32, vocab_size=10, head_size=16, **overrides)
+    model = RWKV8(config)  # float32, as official files are
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+@needs_rosa_layer
+def test_convert_to_official_keeps_4bit_rosa_only_under_a_4bit_name(tmp_path):
+    model = _small_rwkv8(rosa="qkv4")
+    ours = save(model, tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="4bit"):
+        convert(ours, tmp_path / "m.pth", to="official")
+    assert not (tmp_path / "m.pth").exists()
+    back = load(convert(ours, tmp_path / "m_4bit.pth", to="official"))
+    assert back.config.rosa == "qkv4"
+    tokens = torch.randint(0, 10, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(back(tokens), model(tokens), rtol=0, atol=0)
+
+
+@needs_rosa_layer
+@pytest.mark.parametrize("to", ["official", "task"])
+def test_convert_shared_keys_model_to_official(tmp_path, to):
+    """rosa_qk_init="shared" has no key path; the official layouts get k = q, x_k = x_q (the same model)."""
+    overrides = dict(rosa="qkv1", rosa_qk_init="shared")
+    if to == "task":
+        overrides.update(deep_embed=False, ln0=False, head_bias=True)
+    model = _small_rwkv8(**overrides)
+    back = load(convert(save(model, tmp_path / "m.safetensors"), tmp_path / "m.pth", to=to))
+    tokens = torch.randint(0, 10, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(back(tokens), model(tokens), rtol=0, atol=0)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = _small_rwkv8()
+    path = save(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+
+    def torn_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        save(model, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
 @needs_rosa_layer
 @pytest.mark.parametrize("name", TASK_FILES + ["251016_rosa_1bit_run", "251018_rosa_4bit_run"])
 def test_task_checkpoints_load_and_convert_back_unchanged(shared, tmp_path, name):

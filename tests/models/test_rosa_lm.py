@@ -166,7 +166,9 @@ def test_load_official_layout(tmp_path):
     from heron.models.loading import convert
 
     convert(path, ours)
-    back = read_official(convert(ours, tmp_path / "back.pth", to="official"))
+    with pytest.raises(ValueError, match="4bit"):  # the name is all that tells load() the width
+        convert(ours, tmp_path / "back.pth", to="official")
+    back = read_official(convert(ours, tmp_path / "back-4bit.pth", to="official"))
     assert set(back) == set(official) and all(torch.equal(back[k], official[k]) for k in official)
 
 
@@ -216,6 +218,15 @@ def test_bad_input():
         ROSALMConfig(n_layer=1, n_embd=6, vocab_size=5, bits=4)
     with pytest.raises(ValueError, match="n_layer"):
         ROSALMConfig(n_layer=0, n_embd=8, vocab_size=5)
+    with pytest.raises(ValueError, match="ROSALMConfig.rosa_estimator"):
+        ROSALMConfig(n_layer=1, n_embd=8, vocab_size=5, rosa_estimator="bogus")
+    with pytest.raises(ValueError, match="ROSALMConfig.rosa_tau"):
+        ROSALMConfig(n_layer=1, n_embd=8, vocab_size=5, rosa_tau=float("inf"))
+    with pytest.raises(TypeError, match="return_state must be a bool"):
+        model(torch.zeros(2, 3, dtype=torch.long), return_state="no")
+    tokens = torch.randint(0, vocab, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens.to(torch.uint8)), model(tokens), rtol=0, atol=0)
 
 
 

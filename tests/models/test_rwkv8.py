@@ -68,10 +68,27 @@ def test_config_defaults_follow_spec():
     (dict(deep_embed=False, deep_embed_on_cpu=True), "deep_embed_on_cpu"),
     (dict(layer_norm_eps=0.0), "layer_norm_eps"),
     (dict(vocab_size=2.5), "vocab_size"),
+    (dict(rosa_estimator="bogus"), "RWKV8Config.rosa_estimator"),  # checked without ROSA blocks too
+    (dict(rosa_tau=float("inf")), "RWKV8Config.rosa_tau"),
+    (dict(rosa_tau=0.0), "RWKV8Config.rosa_tau"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         small_config(**overrides)
+
+
+@pytest.mark.parametrize("name", ["deep_embed", "deep_embed_on_cpu", "ln0", "head_bias", "layer0_value_lora"])
+def test_config_switches_must_be_bools(name):
+    with pytest.raises(TypeError, match=f"RWKV8Config.{name} must be a bool"):
+        small_config(**{name: "no"})
+
+
+def test_return_state_must_be_a_bool():
+    model = RWKV8(small_config())
+    tokens = torch.zeros(1, 3, dtype=torch.int64)
+    for bad in ("no", 1, None, model.zero_state(1)):
+        with pytest.raises(TypeError, match="return_state must be a bool"):
+            model(tokens, return_state=bad)
 
 
 def test_config_from_dict_rejects_unknown_fields():
@@ -246,6 +263,26 @@ def test_state_save_load_round_trip(tmp_path):
         State.from_state_dict({"blocks": [{"att_x_prev": torch.zeros(1, 4)}]})
 
 
+@pytest.mark.parametrize("rosa", [None, "qkv1"])
+def test_prefill_state_owns_its_storage(tmp_path, rosa):
+    """The x_prev entries of a state are the last position of the prefill's activations: as views
+    they kept the whole [B, T, C] tensors alive, and saved files grew with the prompt length."""
+    config = small_config(rosa=rosa)
+    model = random_model(config, seed=12)
+    sizes = []
+    for length in (1, 300):
+        with torch.no_grad():
+            _, state = model(torch.randint(0, config.vocab_size, (2, length)), return_state=True)
+        for block in state.blocks:
+            shifts = [block.att.x_prev, block.ffn.x_prev] + ([block.rosa.x_prev] if block.rosa is not None else [])
+            for x_prev in shifts:
+                assert x_prev.untyped_storage().nbytes() == x_prev.numel() * x_prev.element_size()
+        state.save(tmp_path / f"state{length}.pt")
+        sizes.append((tmp_path / f"state{length}.pt").stat().st_size)
+    if rosa is None:  # (the ROSA automata are saved as their histories, which grow with the prompt)
+        assert sizes[1] < sizes[0] + 4096  # one [2, 300, 32] float64 view alone would add 153,600 bytes
+
+
 def test_official_flat_list_round_trip():
     config = small_config()
     model = random_model(config, seed=12)
@@ -288,6 +325,17 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 3, dtype=torch.int64, device="meta"))
     with pytest.raises(TypeError, match="RWKV8Config"):
         RWKV8({"n_layer": 1})
+
+
+def test_small_integer_token_dtypes_give_the_int64_results():
+    config = small_config(deep_embed=True)
+    model = random_model(config, seed=5)
+    tokens = torch.randint(0, config.vocab_size, (2, 6))
+    with torch.no_grad():
+        expected, expected_step = model(tokens), model.step(tokens[:, 0])[0]
+        for dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+            torch.testing.assert_close(model(tokens.to(dtype)), expected, rtol=0, atol=0)
+            torch.testing.assert_close(model.step(tokens[:, 0].to(dtype))[0], expected_step, rtol=0, atol=0)
 
 
 @pytest.mark.slow
