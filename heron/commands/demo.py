@@ -38,6 +38,32 @@ def _check(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.digits > 60:
         raise ValueError(f"--digits must be at most 60 (the reversal task's range), got {args.digits}")
+    from heron.train.distributed import resolve_device
+
+    try:  # before the banner and the run folder
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise ValueError(f"--device: {exc}") from None
+
+
+# What a demo run writes into its folder (the trainer's files; the demo turns TensorBoard off).
+DEMO_FILES = ("checkpoint.pt", "checkpoint.pt.prev", "train.csv", "eval.csv", "model.safetensors")
+MARKER = "heron-demo.txt"
+
+
+def _prepare_out(out) -> None:
+    """The demo always starts afresh, so it must own its folder: it takes a new or empty one, and
+    in a folder an earlier demo run marked it replaces that run's files and nothing else."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the demo needs a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ValueError(f"--out {out} is not empty and no earlier demo run wrote it; choose a new or "
+                             "empty folder (the demo replaces its own earlier run)")
+        for name in DEMO_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `heron demo`; the next demo run in this folder replaces its files\n")
 
 
 @torch.no_grad()
@@ -67,16 +93,7 @@ def run(args) -> int:
 
     _check(args)
     out = Path(args.out)
-    marker = out / "heron-demo.txt"
-    if (out / "checkpoint.pt").exists():
-        if not marker.exists():
-            raise ValueError(f"--out {out} holds a training run that the demo did not write; "
-                             "choose another folder")
-        import shutil
-
-        shutil.rmtree(out)  # an earlier demo run: the demo always starts afresh
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("written by `heron demo`; the next demo run in this folder replaces it\n")
+    _prepare_out(out)
     config = TrainConfig(
         task="reverse",
         steps=args.steps,

@@ -395,6 +395,7 @@ def _write_atomically(path: Path, write) -> Path:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(temporary)
+        os.chmod(temporary, 0o644)  # safetensors creates its files 0600; checkpoints and CSVs beside are 0644
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

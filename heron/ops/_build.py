@@ -135,10 +135,11 @@ def _build(name, sources, cuda, extra_cflags, extra_cuda_cflags, verbose) -> Mod
     module_name = f"heron_{name}_{digest}"
     build_dir = cache_root() / module_name
     build_dir.mkdir(parents=True, exist_ok=True)
+    staged = _stage_sources(paths, build_dir / "src")
     try:
         return cpp_extension.load(
             name=module_name,
-            sources=[str(p) for p in paths],
+            sources=[str(p) for p in staged],
             extra_cflags=cflags,
             extra_cuda_cflags=cuda_cflags if cuda else None,
             extra_ldflags=["-fopenmp"],
@@ -150,6 +151,22 @@ def _build(name, sources, cuda, extra_cflags, extra_cuda_cflags, verbose) -> Mod
         raise ExtensionUnavailable(
             f"extension {name!r} failed to build in {build_dir}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _stage_sources(paths: Sequence[Path], folder: Path) -> list[Path]:
+    """Copies of the sources and the local headers they include, inside the cache folder, to build
+    from. ninja records the sources' absolute paths: building from a checkout's own files made two
+    checkouts with the same sources (the cache key) rebuild each other's extension every time one
+    of them loaded it. The copies' paths depend only on the key, so a build is reused from
+    anywhere. (Compiler messages therefore name the copies; the originals have the same lines.)"""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [*paths, *_local_headers(paths)]:
+        copy = folder / path.name
+        if not copy.exists():  # the folder's name is the content's digest: an existing copy is current
+            temporary = folder / f".{path.name}.{os.getpid()}.tmp"
+            shutil.copyfile(path, temporary)
+            os.replace(temporary, copy)
+    return [folder / path.name for path in paths]
 
 
 def extension_or_none(name: str, sources: Sequence[str | Path], **kwargs) -> ModuleType | None:

@@ -90,9 +90,9 @@ class TrainConfig:
 
         if not isinstance(self.task, str) or not self.task:
             raise ValueError(f"task must be a non-empty string, got {self.task!r}")
-        for name in ("steps", "batch_size", "grad_accum"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
             positive_int(name)
-        for name in ("warmup", "eval_every", "eval_samples", "ckpt_every", "log_every", "seed", "ce_chunk"):
+        for name in ("warmup", "eval_every", "eval_samples", "ckpt_every", "seed", "ce_chunk"):
             positive_int(name, allow_zero=True)
         for name in ("lr", "lr_final", "weight_decay", "clip", "time_limit"):
             non_negative_float(name)

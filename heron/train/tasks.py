@@ -69,6 +69,8 @@ class TaskSetup:
     evaluate: Evaluator
     # Writes the trained model as a file `heron.models.load` reads; None when the task has none.
     export: Callable[[nn.Module, Path], Path] | None = None
+    # The names `evaluate` reports, so `--keep-best` is checked before the first step
+    metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,9 @@ def _save_with_heron(model: nn.Module, out: Path) -> Path:
     return save(model, out / "model.safetensors")
 
 
+NEXT_TOKEN_METRICS = ("eval_loss", "eval_bits_per_token", "next_token_accuracy")
+
+
 def _next_token_metrics(model, batches, device, autocast) -> dict[str, float]:
     """Mean loss (nats and bits per scored token) and next-token accuracy over ``batches``."""
     total_loss, correct, scored = 0.0, 0, 0
@@ -193,7 +198,7 @@ def _next_token_metrics(model, batches, device, autocast) -> dict[str, float]:
     if scored == 0:
         raise ValueError("evaluation scored no tokens")
     loss = total_loss / scored
-    return {"eval_loss": loss, "eval_bits_per_token": loss / math.log(2), "next_token_accuracy": correct / scored}
+    return dict(zip(NEXT_TOKEN_METRICS, (loss, loss / math.log(2), correct / scored)))
 
 
 # Evaluation draws use their own seeds, far from any training seed a user picks by hand.
@@ -224,7 +229,7 @@ def _build_counting_task(config: TrainConfig) -> TaskSetup:
         return {"eval_loss": metrics["loss"], "next_token_accuracy": metrics["accuracy"]}
 
     return TaskSetup(Curriculum([(0, source)]), source.vocab_size, model, {"class": "CountingToy", **model_cfg.to_dict()},
-                     evaluate, _save_with_heron)
+                     evaluate, _save_with_heron, metrics=("eval_loss", "next_token_accuracy"))
 
 
 # The official toy settings: C = 64, B = 128, T = 128, AdamW defaults (wd 0.01), 1e-3 -> 1e-6
@@ -298,7 +303,8 @@ def _build_digit_task(config: TrainConfig) -> TaskSetup:
         worst = min(correct / scored for correct, scored in score.per_digit.values() if scored)
         return {"digit_accuracy": score.accuracy, "worst_digit_count_accuracy": worst}
 
-    return TaskSetup(sources, vocab_size, model, identity, evaluate, _save_with_heron)
+    return TaskSetup(sources, vocab_size, model, identity, evaluate, _save_with_heron,
+                     metrics=("digit_accuracy", "worst_digit_count_accuracy"))
 
 
 # Defaults for the digit tasks: the official small-task optimiser (plain AdamW, cosine) with
@@ -370,7 +376,8 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
         return metrics
 
     return TaskSetup(Curriculum([(0, train_source)]), train_source.vocab_size, model, identity, evaluate,
-                     _save_with_heron)
+                     _save_with_heron,
+                     metrics=NEXT_TOKEN_METRICS + (("copy_token_accuracy", "copy_exact_share") if copy_trials else ()))
 
 
 def _copy_metrics(model, pool, trials: int, seed: int) -> dict[str, float]:
@@ -415,7 +422,8 @@ def _build_abc_task(config: TrainConfig) -> TaskSetup:
         train_source.tokenizer.save(out / "tokenizer.json")
         return _save_with_heron(model, out)
 
-    return TaskSetup(Curriculum([(0, train_source)]), train_source.vocab_size, model, identity, evaluate, export)
+    return TaskSetup(Curriculum([(0, train_source)]), train_source.vocab_size, model, identity, evaluate, export,
+                     metrics=NEXT_TOKEN_METRICS)
 
 
 register_task(Task("abc", "folk tunes in ABC notation (music21 corpus), validation bits per token",

@@ -201,6 +201,9 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
     setup = task.build(config)
     if config.keep_best and setup.export is None:
         raise ValueError(f"keep_best: task {config.task!r} writes no model file, so there is no best model to keep")
+    if config.keep_best and setup.metrics and config.keep_best not in setup.metrics:
+        raise ValueError(f"keep_best: the {config.task} task reports no metric {config.keep_best!r}; "
+                         f"its metrics are {sorted(setup.metrics)}")
     # fp64 trains the whole model in double precision (reference runs, gradient checks); the
     # other dtypes keep fp32 parameters and differ only in autocast.
     dtype = torch.float64 if config.dtype == "fp64" else None
@@ -242,6 +245,10 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
             + (f" ({parallel.mode})" if context.enabled else "")
             + (f", resuming at step {start_step}" if start_step else "")
         )
+        if config.warmup >= config.steps:
+            logger.message(f"warning: warmup ({config.warmup} steps) >= steps ({config.steps}): the learning rate "
+                           f"only rises, to {config.lr * config.steps / config.warmup:.3g} at the last step "
+                           f"(lr {config.lr:g}), and never decays to lr_final (set --warmup below --steps)")
 
     def checkpoint(step: int, elapsed: float) -> Path | None:
         """Write the checkpoint (call on every rank: FSDP gathers the state; rank 0 writes)."""
@@ -406,11 +413,13 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
                 return TrainResult(step, False, recent, metrics, saved, model_file, losses, reason)
             if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
                 saved = checkpoint(step, elapsed)
-    log_interval()
-    metrics = evaluate(step)
-    saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
-    model_file = export()
-    context.barrier()
+        # Still under the signal handler: a Ctrl-C during the final evaluation waits for it, so the
+        # last checkpoint and the model file are always written (a second Ctrl-C aborts).
+        log_interval()
+        metrics = evaluate(step)
+        saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
+        model_file = export()
+        context.barrier()
     if math.isnan(last_logged_loss):
         summary = f"done: step {step} (the run had already finished; no new steps)"
     else:

@@ -187,6 +187,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save(model, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable like the run's other files
 
 
 @needs_rosa_layer

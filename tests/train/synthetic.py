@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from heron.train.tasks import Curriculum, Task, TaskSetup, _next_token_metrics, register_task
+from heron.train.tasks import NEXT_TOKEN_METRICS, Curriculum, Task, TaskSetup, _next_token_metrics, register_task
 
 NAME = "synthetic-copy"
 
@@ -64,7 +64,7 @@ def build(config) -> TaskSetup:
         return path
 
     return TaskSetup(Curriculum([(0, source)]), source.vocab_size, model, {"class": "TinyGRU", "width": width},
-                     evaluate, export)
+                     evaluate, export, metrics=NEXT_TOKEN_METRICS)
 
 
 TASK = register_task(Task(NAME, "tiny copy task for tests", dict(steps=8, batch_size=8, lr=1e-2, lr_final=1e-3,

@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import os
 import signal
@@ -227,3 +228,44 @@ def test_keep_best_writes_the_best_evaluation_and_survives_resume(tmp_path):
 def test_keep_best_names_the_metrics_when_unknown(tmp_path):
     with pytest.raises(ValueError, match=r"keep_best: .* no metric 'accuracy'; its metrics are \['eval_bits_per_token', 'eval_loss', 'next_token_accuracy'\]"):
         train(synthetic.config(tmp_path, steps=2, keep_best="accuracy"))
+    assert not (tmp_path / "train.csv").exists()  # refused before the first step, not after the run
+
+
+def test_every_task_declares_the_metrics_it_reports(tmp_path):
+    """--keep-best is checked against TaskSetup.metrics before training: they must be what
+    evaluate() returns."""
+    from heron.train.config import TrainConfig
+
+    for name, options in [("counting", {}), ("reverse", {"max_digits": 2}), ("arith", {"max_digits": 2})]:
+        config = TrainConfig(task=name, steps=1, batch_size=4, out=str(tmp_path / name), eval_samples=1,
+                             task_options=options)
+        setup = tasks.get_task(name).build(config)
+        with torch.no_grad():
+            metrics = setup.evaluate(setup.model.eval(), torch.device("cpu"), contextlib.nullcontext)
+        assert set(metrics) == set(setup.metrics), name
+
+
+class _InterruptInFinalEvaluation:
+    def __init__(self, evaluate, steps):
+        self.evaluate, self.steps, self.calls = evaluate, steps, 0
+
+    def __call__(self, model, device, autocast):
+        self.calls += 1
+        os.kill(os.getpid(), signal.SIGINT)  # during the final evaluation (eval_every = 0)
+        return self.evaluate(model, device, autocast)
+
+
+def test_ctrl_c_during_the_final_evaluation_still_writes_checkpoint_and_model(tmp_path, monkeypatch):
+    def build(config):
+        setup = synthetic.TASK.build(config)
+        return dataclasses.replace(setup, evaluate=_InterruptInFinalEvaluation(setup.evaluate, config.steps))
+
+    monkeypatch.setitem(tasks._REGISTRY, synthetic.NAME, dataclasses.replace(synthetic.TASK, build=build))
+    result = train(synthetic.config(tmp_path, steps=3))
+    assert result.finished and result.metrics
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 3 and (tmp_path / "model.pt").is_file()
+
+
+def test_log_every_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="log_every"):
+        synthetic.config(tmp_path, steps=2, log_every=0)
