@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
                         help="task options (reverse: max_digits=60 curriculum=[[0,10],[500,60]] ...)")
     parser.add_argument("--data", nargs="+", metavar="PATH", default=None, help="data files (text task)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-                        help="continue a run: from CHECKPOINT, or from the latest checkpoint in --out")
+                        help="continue a run: from CHECKPOINT (a file, or a run folder), or from the latest checkpoint in --out")
     for name, text in _FLAG_OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                             default=None, help=text)
@@ -113,10 +113,16 @@ def resolve_config(args: argparse.Namespace):
         values = merge_options({**task.defaults, "task": args.task}, given)
         return TrainConfig.from_dict(values), None
     out = given.get("out", task.defaults.get("out", TrainConfig.out))
-    checkpoint = Path(args.resume) if args.resume else latest_checkpoint(out)
+    if args.resume and Path(args.resume).is_dir():  # a run folder: its latest checkpoint
+        checkpoint = latest_checkpoint(args.resume)
+    else:
+        checkpoint = Path(args.resume) if args.resume else latest_checkpoint(out)
     saved = load_checkpoint(checkpoint).get("config")
     if not isinstance(saved, dict):
         raise ValueError(f"{checkpoint} holds no training configuration")
+    if saved.get("task", args.task) != args.task:
+        raise ValueError(f"{checkpoint} is a checkpoint of task {saved['task']!r}, not {args.task!r}: "
+                         f"continue it with `heron train {saved['task']} --resume ...`")
     # Without an explicit --out, the run continues in the checkpoint's own directory.
     base = {**saved, "out": str(checkpoint.parent) if "out" not in given else given["out"]}
     return TrainConfig.from_dict(merge_options(base, {**given, "task": args.task})), checkpoint

@@ -85,10 +85,18 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        if handle.read(16) == b"HERON-CHECKPOINT":
+            raise ValueError(f"{path} is a Heron training checkpoint (it continues a run: heron train --resume); "
+                             f"the run's model file is {path.parent / 'model.safetensors'}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        # torch's first line says what failed; the rest advises weights_only=False, which would
+        # run the file's pickled code and is not what a model file needs
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} is not a model file: neither a PyTorch state dict nor Heron safetensors "
+                         f"({type(exc).__name__}: {reason})") from None
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
@@ -391,6 +399,8 @@ def save(model: nn.Module, path: str | Path) -> Path:
 
 def _write_atomically(path: Path, write) -> Path:
     """``write(temporary)`` beside ``path``, then rename over it: a crash never leaves a torn file."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the file to write, e.g. {path / 'model.safetensors'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -466,6 +476,8 @@ def load(
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if rosa_bits is not None and rosa_bits not in (1, 4):
         raise ValueError(f"rosa_bits must be 1 or 4 (the official ROSA-QKV widths), got {rosa_bits!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     if _is_safetensors(path):
         model = _load_heron(path)
     else:

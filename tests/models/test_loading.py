@@ -243,8 +243,16 @@ def test_missing_blocks_and_inference_keys(tmp_path, rc00_file):
 def test_corrupt_files(tmp_path, rc00_file):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="is not a model file") as failure:
         load(junk)
+    assert "weights_only=False" not in str(failure.value) and "\n" not in str(failure.value)
+    from heron.train.checkpoint import save_checkpoint
+
+    training = save_checkpoint({"step": 1}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"training checkpoint .* model file is .*model\.safetensors"):
+        load(training)
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        load(rc00_file, dtype="float64")
     listing = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], listing)
     with pytest.raises(ValueError, match="does not hold a state dict"):

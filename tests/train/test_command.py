@@ -40,6 +40,29 @@ def test_resume_from_an_explicit_checkpoint_path(tmp_path):
     assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 5
 
 
+def test_resume_from_a_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", synthetic.NAME, "--steps", "5", "--time-limit", "1e-9", "--out", str(out), *QUIET])
+    assert main(["train", synthetic.NAME, "--resume", str(out), "--time-limit", "0", *QUIET]) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 5
+    capsys.readouterr()
+    assert main(["train", "counting", "--resume", str(out), *QUIET]) == 2
+    assert f"is a checkpoint of task '{synthetic.NAME}', not 'counting'" in capsys.readouterr().err
+
+
+def test_os_errors_and_unknown_options_are_one_line_errors(tmp_path, capsys):
+    import pytest
+
+    existing_file = tmp_path / "file"
+    existing_file.write_text("")
+    assert main(["train", synthetic.NAME, "--steps", "1", "--out", str(existing_file), *QUIET]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", synthetic.NAME, "--no-such-option"])
+    assert exit_info.value.code == 2
+    assert "heron train: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", synthetic.NAME, "--steps", "2", "--out", str(out), *QUIET])
