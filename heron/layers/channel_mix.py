@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .time_mix import check_flag, check_layer_input, orthogonal_init_
+from .time_mix import check_batch_index, check_flag, check_layer_input, orthogonal_init_
 
 __all__ = ["ChannelMix", "ChannelMixState", "check_token_ids"]
 
@@ -63,7 +63,8 @@ class ChannelMixState:
         return ChannelMixState(self.x_prev.detach())
 
     def select(self, batch_index: torch.Tensor) -> "ChannelMixState":
-        return ChannelMixState(self.x_prev[batch_index])
+        """Reorder/subset the batch: integer rows or a boolean mask (:func:`check_batch_index`)."""
+        return ChannelMixState(self.x_prev[check_batch_index(batch_index, self.x_prev.shape[0]).to(self.x_prev.device)])
 
 
 class ChannelMix(nn.Module):

@@ -52,9 +52,10 @@ class ROSAState:
     automaton: object  # heron.ops.rosa.OnlineROSA
     x_prev: torch.Tensor | None = None
 
-    def to(self, device) -> "ROSAState":
-        """The automata live on the CPU; only the token shift moves."""
-        return ROSAState(self.automaton, None if self.x_prev is None else self.x_prev.to(device))
+    def to(self, device=None, dtype=None) -> "ROSAState":
+        """The automata live on the CPU; only the token shift moves (and takes ``dtype``), as the
+        other states' ``to(device, dtype)``."""
+        return ROSAState(self.automaton, None if self.x_prev is None else self.x_prev.to(device=device, dtype=dtype))
 
     def copy(self) -> "ROSAState":
         return ROSAState(

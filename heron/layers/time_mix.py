@@ -102,8 +102,10 @@ class TimeMixState:
         return TimeMixState(self.x_prev.detach(), self.wkv.detach())
 
     def select(self, batch_index: torch.Tensor) -> "TimeMixState":
-        """Reorder/subset the batch (beam search, dropping finished sequences)."""
-        return TimeMixState(self.x_prev[batch_index], self.wkv[batch_index])
+        """Reorder/subset the batch (beam search, dropping finished sequences): integer rows or a
+        boolean mask (:func:`check_batch_index`)."""
+        index = check_batch_index(batch_index, self.x_prev.shape[0]).to(self.x_prev.device)
+        return TimeMixState(self.x_prev[index], self.wkv[index])
 
 
 @torch.no_grad()
@@ -278,8 +280,12 @@ class TimeMix(nn.Module):
         iclr4 = iclr.view(B, T, H, N)
 
         if T == 1:
+            # the state's precision follows the activations (the rule GPT mode applies), whatever
+            # dtype the caller's state came in: a half state would make the step run in half
+            state_dtype = wkv_state_dtype(x.dtype)
             if wkv_state is None:
-                wkv_state = x.new_zeros(B, H, N, N, dtype=wkv_state_dtype(x.dtype))
+                wkv_state = x.new_zeros(B, H, N, N, dtype=state_dtype)
+            wkv_state = wkv_state.to(state_dtype)
             y, new_wkv = wkv7_step(
                 r4[:, 0], w.view(B, H, N), k4[:, 0], v4[:, 0], -kk[:, 0], kk[:, 0] * iclr4[:, 0], wkv_state,
             )

@@ -113,6 +113,18 @@ def test_bad_inputs_raise_clear_errors():
     assert not hasattr(ChannelMix(make_config(deep_embed=False), 0), "enn")
 
 
+def test_state_select_follows_the_batch_index_contract():
+    state = ChannelMixState(torch.arange(6.0).view(3, 2))
+    assert torch.equal(state.select(torch.tensor([2, 0])).x_prev, torch.tensor([[4.0, 5.0], [0.0, 1.0]]))
+    assert torch.equal(state.select(torch.tensor([False, True, False])).x_prev, torch.tensor([[2.0, 3.0]]))
+    with pytest.raises(TypeError, match="integers"):
+        state.select(torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="lie in"):
+        state.select(torch.tensor([3]))
+    with pytest.raises(ValueError, match="boolean mask"):
+        state.select(torch.tensor([True]))
+
+
 def test_token_ids_out_of_range_or_small_integer_dtypes():
     layer = randomized(ChannelMix(make_config(), 0), seed=3)
     x = torch.randn(2, 3, 8, dtype=torch.float64)

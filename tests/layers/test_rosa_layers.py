@@ -275,3 +275,13 @@ def test_continuing_a_state_without_return_state_returns_only_the_output():
             continued = layer(x, state=state)
         assert isinstance(continued, torch.Tensor)
         torch.testing.assert_close(continued, whole[:, 5:])
+
+
+def test_rosa_state_to_takes_device_and_dtype_like_the_other_states():
+    block = ROSAQKV(8, bits=1)
+    _, state = block(torch.randn(2, 5, 8), return_state=True)
+    moved = state.to("cpu", torch.float64)
+    assert moved.x_prev.dtype == torch.float64 and moved.automaton is state.automaton
+    assert state.to(dtype=torch.float16).x_prev.dtype == torch.float16
+    with pytest.raises(TypeError, match="return_state must be a bool"):
+        block(torch.randn(2, 5, 8), return_state="yes")

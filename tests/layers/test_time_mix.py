@@ -147,6 +147,28 @@ def test_state_precision_follows_activation_dtype():
     assert not torch.equal(copied.wkv, state.wkv)
     assert state.to(dtype=torch.float16).wkv.dtype == torch.float32
     assert state.select(torch.tensor([0, 0])).batch_size == 2
+    assert state.select(torch.tensor([True])).batch_size == 1
+    with pytest.raises(TypeError, match="batch_index must hold integers"):
+        state.select(torch.tensor([0.0]))
+    with pytest.raises(ValueError, match=r"batch_index must lie in \[0, 1\)"):
+        state.select(torch.tensor([1]))
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_state_of_another_dtype_gives_the_same_step_as_gpt_mode(state_dtype):
+    """The one-token path used to run in the state's dtype (a half state: 1e-3 off GPT mode)."""
+    cfg = make_config()
+    layer = randomized(TimeMix(cfg, 0), seed=4, dtype=torch.float32)
+    x = random_inputs(2, 2, cfg.n_embd, seed=5, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(6)
+    state = TimeMixState(torch.randn(2, cfg.n_embd, generator=generator),
+                         0.3 * torch.randn(2, cfg.n_embd // cfg.head_size, cfg.head_size, cfg.head_size,
+                                                     generator=generator))
+    state = TimeMixState(state.x_prev, state.wkv.to(state_dtype).float().to(state_dtype))
+    with torch.no_grad():
+        step = layer(x[:, :1], state=state)[0]
+        whole = layer(x, state=state)[0][:, :1]
+    torch.testing.assert_close(step, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_gradcheck():
