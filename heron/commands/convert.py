@@ -1,9 +1,11 @@
-"""``heron convert SOURCE DEST``: convert checkpoints between the official layouts and ours.
+"""`heron convert SOURCE DEST`: convert checkpoints between the official layouts and ours.
 
-``--to heron`` (default) writes our safetensors format (config JSON in its metadata) from any
-official checkpoint or heron file; ``--to official`` writes the model's natural official layout
-as a ``.pth`` state dict (``task`` for the task models, ``rc00`` for RWKV-8 LMs, ``rosa_lm`` for
-the pure ROSA LM); ``--to task|rc00|rosa_lm`` forces one.
+`--to heron` (default) writes our safetensors format (config JSON in its metadata) from any
+official checkpoint or heron file; `--to official` writes the model's natural official layout
+as a `.pth` state dict (`task` for the task models, `rc00` for RWKV-8 LMs, `rosa_lm` for
+the pure ROSA LM, `counting` for the counting toys); `--to task|rc00|rosa_lm|counting` forces one.
+A 4-bit ROSA model's official file needs `4bit` in its name: official files do not record the
+bit width, and loading reads it from the name.
 """
 
 from __future__ import annotations

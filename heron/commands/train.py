@@ -1,7 +1,7 @@
 """``heron train TASK [options | --config FILE]``: train a model on one of the registered tasks.
 
-Runs alone or, unchanged, under ``torchrun --nproc_per_node=N``. Options on the command line
-override the ``--config`` file, which overrides the task's defaults; with ``--resume`` the
+Runs alone or, unchanged, under `torchrun --nproc_per_node=N`. Options on the command line
+override the `--config` file, which overrides the task's defaults; with `--resume` the
 checkpoint's configuration takes the defaults' place and a changed trajectory option is an error.
 """
 
@@ -67,10 +67,11 @@ def add_parser(subparsers) -> None:
     for name, text in _FLAG_OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                             default=None, help=text)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="no progress bar")
-    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
-                        help="CSV logging only")
+    # --progress / --tensorboard switch back on what a resumed run saved as off
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default on; --no-progress hides it)")
+    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                        help="TensorBoard logs beside the CSVs (default on; --no-tensorboard: CSV logging only)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run)
 

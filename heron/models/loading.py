@@ -578,8 +578,14 @@ def convert(source: str | Path, destination: str | Path, *, to: str = FORMAT_NAM
     natural layout)
     writes a ``.pth`` state dict that the official scripts load with ``load_state_dict``.
     """
-    model = load(source, rosa_bits=rosa_bits)
     destination = Path(destination)
+    suffix = destination.suffix.lower()
+    if to == FORMAT_NAME and suffix in (".pth", ".pt", ".bin"):
+        raise ValueError(f"destination {destination.name!r}: to='heron' writes safetensors; name it .safetensors, "
+                         "or convert to an official layout (to='official') for a .pth file")
+    if to != FORMAT_NAME and suffix == ".safetensors":
+        raise ValueError(f"destination {destination.name!r}: to={to!r} writes a .pth state dict, not safetensors")
+    model = load(source, rosa_bits=rosa_bits)
     if to == FORMAT_NAME:
         return save(model, destination)
     if to not in ("official", "task", "rc00", "rosa_lm", "counting"):

@@ -74,8 +74,25 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and verify a checkpoint; raises :class:`CheckpointError` saying what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give its {CHECKPOINT_NAME}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        body = _verified_body(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{_previous_hint(path)}") from None
+    try:
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as exc:  # the digest matched, so this is a payload we cannot interpret
+        raise CheckpointError(f"checkpoint {path} could not be read: {exc}{_previous_hint(path)}") from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} holds {type(payload).__name__}, expected a dict")
+    return payload
+
+
+def _verified_body(path: Path) -> memoryview:
+    """The payload bytes after the header, once its length and sha256 digest check out."""
     data = path.read_bytes()
     newline = data.find(b"\n", 0, 256)
     header = data[:newline].split(b" ") if newline > 0 else []
@@ -86,29 +103,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} has format version {header[1].decode(errors='replace')}, "
             f"this Heron reads version {FORMAT_VERSION}"
         )
+    if not header[3].isdigit():
+        raise CheckpointError(f"checkpoint {path} has a damaged header (length {header[3][:20]!r})")
     body = memoryview(data)[newline + 1:]
     expected_length = int(header[3])
-    hint = _previous_hint(path)
     if len(body) != expected_length:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated ({len(body)} of {expected_length} bytes){hint}"
-        )
+        raise CheckpointError(f"checkpoint {path} is truncated ({len(body)} of {expected_length} bytes)")
     if hashlib.sha256(body).hexdigest().encode() != header[2]:
-        raise CheckpointError(f"checkpoint {path} is corrupt (sha256 digest mismatch){hint}")
-    try:
-        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-    except Exception as exc:  # the digest matched, so this is a payload we cannot interpret
-        raise CheckpointError(f"checkpoint {path} could not be read: {exc}{hint}") from exc
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {path} holds {type(payload).__name__}, expected a dict")
-    return payload
+        raise CheckpointError(f"checkpoint {path} is corrupt (sha256 digest mismatch)")
+    return body
 
 
 def _previous_hint(path: Path) -> str:
     previous = previous_path(path)
-    if previous.is_file():
-        return f"; the previous checkpoint is intact at {previous} (resume with --resume {previous})"
-    return ""
+    if not previous.is_file():
+        return ""
+    try:
+        _verified_body(previous)
+    except CheckpointError:
+        return f"; the previous checkpoint {previous} is damaged too"
+    return f"; the previous checkpoint is intact at {previous} (resume with --resume {previous})"
 
 
 def latest_checkpoint(directory: str | Path) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from heron.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, previous_path, save_checkpoint
 from heron.train.config import TrainConfig, trajectory_differences
 from heron.train.distributed import DistributedContext, parallelize, resolve_device, setup_distributed
 from heron.train.grad_health import GradNormMonitor
@@ -190,7 +190,7 @@ def lower_is_better(metric: str) -> bool:
 
 def _train(config, task, device: torch.device, context: DistributedContext, resume) -> TrainResult:
     out = Path(config.out)
-    if resume is None and (out / CHECKPOINT_NAME).exists():
+    if resume is None and ((out / CHECKPOINT_NAME).exists() or previous_path(out / CHECKPOINT_NAME).exists()):
         raise ValueError(
             f"{out} already holds a training checkpoint: continue it with --resume, or choose a fresh --out"
         )
@@ -416,8 +416,11 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
         # Still under the signal handler: a Ctrl-C during the final evaluation waits for it, so the
         # last checkpoint and the model file are always written (a second Ctrl-C aborts).
         log_interval()
-        metrics = evaluate(step)
-        saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
+        if step > start_step:
+            metrics = evaluate(step)
+            saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
+        else:  # resuming a finished run: no second evaluation row, and the checkpoints stay as they are
+            saved = Path(resume)
         model_file = export()
         context.barrier()
     if math.isnan(last_logged_loss):

@@ -129,6 +129,10 @@ def test_convert_both_ways(tmp_path, rc00_file):
         convert(ours, tmp_path / "x.pth", to="task")  # rc00 has ln0 and enn: no task-layout counterpart
     with pytest.raises(ValueError, match="to must be"):
         convert(ours, tmp_path / "x.pth", to="onnx")
+    with pytest.raises(ValueError, match="writes safetensors"):
+        convert(rc00_file, tmp_path / "x.pth")  # the default, to="heron"
+    with pytest.raises(ValueError, match="not safetensors"):
+        convert(ours, tmp_path / "x.safetensors", to="official")
 
 
 def _small_rwkv8(**overrides):

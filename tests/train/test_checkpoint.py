@@ -37,6 +37,23 @@ def test_damaged_checkpoint_is_a_clear_error_and_previous_is_intact(tmp_path, da
     assert load_checkpoint(previous_path(path))["step"] == 1
 
 
+def test_damaged_header_and_damaged_previous_are_named(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(_payload(1.0), path)
+    save_checkpoint(_payload(2.0), path)
+    data = path.read_bytes()
+    newline = data.index(b"\n")
+    path.write_bytes(data[:newline].rsplit(b" ", 1)[0] + b" xyz" + data[newline:])
+    with pytest.raises(CheckpointError, match="damaged header"):
+        load_checkpoint(path)
+    previous = previous_path(path)
+    previous.write_bytes(previous.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="previous checkpoint .* is damaged too"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
+
+
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(_payload(1.0), path)

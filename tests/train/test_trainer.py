@@ -269,3 +269,20 @@ def test_ctrl_c_during_the_final_evaluation_still_writes_checkpoint_and_model(tm
 def test_log_every_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="log_every"):
         synthetic.config(tmp_path, steps=2, log_every=0)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    train(synthetic.config(tmp_path, steps=4, eval_every=2, ckpt_every=1))
+    evaluations = (tmp_path / "eval.csv").read_text()
+    previous = (tmp_path / "checkpoint.pt.prev").read_bytes()
+    again = train(synthetic.config(tmp_path, steps=4, eval_every=2, ckpt_every=1), resume=tmp_path / CHECKPOINT_NAME)
+    assert again.finished and again.step == 4 and again.losses == []
+    assert (tmp_path / "eval.csv").read_text() == evaluations  # no second row for step 4
+    assert (tmp_path / "checkpoint.pt.prev").read_bytes() == previous  # the real previous checkpoint kept
+
+
+def test_a_fresh_run_refuses_a_folder_with_only_a_previous_checkpoint(tmp_path):
+    train(synthetic.config(tmp_path, steps=2, ckpt_every=1))
+    (tmp_path / CHECKPOINT_NAME).unlink()  # the crash window between the rotation and the rename
+    with pytest.raises(ValueError, match="already holds a training checkpoint"):
+        train(synthetic.config(tmp_path, steps=2))
