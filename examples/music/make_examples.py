@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             # (time limit, Ctrl-C); without it the run is still going or was killed
             raise SystemExit(
                 f"{run}: no model.safetensors, so the run has not finished or stopped cleanly; "
-                f"continue it with `heron train abc --resume {run}`."
+                f"continue it with `heron train abc --resume --out {run}`."
             )
     results: dict[str, dict] = {}
     for name, run in runs.items():

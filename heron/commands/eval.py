@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
                         help="numbers per digit count (reverse, default 10) or rounds of operand shapes (arith, default 1)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampler (default 42, the official draw)")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--verbose", action="store_true", help="print the accuracy per digit count")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -37,8 +37,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
+    from heron.commands import resolve_device
     from heron.data import digits
     from heron.models.loading import load
 
@@ -46,9 +45,7 @@ def run(args) -> int:
         raise ValueError(f"--digits must be >= 1, got {args.digits}")
     if args.samples is not None and args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = resolve_device(args.device)
     started = time.perf_counter()
     model = load(args.checkpoint, device=device).eval()
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)

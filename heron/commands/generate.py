@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     parser.add_argument("--full-recompute", action="store_true",
                         help="baseline: run the whole context through the model for every token")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default=None,
                         help="convert the model's floating parameters (default: as stored)")
     parser.add_argument("--timing", action="store_true", help="print prefill/decode speed to stderr")
@@ -58,7 +58,9 @@ def add_parser(subparsers) -> None:
     copy.add_argument("--copy-trials", type=int, default=200, help="number of random sequences (default 200)")
     copy.add_argument("--copy-length", type=int, default=64, help="tokens per random sequence (default 64)")
     copy.add_argument("--copy-cue", type=int, default=8, help="tokens repeated as the cue (default 8)")
-    copy.add_argument("--copy-pool", type=int, default=1000, help="draw from this many most frequent tokens (default 1000)")
+    copy.add_argument("--copy-pool", type=int, default=None,
+                      help="draw from this many most frequent tokens (default 1000, or every distinct token of "
+                           "the data when it has fewer, e.g. with a byte-level model)")
     copy.add_argument("--copy-data", nargs="+", default=None,
                       help="text/jsonl/binidx files whose token frequencies define the pool "
                            "(default: the demo corpus validation split)")
@@ -93,25 +95,72 @@ def _check_arguments(args) -> None:
     if sum(value is not None for value in (args.prompt, args.prompt_file, args.prompt_ids)) > 1:
         raise ValueError("--prompt, --prompt-file, --prompt-ids: pass one of them")
     for name in ("copy_trials", "copy_length", "copy_cue", "copy_pool", "copy_batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for token in args.stop_token or ():
+        if token < 0:
+            raise ValueError(f"--stop-token: expected a token id >= 0, got {token}")
+    if args.copy_json is not None:
+        _check_output_file(args.copy_json, "--copy-json")
+
+
+def _check_output_file(name: str, option: str) -> None:
+    """A results file that cannot be written would otherwise fail only after the whole run."""
+    from pathlib import Path
+
+    path = Path(name)
+    if path.is_dir():
+        raise ValueError(f"{option} {name}: is a folder, expected a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {name}: {parent} is a file, not a folder")
+            break
+
+
+def _read_prompt_file(name: str) -> str:
+    from pathlib import Path
+
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(f"--prompt-file {name}: no such file")
+    if not path.is_file():
+        raise ValueError(f"--prompt-file {name}: not a regular file, expected a UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--prompt-file {name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"--prompt-file {name}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _check_stop_tokens(args, vocab_size: int | None) -> None:
+    if vocab_size is None or args.no_stop:
+        return
+    outside = [token for token in args.stop_token or () if token >= vocab_size]
+    if outside:
+        # a stop token the model can never emit would silently turn every run into --no-stop
+        raise ValueError(f"--stop-token {outside[0]}: outside the model's vocabulary [0, {vocab_size})")
 
 
 def run(args) -> int:
     import torch
 
+    from heron.commands import resolve_device
     from heron.models.loading import load
 
     _check_arguments(args)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = resolve_device(args.device)
+    prompt_text = None
+    if args.prompt_file is not None and not args.copy_eval:
+        prompt_text = _read_prompt_file(args.prompt_file)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = load(args.checkpoint, device=device, dtype=dtype).eval()
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if args.copy_eval:
         return _run_copy_eval(args, model, vocab_size)
-    return _run_generation(args, model, vocab_size)
+    _check_stop_tokens(args, vocab_size)
+    return _run_generation(args, model, vocab_size, prompt_text)
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -146,7 +195,7 @@ def _run_id_generation(args, model) -> int:
     return 0
 
 
-def _run_generation(args, model, vocab_size) -> int:
+def _run_generation(args, model, vocab_size, prompt_text: str | None = None) -> int:
     from heron.data.tokenizers import END_OF_TEXT, StreamDecoder
     from heron.generate import generate
 
@@ -154,10 +203,7 @@ def _run_generation(args, model, vocab_size) -> int:
         return _run_id_generation(args, model)
 
     tokenizer = _resolve_tokenizer(args.tokenizer, vocab_size)
-    if args.prompt_file is not None:
-        with open(args.prompt_file, encoding="utf-8") as handle:
-            prompt_text = handle.read()
-    else:
+    if prompt_text is None:
         prompt_text = args.prompt or ""
     prompt = tokenizer.encode(prompt_text) or [END_OF_TEXT]
     stop_tokens = [] if args.no_stop else (args.stop_token if args.stop_token is not None else [END_OF_TEXT])
@@ -194,6 +240,34 @@ def _run_generation(args, model, vocab_size) -> int:
     return 0
 
 
+_DEFAULT_COPY_POOL = 1000
+
+
+def _copy_pool_size(requested: int | None, tokens, tokenizer_name: str, origin: str) -> int:
+    """The pool size to draw from: ``--copy-pool``, or by default the protocol's 1000 capped at the
+    distinct tokens the data has (a byte-level model sees fewer than 1000 distinct bytes, and
+    the protocol's intent, the most frequent tokens, is then all of them)."""
+    import numpy as np
+
+    from heron.data.tokenizers import END_OF_TEXT
+
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64).ravel())
+    if END_OF_TEXT < counts.size:
+        counts[END_OF_TEXT] = 0  # most_frequent_tokens leaves end-of-text out of the pool
+    distinct = int((counts > 0).sum())
+    if distinct == 0:
+        raise ValueError(f"--copy-data: {origin} holds no {tokenizer_name} tokens other than end-of-text")
+    if requested is None:
+        if distinct < _DEFAULT_COPY_POOL:
+            print(f"note: {origin} has only {distinct} distinct {tokenizer_name} tokens, so the pool is all "
+                  f"{distinct} of them (--copy-pool default {_DEFAULT_COPY_POOL})", file=sys.stderr)
+        return min(distinct, _DEFAULT_COPY_POOL)
+    if requested > distinct:
+        raise ValueError(f"--copy-pool {requested}: {origin} has only {distinct} distinct {tokenizer_name} tokens "
+                         f"(end-of-text excluded); pass --copy-pool {distinct} or less")
+    return requested
+
+
 def _run_copy_eval(args, model, vocab_size) -> int:
     from heron.data.text import TextSource, most_frequent_tokens
     from heron.generate.copy_eval import copy_eval
@@ -205,12 +279,13 @@ def _run_copy_eval(args, model, vocab_size) -> int:
     else:
         tokens = TextSource.demo("validation", 1, tokenizer=tokenizer).tokens
         origin = "demo corpus validation split"
-    pool = most_frequent_tokens(tokens, args.copy_pool)
+    pool_size = _copy_pool_size(args.copy_pool, tokens, tokenizer.name, origin)
+    pool = most_frequent_tokens(tokens, pool_size)
     started = time.perf_counter()
     result = copy_eval(model, pool, trials=args.copy_trials, length=args.copy_length, cue=args.copy_cue,
                        seed=args.copy_seed, batch_size=args.copy_batch_size, incremental=not args.full_recompute)
     elapsed = time.perf_counter() - started
-    print(f"{result.summary()}; pool = {args.copy_pool} most frequent {tokenizer.name} tokens of {origin}, "
+    print(f"{result.summary()}; pool = {pool_size} most frequent {tokenizer.name} tokens of {origin}, "
           f"seed {args.copy_seed} [{elapsed:.1f} s]")
     if args.copy_json:
         import json
@@ -218,8 +293,8 @@ def _run_copy_eval(args, model, vocab_size) -> int:
 
         record = {"checkpoint": str(args.checkpoint), "token_accuracy": result.token_accuracy,
                   "exact_share": result.exact_share, "trials": result.trials, "length": result.length,
-                  "cue": result.cue, "pool": args.copy_pool, "pool_origin": origin, "tokenizer": tokenizer.name,
-                  "seed": args.copy_seed, "device": str(args.device), "seconds": elapsed,
+                  "cue": result.cue, "pool": pool_size, "pool_origin": origin, "tokenizer": tokenizer.name,
+                  "seed": args.copy_seed, "device": str(next(model.parameters()).device), "seconds": elapsed,
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "tokens_after_first_error": result.tokens_after_first_error(),
                   "per_trial_accuracy": result.per_trial_accuracy,

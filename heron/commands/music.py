@@ -17,39 +17,58 @@ from pathlib import Path
 __all__ = ["add_parser"]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+def _int_at_least(minimum: int):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available")
-    return name
+_positive_int = _int_at_least(1)
+# a negative --show would slice from the end ([:-2]) and print almost the whole split
+_non_negative_int = _int_at_least(0)
 
 
-def _load_model(path: str, device: str):
+def _check_out_dir(name: str | None) -> None:
+    """An --out that cannot become a folder would otherwise fail only after every tune is generated."""
+    if name is None:
+        return
+    path = Path(name)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {name}: is a file, expected a folder (existing or to be created)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {name}: {parent} is a file, not a folder")
+            break
+
+
+def _load_model(path: str, device):
     """The model of a checkpoint file (any layout ``heron.models.load`` reads)."""
     from heron.models.loading import load
 
     return load(path, device=device)
 
 
-def _tokenizer_for(checkpoint: str, tokenizer_path: str | None, dataset):
-    from heron.data.music import ABCTokenizer, build_tokenizer
+def _saved_tokenizer(checkpoint: str, tokenizer_path: str | None):
+    """The tokenizer of --tokenizer, else the ``tokenizer.json`` beside the checkpoint, else None."""
+    from heron.data.music import ABCTokenizer
 
     if tokenizer_path:
-        return ABCTokenizer.load(tokenizer_path)
+        try:
+            return ABCTokenizer.load(tokenizer_path)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"--tokenizer {exc}") from None
     beside = Path(checkpoint).with_name("tokenizer.json")
     if beside.is_file():
         return ABCTokenizer.load(beside)
-    return build_tokenizer(dataset)
+    return None
 
 
 def _check_sampling(args) -> None:
@@ -64,26 +83,30 @@ def _check_sampling(args) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model file (heron safetensors or official .pth)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: beside the checkpoint, else rebuilt from the corpus)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer JSON (default: beside the checkpoint, else rebuilt from the corpus)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-tokens", type=_positive_int, default=1024, help="tokens per tune at most")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--cache-dir", default=None, help="where the extracted corpus is cached")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _generate(args) -> int:
-    from heron.data.music import load_dataset
+    from heron.commands import resolve_device
+    from heron.data.music import build_tokenizer, load_dataset
     from heron.music.generate import generate_tunes, make_prompt
     from heron.music.render import write_tune
 
     _check_sampling(args)
-    dataset = load_dataset(cache_dir=args.cache_dir)
-    tokenizer = _tokenizer_for(args.checkpoint, args.tokenizer, dataset)
+    device = resolve_device(args.device)
+    _check_out_dir(args.out)
+    tokenizer = _saved_tokenizer(args.checkpoint, args.tokenizer)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(load_dataset(cache_dir=args.cache_dir))
     prompt = make_prompt(tokenizer, key=args.key, meter=args.meter, unit_length=args.unit_length)  # validated before loading
-    device = _resolve_device(args.device)
     model = _load_model(args.checkpoint, device)
     tunes = generate_tunes(
         model, tokenizer, [prompt] * args.n, seed=args.seed, temperature=args.temperature,
@@ -96,19 +119,26 @@ def _generate(args) -> int:
         rendered = write_tune(tune.abc(number=index, title=title), out, f"tune_{index:02d}", title=title)
         parsed += rendered.parsed
         status = ("ok" if not rendered.error else rendered.error) if rendered.parsed else f"not parsed ({rendered.error})"
-        print(f"{rendered.abc}: {tune.tokens} tokens, {'ended' if tune.finished else 'cut at --max-tokens'}, {status}")
+        ending = "ended" if tune.finished else (
+            "stopped at --max-tokens, cut back to its last bar line" if tune.cut_at_bar
+            else "stopped at --max-tokens, no bar line to cut back to")
+        print(f"{rendered.abc}: {tune.tokens} tokens, {ending}, {status}")
     print(f"{parsed}/{len(tunes)} tunes parse with music21; files in {out}")
     return 0
 
 
 def _evaluate(args) -> int:
-    from heron.data.music import load_dataset
+    from heron.commands import resolve_device
+    from heron.data.music import build_tokenizer, load_dataset
     from heron.music.evaluate import evaluate_music
 
     _check_sampling(args)
+    device = resolve_device(args.device)
+    _check_out_dir(args.out)
+    tokenizer = _saved_tokenizer(args.checkpoint, args.tokenizer)
     dataset = load_dataset(cache_dir=args.cache_dir)
-    tokenizer = _tokenizer_for(args.checkpoint, args.tokenizer, dataset)
-    device = _resolve_device(args.device)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(dataset)
     model = _load_model(args.checkpoint, device)
     result = evaluate_music(
         model, tokenizer, dataset, n=args.n, seed=args.seed, temperature=args.temperature, top_p=args.top_p,
@@ -169,7 +199,7 @@ def add_parser(subparsers) -> None:
 
     data = actions.add_parser("data", help="build (or rebuild) and summarise the ABC dataset")
     data.add_argument("--rebuild", action="store_true", help="ignore the cache and extract again")
-    data.add_argument("--show", type=int, default=0, help="print this many validation tunes")
+    data.add_argument("--show", type=_non_negative_int, default=0, help="print this many validation tunes (default 0)")
     data.add_argument("--train-stats", action="store_true", help="also the meter and repetition figures of the training split")
     data.add_argument("--tokenizer-out", default=None, help="write the tokenizer JSON here")
     data.add_argument("--cache-dir", default=None)

@@ -74,7 +74,7 @@ def normalise_key(value: str) -> str:
     if match is None or mode not in _MODE_SUFFIX:
         raise ValueError(
             f"key must be a tonic A-G with optional # or b and an optional mode "
-            f"(m, min, dor, phr, lyd, mix, loc, maj), e.g. 'G', 'Em', 'F#m', 'Ador'; got {value!r}"
+            f"(m, min, dor, phr, lyd, mix, loc, maj), e.g. 'G', 'Em', 'Bb', 'Ador'; got {value!r}"
         )
     return match.group(1).upper() + match.group(2) + _MODE_SUFFIX[mode]
 
@@ -318,7 +318,8 @@ class ExtractionReport:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
-def extract_tunes(root: Path | str | None = None, collections: Sequence[str] = COLLECTIONS) -> tuple[list[Tune], ExtractionReport]:
+def extract_tunes(root: Path | str | None = None,
+                  collections: Sequence[str] = COLLECTIONS) -> tuple[list[Tune], ExtractionReport]:
     """Read, normalise and deduplicate the tunes of ``collections`` under ``root`` (default: the
     installed music21 corpus). Order: collection, then file name, then position in the file."""
     root = corpus_root() if root is None else Path(root)
@@ -547,7 +548,22 @@ class ABCTokenizer:
 
     @classmethod
     def load(cls, path: Path | str) -> "ABCTokenizer":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a tokenizer written by :meth:`save`. A missing file is a ``FileNotFoundError``,
+        anything else that is not such a file a ``ValueError``; both name the file."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file (expected a Heron ABC tokenizer JSON, e.g. the "
+                                    "tokenizer.json a `heron train abc` run writes)")
+        if not path.is_file():
+            raise ValueError(f"{path}: not a file (expected a Heron ABC tokenizer JSON)")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a Heron ABC tokenizer JSON (not JSON: {exc})") from None
+        try:
+            return cls.from_dict(payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: not a Heron ABC tokenizer JSON ({exc})") from None
 
 
 def build_tokenizer(dataset: MusicDataset, min_count: int = 2) -> ABCTokenizer:
@@ -637,7 +653,8 @@ class MusicBatchSource:
             yield inputs, targets
 
 
-def make_batch_sources(seq_len: int = 512, *, cache_dir: Path | str | None = None, min_count: int = 2) -> tuple[MusicBatchSource, MusicBatchSource]:
+def make_batch_sources(seq_len: int = 512, *, cache_dir: Path | str | None = None,
+                       min_count: int = 2) -> tuple[MusicBatchSource, MusicBatchSource]:
     """Train and validation sources sharing one dataset and the train-built tokenizer."""
     dataset = load_dataset(cache_dir=cache_dir)
     tokenizer = build_tokenizer(dataset, min_count)

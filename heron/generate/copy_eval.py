@@ -68,8 +68,17 @@ def copy_prompts(pool: torch.Tensor, trials: int, length: int, cue: int,
 def first_true_index(mask: torch.Tensor) -> torch.Tensor:
     """Per row of a ``[N, L]`` bool mask, the index of its first ``True`` (``L`` when none): where
     each trial's first mistake falls, or its first token of some kind."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected a bool tensor, got "
+                        f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask: expected shape [N, L], got {tuple(mask.shape)}")
     length = mask.shape[1]
-    positions = torch.where(mask, torch.arange(length), torch.full_like(mask, length, dtype=torch.int64))
+    if length == 0:
+        # min() over an empty dimension raises; no column means no True, so every row gets L = 0
+        return torch.zeros(mask.shape[0], dtype=torch.int64, device=mask.device)
+    positions = torch.where(mask, torch.arange(length, device=mask.device),
+                            torch.full_like(mask, length, dtype=torch.int64))
     return positions.min(dim=1).values
 
 

@@ -141,10 +141,10 @@ def generate(
     ``prompts``: a list of token-id lists (ragged allowed), a single list, or a ``[B, T]`` /
     ``[T]`` tensor. ``seed`` or ``generator`` (a CPU ``torch.Generator``) fixes the sampling;
     neither is needed for greedy decoding (``temperature=0``). ``stop_tokens``: a row ends when
-    it samples one of them. ``on_token(row, token_id)`` is called for every generated token as
-    soon as it is chosen (stop tokens included), in generation order. ``prefill_chunk``: prompt
-    tokens per GPT-mode call (the state carries over between chunks); by default as many as keep
-    the logits of one call under 2**28 elements.
+    it samples one of them (ids in ``[0, vocab_size)``). ``on_token(row, token_id)`` is called
+    for every generated token as soon as it is chosen (stop tokens included), in generation
+    order. ``prefill_chunk``: prompt tokens per GPT-mode call (the state carries over between
+    chunks); by default as many as keep the logits of one call under 2**28 elements.
     """
     options = SamplingOptions(_as_float(temperature), _as_float(top_p), top_k)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "step"):
@@ -160,6 +160,9 @@ def generate(
     for token in stop_tokens:
         if isinstance(token, bool) or not isinstance(token, int) or token < 0:
             raise ValueError(f"stop_tokens: expected non-negative int token ids, got {token!r}")
+        if vocab_size is not None and token >= vocab_size:
+            # the model can never emit it, so the caller's stop condition would silently never fire
+            raise ValueError(f"stop_tokens: {token} is outside the model's vocabulary [0, {vocab_size})")
         stop_set.add(token)
     if on_token is not None and not callable(on_token):
         raise TypeError("on_token: expected a callable(row, token_id)")

@@ -4,7 +4,8 @@ Order of operations (the common convention): scale the logits by ``1 / temperatu
 ``top_k`` largest (``0`` = all), turn them into probabilities, keep the smallest set of most
 probable tokens whose probability reaches ``top_p`` (``1.0`` = all), renormalise, sample.
 ``temperature = 0`` is greedy (arg-max), whatever ``top_k``/``top_p``. Ties (in arg-max and at the
-top-k boundary) go to the smaller id.
+top-k boundary) go to the smaller id. A row with a NaN or without any finite logit (a model that
+diverged) is a ``ValueError`` in both modes rather than an arbitrary token.
 
 Sampling is by inverse CDF from uniforms the caller supplies (``uniforms [B]`` in ``[0, 1)``),
 so the random stream lives on a CPU ``torch.Generator`` whatever the logits' device, and the
@@ -85,12 +86,22 @@ def filtered_probabilities(logits: torch.Tensor, options: SamplingOptions) -> to
     return probabilities
 
 
+def _refuse_rows(usable: torch.Tensor) -> None:
+    if not bool(usable.all()):
+        rows = torch.nonzero(~usable).flatten().tolist()
+        raise ValueError(f"logits: row(s) {rows[:8]} give no finite distribution (NaN or no finite value)")
+
+
 def sample_next(logits: torch.Tensor, options: SamplingOptions, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Next token ids ``[B]`` (int64, on the logits' device)."""
     logits = _check_logits(logits)
     if not isinstance(options, SamplingOptions):
         raise TypeError(f"options: expected SamplingOptions, got {type(options).__name__}")
     if options.greedy:
+        # argmax would quietly return 0 (or the NaN's index) for a diverged model; refuse such
+        # rows as the sampling path below does (NaN anywhere, or no finite logit at all)
+        usable = torch.isfinite(logits).any(dim=1) & ~torch.isnan(logits).any(dim=1)
+        _refuse_rows(usable)
         return torch.argmax(logits, dim=1)
     if uniforms is None:
         raise ValueError("uniforms: sampling with temperature > 0 needs one uniform number per row")
@@ -98,10 +109,7 @@ def sample_next(logits: torch.Tensor, options: SamplingOptions, uniforms: torch.
     probabilities = filtered_probabilities(logits, options)
     cumulative = torch.cumsum(probabilities, dim=1)
     # a row with no finite logit (a model that diverged) has no distribution to sample from
-    finite = torch.isfinite(cumulative[:, -1])
-    if not bool(finite.all()):
-        rows = torch.nonzero(~finite).flatten().tolist()
-        raise ValueError(f"logits: row(s) {rows[:8]} give no finite distribution (NaN or no finite value)")
+    _refuse_rows(torch.isfinite(cumulative[:, -1]))
     targets = uniforms.to(device=cumulative.device, dtype=torch.float64)[:, None] * cumulative[:, -1:]
     # first index whose cumulative mass exceeds the target: zero-probability tokens are never hit
     chosen = torch.searchsorted(cumulative, targets, right=True)[:, 0]

@@ -33,13 +33,23 @@ def _known(tokenizer: ABCTokenizer, field_name: str) -> list[str]:
     return sorted(t[len(prefix):-1] for t in tokenizer.tokens if t.startswith(prefix) and t.endswith("\n"))
 
 
+def _fraction_order(value: str) -> tuple:
+    """Order of ``N/D`` values by beat unit, then beats (2/2 3/2, 2/4 3/4 4/4, 6/8 9/8 12/8), and
+    anything else (free meter ``none``) last; string order would put 12/8 before 2/1."""
+    numerator, _, denominator = value.partition("/")
+    if numerator.isdigit() and denominator.isdigit():
+        return (0, int(denominator), int(numerator), value)
+    return (1, 0, 0, value)
+
+
 def known_keys(tokenizer: ABCTokenizer) -> list[str]:
     """Keys that occur often enough in training to be whole tokens (``K:G\\n``)."""
     return _known(tokenizer, "K")
 
 
 def known_meters(tokenizer: ABCTokenizer) -> list[str]:
-    return _known(tokenizer, "M")
+    """Meters whose header line is a token, in musical order (by beat unit, then beats)."""
+    return sorted(_known(tokenizer, "M"), key=_fraction_order)
 
 
 @dataclass(frozen=True)
@@ -66,31 +76,54 @@ def make_prompt(tokenizer: ABCTokenizer, *, key: str, meter: str, unit_length: s
     if not tokenizer.has_piece(f"M:{meter}\n"):
         raise ValueError(f"meter: unknown meter {meter!r}; the training tunes use {', '.join(known_meters(tokenizer))}")
     if not tokenizer.has_piece(f"L:{unit_length}\n"):
-        known = _known(tokenizer, "L")
+        known = sorted(_known(tokenizer, "L"), key=_fraction_order)
         raise ValueError(f"unit_length: unknown unit length {unit_length!r}; the training tunes use {', '.join(known)}")
     return TunePrompt(key, meter, unit_length)
 
 
 @dataclass
 class GeneratedTune:
+    """``finished``: the model ended the tune itself (sampled ``<tune>``) within ``max_tokens``;
+    otherwise the body is cut back to its last bar line (``cut_at_bar``), or kept whole when it
+    has none. ``tokens``: the sampled tokens the body holds, so counted after that cut."""
+
     prompt: TunePrompt
     body: str
-    finished: bool  # the model ended the tune itself (sampled <tune>) within max_tokens
+    finished: bool
     tokens: int
+    cut_at_bar: bool = False
 
     def abc(self, number: int = 1, title: str | None = None) -> str:
         return header_text(self.prompt.meter, self.prompt.unit_length, self.prompt.key, number=number, title=title) + self.body
 
 
-def _cut_unfinished(body: str) -> str:
-    """A tune stopped by the token limit ends at its last bar line, not mid-note."""
+def _last_bar_end(body: str) -> int:
+    """Characters of ``body`` up to the end of its last bar line; 0 when it has none."""
     end = 0
     position = 0
     for kind, piece in abc_pieces_with_kind(body):
         position += len(piece)
         if kind == "bar":
             end = position
-    return body[:end] if end else body
+    return end
+
+
+def _cut_unfinished(tokenizer: ABCTokenizer, ids: list[int]) -> tuple[str, int, bool]:
+    """``(body, tokens kept, cut at a bar)`` of a tune stopped by the token limit: it ends at its
+    last bar line, not mid-note. A body without any bar line (a very small limit) is kept whole,
+    as cutting it would leave a tune with no notes at all."""
+    body = tokenizer.decode(ids)
+    end = _last_bar_end(body)
+    if not end:
+        return body, len(ids), False
+    kept = 0
+    position = 0
+    for token_id in ids:
+        position += len(tokenizer.decode([token_id]))
+        if position > end:
+            break
+        kept += 1
+    return body[:end], kept, True
 
 
 def _check_model_output(logits: torch.Tensor, batch: int, vocab_size: int) -> None:
@@ -172,11 +205,12 @@ def generate_tunes(
                     break
                 logits, state = model.step(chosen.to(device), state)
             for index, row in enumerate(rows):
-                body = tokenizer.decode(generated[index])
-                if not finished[index]:
-                    body = _cut_unfinished(body)
+                if finished[index]:
+                    body, kept, cut = tokenizer.decode(generated[index]), len(generated[index]), False
+                else:
+                    body, kept, cut = _cut_unfinished(tokenizer, generated[index])
                 if body and not body.endswith("\n"):
                     body += "\n"
-                bodies[row] = GeneratedTune(group[row], body, finished[index], len(generated[index]))
+                bodies[row] = GeneratedTune(group[row], body, finished[index], kept, cut)
         results.extend(bodies)  # type: ignore[arg-type]
     return results

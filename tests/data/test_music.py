@@ -324,3 +324,30 @@ def test_token_stream_layout(tokenizer):
     stream = token_stream([tune, tune], tokenizer).tolist()
     body = tokenizer.encode(tune.text)
     assert stream == [0] + body + [0] + body + [0]
+
+
+def test_key_error_examples_are_keys_generation_accepts(tokenizer):
+    """The examples the key error gives must be keys a user can pass to `music generate`."""
+    import re
+
+    with pytest.raises(ValueError) as error:
+        normalise_key("H")
+    examples = re.findall(r"'([^']+)'", str(error.value).split("e.g.", 1)[1].split(";", 1)[0])
+    assert len(examples) >= 3
+    for example in examples:
+        assert tokenizer.has_piece(f"K:{normalise_key(example)}\n"), example
+
+
+def test_tokenizer_load_names_the_file(tokenizer, tmp_path):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(FileNotFoundError, match=f"{missing}: no such file"):
+        ABCTokenizer.load(missing)
+    with pytest.raises(ValueError, match=f"{tmp_path}: not a file"):
+        ABCTokenizer.load(tmp_path)
+    cases = {"notes.md": "# heading\n", "other.json": '{"kind": "x"}', "tokens.json": '{"kind": "heron-abc-tokenizer"}',
+             "short.json": '{"kind": "heron-abc-tokenizer", "tokens": ["<tune>", "A"]}', "bytes.json": b"\xff\xfe"}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(ValueError, match=f"{path}: not a Heron ABC tokenizer JSON"):
+            ABCTokenizer.load(path)

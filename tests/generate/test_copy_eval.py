@@ -82,3 +82,17 @@ def test_first_error_positions_and_recovery_share():
     assert "first mistake at token 2" in by_hand.summary()
     exact = CopyEvalResult(1.0, 1.0, 1, 16, 4, [1.0], [12])
     assert exact.tokens_after_first_error() == 0.0 and "first mistake" not in exact.summary()
+
+
+def test_first_true_index_of_empty_rows_and_bad_masks():
+    from heron.generate.copy_eval import first_true_index
+
+    assert first_true_index(torch.zeros(2, 0, dtype=torch.bool)).tolist() == [0, 0]
+    assert first_true_index(torch.zeros(0, 3, dtype=torch.bool)).tolist() == []
+    assert first_true_index(torch.tensor([[False, True, True], [False] * 3])).tolist() == [1, 3]
+    with pytest.raises(TypeError, match="mask: expected a bool tensor"):
+        first_true_index(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="mask"):
+        first_true_index([[True]])
+    with pytest.raises(ValueError, match=r"mask: expected shape \[N, L\]"):
+        first_true_index(torch.zeros(3, dtype=torch.bool))

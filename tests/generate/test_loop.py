@@ -297,3 +297,13 @@ def test_property_random_batches_stop_tokens_and_sampling():
             assert len(tokens) == max_new or reason == "stop_token"
 
     check()
+
+
+def test_stop_tokens_outside_the_vocabulary_are_refused():
+    # a stop id the model can never emit would silently never stop the row
+    model = ToyROSAModel(vocab_size=12)
+    with pytest.raises(ValueError, match=r"stop_tokens: 99 is outside the model's vocabulary \[0, 12\)"):
+        generate(model, [[1]], 2, stop_tokens=[99])
+    with pytest.raises(ValueError, match="stop_tokens: 12"):
+        generate(model, [[1]], 2, stop_tokens=[3, 12])
+    assert generate(model, [[1]], 2, temperature=0.0, stop_tokens=[11]).prompt_lengths == [1]

@@ -109,3 +109,15 @@ def test_bad_inputs():
             sample_next(torch.tensor([[0.0, 1.0, 2.0], bad_row]), options, torch.full((2,), 0.5, dtype=torch.float64))
     with pytest.raises(TypeError, match="options"):
         sample_next(torch.zeros(1, 3), {"temperature": 0})
+
+
+def test_greedy_refuses_rows_without_a_usable_logit():
+    """Greedy decoding of a diverged model raises like sampling does, instead of token 0."""
+    greedy = SamplingOptions(temperature=0)
+    for bad_row in ([float("nan"), 1.0, 0.0], [float("-inf")] * 3, [0.0, float("nan"), 1.0], [float("nan")] * 3):
+        with pytest.raises(ValueError, match=r"row\(s\) \[1\] give no finite distribution"):
+            sample_next(torch.tensor([[0.0, 1.0, 2.0], bad_row]), greedy)
+    with pytest.raises(ValueError, match="no finite distribution"):
+        sample_next(torch.tensor([[float("nan"), 1.0]]), greedy)
+    # -inf entries beside finite ones are masked tokens, not a divergence
+    assert sample_next(torch.tensor([[float("-inf"), 1.0, 3.0]]), greedy).tolist() == [2]
