@@ -45,6 +45,8 @@ def run(args) -> int:
         raise ValueError(f"--digits must be >= 1, got {args.digits}")
     if args.samples is not None and args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     started = time.perf_counter()
     model = load(args.checkpoint, device=device).eval()

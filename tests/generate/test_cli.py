@@ -202,3 +202,11 @@ def test_copy_json_that_cannot_be_written_is_refused_up_front(tmp_path, capsys):
         assert main(["generate", "--checkpoint", str(tmp_path / "none.pth"), "--copy-eval",
                      "--copy-json", str(target)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_eval_refuses_a_non_positive_batch_size(tmp_path, capsys):
+    # 0 used to fall back to the default silently, while -1 was an error
+    for bad in ("0", "-1"):
+        assert main(["eval", "reverse", "--digits", "2", "--checkpoint", str(tmp_path / "none.pth"),
+                     "--batch-size", bad]) == 2
+        assert "--batch-size must be >= 1" in capsys.readouterr().err
