@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["resolve_device"]
+__all__ = ["check_output_path", "resolve_device"]
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(?::(\d+))?)$")
 
@@ -30,3 +30,20 @@ def resolve_device(value, option: str = "--device"):
         raise ValueError(f"{option} {value}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
                          f"(cuda:0 .. cuda:{count - 1})")
     return torch.device(text)
+
+
+def check_output_path(name: str, option: str, *, folder: bool) -> None:
+    """Refuse an output path that cannot be written (``folder``: a folder to create or reuse; else
+    a file) before the work that would fill it, which would otherwise fail only at the end."""
+    from pathlib import Path
+
+    path = Path(name)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {name}: is a file, expected a folder (existing or to be created)")
+    if not folder and path.is_dir():
+        raise ValueError(f"{option} {name}: is a folder, expected a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {name}: {parent} is a file, not a folder")
+            break

@@ -105,17 +105,9 @@ def _check_arguments(args) -> None:
 
 
 def _check_output_file(name: str, option: str) -> None:
-    """A results file that cannot be written would otherwise fail only after the whole run."""
-    from pathlib import Path
+    from heron.commands import check_output_path
 
-    path = Path(name)
-    if path.is_dir():
-        raise ValueError(f"{option} {name}: is a folder, expected a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {name}: {parent} is a file, not a folder")
-            break
+    check_output_path(name, option, folder=False)
 
 
 def _read_prompt_file(name: str) -> str:

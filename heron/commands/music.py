@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from heron.commands import check_output_path
+
 __all__ = ["add_parser"]
 
 
@@ -36,17 +38,8 @@ _non_negative_int = _int_at_least(0)
 
 
 def _check_out_dir(name: str | None) -> None:
-    """An --out that cannot become a folder would otherwise fail only after every tune is generated."""
-    if name is None:
-        return
-    path = Path(name)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {name}: is a file, expected a folder (existing or to be created)")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {name}: {parent} is a file, not a folder")
-            break
+    if name is not None:
+        check_output_path(name, "--out", folder=True)
 
 
 def _load_model(path: str, device):
