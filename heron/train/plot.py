@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", default=None, help="output file (default RUN_DIR/curve.png)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
-    print(plot_run(args.run_dir, args.png, args.title))
+    try:
+        print(plot_run(args.run_dir, args.png, args.title))
+    except (ValueError, OSError) as exc:  # the message says what is missing; no traceback
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0
 
 

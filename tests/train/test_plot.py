@@ -23,3 +23,14 @@ def test_plot_runs_writes_the_figure(tmp_path):
     (run / "eval.csv").write_text("step,eval_bits_per_token\n14,2.5\n28,2.2\n")
     png = plot_runs({"model": run}, tmp_path / "curves.png", "title")
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_command_line_reports_a_missing_run_in_one_line(capsys):
+    import pytest
+
+    from heron.train.plot import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["/no/such/run"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("python -m heron.train.plot: error: /no/such/run")
