@@ -140,6 +140,9 @@ class ChannelMix(nn.Module):
         if state is not None:
             if not isinstance(state, ChannelMixState):
                 raise TypeError(f"state must be a ChannelMixState or None, got {type(state).__name__}")
+            if not isinstance(state.x_prev, torch.Tensor) or not state.x_prev.is_floating_point():
+                got = state.x_prev.dtype if isinstance(state.x_prev, torch.Tensor) else type(state.x_prev).__name__
+                raise TypeError(f"state.x_prev must be a floating-point tensor [{B}, {C}], got {got}")
             if tuple(state.x_prev.shape) != (B, C):
                 raise ValueError(f"state.x_prev must have shape [{B}, {C}], got {tuple(state.x_prev.shape)}")
             if state.x_prev.device != x.device:

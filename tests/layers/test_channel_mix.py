@@ -110,6 +110,9 @@ def test_bad_inputs_raise_clear_errors():
         layer(torch.randn(2, 3, 9), torch.zeros(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="state.x_prev"):
         layer(x, torch.zeros(2, 3, dtype=torch.int64), ChannelMixState(torch.zeros(3, 8)))
+    for bad in (None, torch.zeros(2, 8, dtype=torch.int64)):
+        with pytest.raises(TypeError, match="state.x_prev must be a floating-point tensor"):
+            layer(x, torch.zeros(2, 3, dtype=torch.int64), ChannelMixState(bad))
     assert not hasattr(ChannelMix(make_config(deep_embed=False), 0), "enn")
 
 
