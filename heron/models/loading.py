@@ -92,11 +92,10 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        # torch's first line says what failed; the rest advises weights_only=False, which would
-        # run the file's pickled code and is not what a model file needs
-        reason = (str(exc).strip().splitlines() or [""])[0]
+        # torch's own message advises weights_only=False, which would run the file's pickled code
+        # and is never what a model file needs: name the failure only (--debug shows the rest)
         raise ValueError(f"{path} is not a model file: neither a PyTorch state dict nor Heron safetensors "
-                         f"({type(exc).__name__}: {reason})") from None
+                         f"(torch.load: {type(exc).__name__})") from exc
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]

@@ -249,7 +249,7 @@ def test_corrupt_files(tmp_path, rc00_file):
     junk.write_bytes(b"this is not a checkpoint" * 10)
     with pytest.raises(ValueError, match="is not a model file") as failure:
         load(junk)
-    assert "weights_only=False" not in str(failure.value) and "\n" not in str(failure.value)
+    assert "weights_only" not in str(failure.value) and "\n" not in str(failure.value)
     from heron.train.checkpoint import save_checkpoint
 
     training = save_checkpoint({"step": 1}, tmp_path / "run" / "checkpoint.pt")
