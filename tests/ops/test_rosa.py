@@ -312,12 +312,14 @@ def test_bad_inputs_raise_named_errors():
         rosa(x, backend="cuda")
 
 
-def test_mismatched_devices_raise_value_error():
-    # A meta tensor has no values to validate; compare devices with an empty one instead.
+def test_tensors_off_the_cpu_and_cuda_are_named():
+    # A meta tensor has no symbols to read: named before any value is read back (which used to
+    # fail with "Cannot copy out of meta tensor"), empty or not
     x = torch.zeros(0, dtype=torch.int64)
-    meta = torch.zeros(0, dtype=torch.int64, device="meta")
-    with pytest.raises(ValueError, match="one device"):
-        rosa_qkv(x, x, meta)
+    for length in (0, 3):
+        meta = torch.zeros(length, dtype=torch.int64, device="meta")
+        with pytest.raises(ValueError, match="v must be on the CPU or a CUDA device, got meta"):
+            rosa_qkv(x if length == 0 else long_tensor([0, 1, 1]), x if length == 0 else long_tensor([0, 1, 1]), meta)
 
 
 def pack_bits_loop(x: torch.Tensor, bits: int) -> torch.Tensor:

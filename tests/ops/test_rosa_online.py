@@ -1,5 +1,6 @@
 """OnlineROSA (incremental QKV ROSA) equals rosa_qkv on the same history (spec/ROSA.md §5)."""
 
+import copy
 import random
 import time
 
@@ -202,3 +203,32 @@ def test_constant_stream_steps_stay_cheap():
     OnlineROSA(1, backend="cpu")  # build / load outside the timing
     random_time = min(run(random_bits) for _ in range(3))
     assert min(run(zeros) for _ in range(3)) < 8 * random_time
+
+
+def test_threads_sharing_one_object_are_serialised():
+    """The C++ bank releases the GIL: two threads extending one object used to corrupt it (abort)."""
+    import threading
+
+    online = OnlineROSA(8)
+    generator = torch.Generator().manual_seed(0)
+    chunks = [torch.randint(0, 2, (8, 20000), generator=generator) for _ in range(4)]
+    outputs = {}
+
+    def work(i):
+        outputs[i] = online.extend(chunks[i], chunks[i], chunks[i])
+        online.copy()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert online.length == 4 * 20000
+    q, k, v = online.history()
+    # whatever order the threads ran in, the result is that of one stream of the four chunks
+    replay = OnlineROSA(8, backend="cpu").extend(q, k, v)
+    order = [i for start in range(0, 4 * 20000, 20000) for i in range(4)
+             if torch.equal(q[:, start:start + 20000], chunks[i])]
+    assert sorted(order) == [0, 1, 2, 3]
+    torch.testing.assert_close(torch.cat([outputs[i] for i in order], dim=1), replay, rtol=0, atol=0)
+    assert copy.deepcopy(online).length == online.length

@@ -160,6 +160,20 @@ def test_single_step_matches_reference(B):
     assert relative_l2(y32, y_ref) < 1e-5 and relative_l2(s32, s_ref) < 1e-5
 
 
+def test_single_step_output_dtype_and_validation():
+    B, H, N = 2, 3, 4
+    r, w, k, v, a, b, state = make_inputs(B, 1, H, N, seed=9)
+    inputs = [x[:, 0].bfloat16() for x in (r, w, k, v, a, b)]
+    y, new_state = wkv7_step(*inputs, state.float())
+    assert y.dtype == torch.bfloat16 and new_state.dtype == torch.float32  # y in r's dtype, as documented
+    with pytest.raises(ValueError, match=r"state must be \[B, H, N, N\]"):
+        wkv7_step(*inputs, state.float()[0])  # [H, N, N] used to broadcast over the batch
+    with pytest.raises(TypeError, match="state must be a floating-point tensor"):
+        wkv7_step(*inputs, state.long())
+    with pytest.raises(ValueError, match="k must have r's shape"):
+        wkv7_step(inputs[0], inputs[1], inputs[2][:1], *inputs[3:], state.float())
+
+
 @pytest.mark.parametrize("shape", [(0, 6, 2, 4), (1, 6, 0, 4), (1, 6, 2, 0), (1, 0, 2, 4)])
 @pytest.mark.parametrize("backend", ["chunked", "reference"])
 def test_empty_dimensions_give_empty_outputs(shape, backend):

@@ -104,6 +104,8 @@ def _check_symbol_layout(name: str, tensor) -> None:
         raise ValueError(
             f"{name} must have shape [T], [B, T] or [B, T, S], got {tuple(tensor.shape)}"
         )
+    if tensor.device.type not in ("cpu", "cuda"):  # e.g. meta tensors: there are no symbols to read
+        raise ValueError(f"{name} must be on the CPU or a CUDA device, got {tensor.device}")
 
 
 def _check_symbol_tensors(named) -> list[tuple[torch.Tensor, int]]:

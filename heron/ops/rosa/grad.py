@@ -104,8 +104,9 @@ class EstimatorConfig:
     def __post_init__(self):
         if not isinstance(self.estimator, str) or self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
-            raise ValueError(f"tau must be a positive float, got {self.tau!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 < self.tau < float("inf"):
+            # (an infinite floor would silently zero every input gradient)
+            raise ValueError(f"tau must be a positive finite float, got {self.tau!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be a positive int, got {self.window!r}")
         if self.max_gain is not None and (
@@ -409,7 +410,9 @@ class _on_device:
 
 def flip_deltas_reference(q, k, v, val, bits: int, window: int, *, token: bool, want=(True, True, True)):
     """Pure-Python :func:`flip_deltas`: every flipped stream is re-run from scratch with the plain
-    suffix automaton and scored through ``val`` (positions ``t .. t+window-1`` only)."""
+    suffix automaton and scored through ``val``: positions ``t .. t+window-1`` only, except for
+    value flips, which are scored everywhere (the kernels' closed form: a value flip changes only
+    the outputs that copy it, wherever they are, docs/estimators.md)."""
     S, T = val.shape[0], val.shape[1]
     table = val.detach().cpu().double()
     qs, ks, vs = (t.detach().cpu().tolist() for t in (q, k, v))
@@ -425,7 +428,7 @@ def flip_deltas_reference(q, k, v, val, bits: int, window: int, *, token: bool, 
                     for which in ("qkv" if name == "token" else name):
                         streams[which][t] ^= 1 << m
                     y = rosa_qkv_automaton(streams["q"], streams["k"], streams["v"])
-                    end = min(T, t + window)
+                    end = T if name == "v" else min(T, t + window)
                     out[name][s, t, m] = sum(float(table[s, i, y[i] + 1]) - base[i] for i in range(t, end))
     result = {n: d.to(val.dtype).to(val.device) for n, d in out.items()}
     if token:
@@ -675,12 +678,19 @@ class _QKVROSA(torch.autograd.Function):
             for i, (inp, delta) in enumerate(zip((q, k, v), deltas)):
                 if want[i]:
                     grads[i] = _finish(_from_streams(delta, B, G), inp, config.tau)
+            if ctx.shared:  # bound what the one input receives, not its two parts apart
+                grads = _merge_key_into_query(grads)
             grads = _bound_gain(grads, grad_out, config.max_gain)
         if ctx.shared:
-            present = [g for g in grads[:2] if g is not None]
-            grads[0] = present[0] + present[1] if len(present) == 2 else (present[0] if present else None)
-            grads[1] = None
+            grads = _merge_key_into_query(grads)
         return grads[0], grads[1], grads[2], grad_table, None, None, None
+
+
+def _merge_key_into_query(grads: list) -> list:
+    """Shared keys (``k is q``): the key gradient is part of the query's (idempotent)."""
+    query, key = grads[0], grads[1]
+    merged = query + key if query is not None and key is not None else (query if query is not None else key)
+    return [merged, None, grads[2]]
 
 
 def _wants_retrieval(config: EstimatorConfig, x: torch.Tensor) -> bool:

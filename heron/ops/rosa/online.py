@@ -19,6 +19,7 @@ same job (exact, but quadratic on constant or periodic streams).
 from __future__ import annotations
 
 import copy as _copy
+import threading
 
 import torch
 
@@ -34,6 +35,9 @@ class OnlineROSA:
     ``push(q, k, v)`` takes int ``[S]`` tensors (one step of every stream) and returns int64 ``[S]``;
     ``extend(q, k, v)`` takes ``[S, T]`` and returns ``[S, T]``. ``backend``: ``"auto"`` (C++ when it
     builds, else Python), ``"cpu"`` (C++ or raise), ``"python"``.
+
+    Calls on one object from several threads are serialised (the C++ bank releases the GIL while
+    it works, and two extends at once corrupted it); separate objects run in parallel.
     """
 
     def __init__(self, num_streams: int, *, backend: str = "auto"):
@@ -43,6 +47,7 @@ class OnlineROSA:
             raise ValueError(f"num_streams must be >= 0, got {num_streams}")
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self._lock = threading.Lock()
         self._bank = None
         self._automata: list[SuffixAutomatonROSA] | None = None
         self._queries: list[list[int]] | None = None
@@ -104,16 +109,17 @@ class OnlineROSA:
     def _extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         device = q.device
         q, k, v = (t.detach().to("cpu", torch.int64).contiguous() for t in (q, k, v))
-        if self._bank is not None:
-            out = self._bank.extend(q, k, v)
-        else:
-            rows = []
-            for stream, (qs, ks, vs) in enumerate(zip(q.tolist(), k.tolist(), v.tolist())):
-                automaton = self._automata[stream]
-                self._queries[stream].extend(qs)
-                rows.append([automaton.push(a, b, c) for a, b, c in zip(qs, ks, vs)])
-            out = torch.tensor(rows, dtype=torch.int64).reshape(q.shape)
-        self._length += q.shape[1]
+        with self._lock:
+            if self._bank is not None:
+                out = self._bank.extend(q, k, v)
+            else:
+                rows = []
+                for stream, (qs, ks, vs) in enumerate(zip(q.tolist(), k.tolist(), v.tolist())):
+                    automaton = self._automata[stream]
+                    self._queries[stream].extend(qs)
+                    rows.append([automaton.push(a, b, c) for a, b, c in zip(qs, ks, vs)])
+                out = torch.tensor(rows, dtype=torch.int64).reshape(q.shape)
+            self._length += q.shape[1]
         return out.to(device)
 
     def push(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -130,12 +136,17 @@ class OnlineROSA:
     def copy(self) -> "OnlineROSA":
         """An independent deep copy (beam search, branching prompts)."""
         clone = OnlineROSA.__new__(OnlineROSA)
+        clone._lock = threading.Lock()
         clone._num_streams = self._num_streams
-        clone._length = self._length
-        clone._bank = self._bank.copy() if self._bank is not None else None
-        clone._automata = _copy.deepcopy(self._automata)
-        clone._queries = _copy.deepcopy(self._queries)
+        with self._lock:
+            clone._length = self._length
+            clone._bank = self._bank.copy() if self._bank is not None else None
+            clone._automata = _copy.deepcopy(self._automata)
+            clone._queries = _copy.deepcopy(self._queries)
         return clone
+
+    def __deepcopy__(self, memo) -> "OnlineROSA":
+        return self.copy()
 
     def select(self, stream_index: torch.Tensor) -> "OnlineROSA":
         """A new OnlineROSA whose stream ``i`` is a copy of stream ``stream_index[i]`` of this one
@@ -153,22 +164,25 @@ class OnlineROSA:
                 f"[{int(index.min())}, {int(index.max())}]"
             )
         chosen = OnlineROSA.__new__(OnlineROSA)
+        chosen._lock = threading.Lock()
         chosen._num_streams = index.numel()
-        chosen._length = self._length
-        if self._bank is not None:
-            chosen._bank = self._bank.select(index)
-            chosen._automata = chosen._queries = None
-        else:
-            chosen._bank = None
-            chosen._automata = [_copy.deepcopy(self._automata[i]) for i in index.tolist()]
-            chosen._queries = [list(self._queries[i]) for i in index.tolist()]
+        with self._lock:
+            chosen._length = self._length
+            if self._bank is not None:
+                chosen._bank = self._bank.select(index)
+                chosen._automata = chosen._queries = None
+            else:
+                chosen._bank = None
+                chosen._automata = [_copy.deepcopy(self._automata[i]) for i in index.tolist()]
+                chosen._queries = [list(self._queries[i]) for i in index.tolist()]
         return chosen
 
     # ---- serialization
     def history(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The pushed ``q``, ``k``, ``v`` (int64 ``[S, T]`` each, CPU)."""
         if self._bank is not None:
-            q, k, v = self._bank.history()
+            with self._lock:
+                q, k, v = self._bank.history()
             return q, k, v
         shape = (self.num_streams, self.length)
         q = torch.tensor(self._queries, dtype=torch.int64).reshape(shape)

@@ -3,6 +3,12 @@
 Official: ``w`` is the log of the log-decay (decay = exp(-exp(w))), state ``[B, H, N_v, N_k]``.
 fla (``chunk_rwkv7`` / ``fused_recurrent_rwkv7``): the decay input is the log-decay itself
 (decay = exp(log_decay)), state ``[B, H, N_k, N_v]``. ``r, k, v, a, b`` are the same tensors.
+
+The decay converters compute in the input's dtype and read no values (no checks, no host sync):
+in float32 ``exp`` leaves its range beyond ``|w|`` of about 87 (``w = -120`` gives a log-decay of
+``-0.0`` and back ``w = -inf``; ``w = 100`` a log-decay of ``-inf``), so convert in float64 for
+exact round trips of extreme values. A log-decay ``>= 0`` (no decay, or growth) has no official
+``w``: it converts to ``nan`` (``> 0``) or ``-inf`` (``0``).
 """
 
 from __future__ import annotations
