@@ -151,12 +151,24 @@ def _binidx_prefix(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix in (".bin", ".idx") else path
 
 
+def _binidx_file(prefix: Path, extension: str) -> Path:
+    """``PREFIX.bin`` / ``PREFIX.idx``: appended, since ``with_suffix`` would replace a dotted
+    part of the prefix (``my.data.v2`` -> ``my.data.bin``, another file)."""
+    return prefix.with_name(prefix.name + extension)
+
+
+def binidx_exists(path: str | Path) -> bool:
+    """Whether ``path`` names a binidx pair (``PREFIX``, ``PREFIX.bin`` or ``PREFIX.idx``)."""
+    prefix = _binidx_prefix(path)
+    return _binidx_file(prefix, ".bin").is_file() and _binidx_file(prefix, ".idx").is_file()
+
+
 def read_binidx(path: str | Path) -> np.ndarray:
     """Token stream of a binidx pair (``PREFIX``, ``PREFIX.bin`` or ``PREFIX.idx``) as a read-only
     memmap of the ``.bin`` file; the ``.idx`` header is validated against it. The official
     converter already ends every document with token 0, so nothing is inserted."""
     prefix = _binidx_prefix(path)
-    index_path, data_path = prefix.with_suffix(".idx"), prefix.with_suffix(".bin")
+    index_path, data_path = _binidx_file(prefix, ".idx"), _binidx_file(prefix, ".bin")
     for required in (index_path, data_path):
         if not required.exists():
             raise FileNotFoundError(f"data: binidx file {required} not found")
@@ -202,10 +214,10 @@ def write_binidx(path: str | Path, documents: Sequence[Sequence[int]], dtype=np.
     pointers = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) * dtype.itemsize)[:-1]]).astype(np.int64) \
         if len(arrays) else np.zeros(0, dtype=np.int64)
     document_index = np.arange(len(arrays) + 1, dtype=np.int64)
-    with prefix.with_suffix(".bin").open("wb") as handle:
+    with _binidx_file(prefix, ".bin").open("wb") as handle:
         for array in arrays:
             handle.write(array.astype(dtype).tobytes())
-    with prefix.with_suffix(".idx").open("wb") as handle:
+    with _binidx_file(prefix, ".idx").open("wb") as handle:
         handle.write(_BINIDX_MAGIC)
         handle.write(struct.pack("<Q", 1))
         handle.write(struct.pack("<B", _BINIDX_CODES[dtype]))
@@ -259,7 +271,7 @@ def load_token_file(path: str | Path, tokenizer="world", cache_dir: str | Path |
     once into a cached memmap keyed by the file's content hash and the tokenizer."""
     path = Path(path)
     prefix = _binidx_prefix(path)
-    if path.suffix in (".bin", ".idx") or (not path.exists() and prefix.with_suffix(".idx").exists()):
+    if path.suffix in (".bin", ".idx") or (not path.exists() and _binidx_file(prefix, ".idx").exists()):
         return read_binidx(prefix)
     if not path.exists():
         raise FileNotFoundError(f"data: {path} not found")
@@ -660,7 +672,10 @@ class TextSource:
         if separators.size and cut - separators[-1] <= max(self.seq_len, self.num_tokens // 100):
             cut = int(separators[-1]) + 1
         if cut < self.seq_len + 1 or self.num_tokens - cut < self.seq_len + 1:
-            raise ValueError(f"fraction: {fraction} leaves fewer than seq_len + 1 tokens on one side")
+            raise ValueError(
+                f"data: {self.num_tokens} tokens are too few to hold out {fraction:g} of them for validation with "
+                f"seq_len {self.seq_len}: each side needs at least seq_len + 1 = {self.seq_len + 1} tokens "
+                f"(give more data, a shorter seq_len, or another validation_fraction)")
         return (TextSource(self.tokens[:cut], self.seq_len, self.vocab_size, self.name + ":train", self.repeats),
                 TextSource(self.tokens[cut:], self.seq_len, self.vocab_size, self.name + ":validation"))
 

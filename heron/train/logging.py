@@ -44,7 +44,12 @@ class RunLogger:
             return
         out.mkdir(parents=True, exist_ok=True)
         for path in (self.train_path, self.eval_path):
-            _truncate_csv(path, start_step)
+            if start_step == 0:
+                # a fresh run: logs left by a run that died before its first checkpoint are not
+                # this run's (their metric columns may even differ)
+                path.unlink(missing_ok=True)
+            else:
+                _truncate_csv(path, start_step)
         if self.eval_path.is_file():
             with open(self.eval_path, newline="", encoding="utf-8") as handle:
                 self.eval_fields = next(csv.reader(handle), None)

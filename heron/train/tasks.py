@@ -180,6 +180,11 @@ def _save_with_heron(model: nn.Module, out: Path) -> Path:
     return save(model, out / "model.safetensors")
 
 
+def _check_count(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"task option {name}: expected an int >= {low}, got {value!r}")
+
+
 NEXT_TOKEN_METRICS = ("eval_loss", "eval_bits_per_token", "next_token_accuracy")
 
 
@@ -345,9 +350,14 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     # reported before any data is read; it applies to the training rows only.
     repeats = text.RepeatAugmentation(**{name: options[name] for name in TEXT_REPEAT_OPTIONS})
     paths = [options["data"]] if isinstance(options["data"], str) else list(options["data"])
-    missing = [str(path) for path in paths if not Path(path).exists()]
+    missing = [str(path) for path in paths if not Path(path).exists() and not text.binidx_exists(path)]
     if missing:
         raise FileNotFoundError(f"task 'text': data file(s) not found: {', '.join(missing)}")
+    resolved = [Path(path).resolve() for path in paths]
+    repeated = sorted({str(path) for path, full in zip(paths, resolved) if resolved.count(full) > 1})
+    if repeated:
+        # the held-out tail would then also be training data: a meaningless validation loss
+        raise ValueError(f"task 'text': data file(s) given more than once: {', '.join(repeated)}")
     if paths:
         train_source, validation = text.TextSource.from_files(
             paths, options["seq_len"], tokenizer=options["tokenizer"]).holdout(options["validation_fraction"])
@@ -357,6 +367,7 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     train_source = train_source.with_repeats(repeats)
     model, identity = _language_model({**TEXT_MODEL, "vocab_size": train_source.vocab_size}, config)
     eval_batches = config.eval_samples or options["eval_batches"]
+    _check_count("eval_batches", options["eval_batches"], low=1)  # checked now, not after the training
     eval_rows = max(1, min(config.batch_size, 64))
 
     # The copy protocol of `heron generate --copy-eval` (issue 7) at every evaluation, on the
@@ -409,6 +420,8 @@ def _build_abc_task(config: TrainConfig) -> TaskSetup:
     options = _options(config, {"seq_len": 512, "min_count": 2, "eval_batches": 0, "eval_max_len": 2048})
     train_source, validation = music.make_batch_sources(options["seq_len"], min_count=options["min_count"])
     model, identity = _language_model({**ABC_MODEL, "vocab_size": train_source.vocab_size}, config)
+    _check_count("eval_batches", options["eval_batches"], low=0)  # checked now, not after the training
+    _check_count("eval_max_len", options["eval_max_len"], low=1)
     eval_batches = config.eval_samples or options["eval_batches"]  # 0: every validation tune
 
     def evaluate(model, device, autocast) -> dict[str, float]:

@@ -413,15 +413,17 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
                 return TrainResult(step, False, recent, metrics, saved, model_file, losses, reason)
             if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
                 saved = checkpoint(step, elapsed)
-        # Still under the signal handler: a Ctrl-C during the final evaluation waits for it, so the
-        # last checkpoint and the model file are always written (a second Ctrl-C aborts).
+        # Still under the signal handler (a Ctrl-C waits for the end; a second one aborts). The
+        # checkpoint and the model file come before the final evaluation, so an evaluation that
+        # fails (a bad evaluation option, a metric that cannot be logged) loses nothing.
         log_interval()
         if step > start_step:
-            metrics = evaluate(step)
             saved = checkpoint(step, elapsed_before + time.perf_counter() - started)
         else:  # resuming a finished run: no second evaluation row, and the checkpoints stay as they are
             saved = Path(resume)
         model_file = export()
+        if step > start_step:
+            metrics = evaluate(step)
         context.barrier()
     if math.isnan(last_logged_loss):
         summary = f"done: step {step} (the run had already finished; no new steps)"

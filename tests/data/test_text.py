@@ -101,6 +101,17 @@ def test_binidx_round_trip(tmp_path):
     assert source.num_tokens == len(stream)
 
 
+def test_binidx_prefixes_with_dots_name_their_own_files(tmp_path):
+    """PREFIX.bin / PREFIX.idx are appended to the prefix: with_suffix replaced its last dotted
+    part, so my.data.v2 read my.data.bin (another file, when one existed)."""
+    write_binidx(tmp_path / "my.data", [[9, 9, 9]], dtype=np.uint16)  # the file the bug would read
+    prefix = write_binidx(tmp_path / "my.data.v2", [[1, 2, 3, 0]], dtype=np.uint16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my.data.bin", "my.data.idx", "my.data.v2.bin",
+                                                          "my.data.v2.idx"]
+    for spelled in (prefix, tmp_path / "my.data.v2.bin", tmp_path / "my.data.v2.idx"):
+        assert load_token_file(spelled).tolist() == [1, 2, 3, 0]
+
+
 def test_binidx_validation(tmp_path):
     prefix = write_binidx(tmp_path / "data", [[1, 2, 3]], dtype=np.uint16)
     with prefix.with_suffix(".bin").open("ab") as handle:

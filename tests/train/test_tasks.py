@@ -110,6 +110,28 @@ def test_text_task_missing_data(tmp_path):
         train(config)
 
 
+def test_text_task_takes_a_binidx_prefix_and_refuses_repeated_files(tmp_path):
+    from heron.data.text import write_binidx
+
+    prefix = write_binidx(tmp_path / "corpus.v1", [list(range(1, 2000)) + [0]] * 3)
+    setup = get_task("text").build(_config(tmp_path / "run", "text", task_options={"data": [str(prefix)], "seq_len": 32}))
+    assert setup.sources.at(0).num_tokens > 0
+    text_file = tmp_path / "a.txt"
+    text_file.write_text("hello world " * 200)
+    with pytest.raises(ValueError, match="given more than once: .*a.txt"):
+        get_task("text").build(_config(tmp_path / "run2", "text", task_options={
+            "data": [str(text_file), str(tmp_path / "." / "a.txt")], "tokenizer": "bytes", "seq_len": 32}))
+
+
+def test_evaluation_options_are_checked_before_training(tmp_path):
+    text_file = tmp_path / "a.txt"
+    text_file.write_text("hello world " * 400)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="task option eval_batches: expected an int >= 1"):
+            get_task("text").build(_config(tmp_path / "run", "text", task_options={
+                "data": [str(text_file)], "tokenizer": "bytes", "seq_len": 32, "eval_batches": bad}))
+
+
 def test_abc_task(tmp_path):
     pytest.importorskip("music21")
     config = _config(tmp_path, "abc", steps=2, batch_size=2, warmup=1, eval_samples=1,

@@ -286,3 +286,29 @@ def test_a_fresh_run_refuses_a_folder_with_only_a_previous_checkpoint(tmp_path):
     (tmp_path / CHECKPOINT_NAME).unlink()  # the crash window between the rotation and the rename
     with pytest.raises(ValueError, match="already holds a training checkpoint"):
         train(synthetic.config(tmp_path, steps=2))
+
+
+def test_a_fresh_run_replaces_logs_left_without_a_checkpoint(tmp_path):
+    # a run killed before its first checkpoint leaves CSVs, maybe with other metric columns
+    (tmp_path / "eval.csv").write_text("step,copy_exact_share,eval_loss\n2,0,1\n")
+    (tmp_path / "train.csv").write_text("step,loss\n1,9\n2,9\n")
+    result = train(synthetic.config(tmp_path, steps=2))
+    assert result.finished
+    rows = (tmp_path / "eval.csv").read_text().splitlines()
+    assert rows[0] == "step,eval_bits_per_token,eval_loss,next_token_accuracy" and len(rows) == 2
+    assert [line.split(",")[0] for line in (tmp_path / "train.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_a_failing_final_evaluation_keeps_the_checkpoint_and_model(tmp_path, monkeypatch):
+    def build(config):
+        setup = synthetic.TASK.build(config)
+
+        def broken(model, device, autocast):
+            raise ValueError("evaluation scored no tokens")
+
+        return dataclasses.replace(setup, evaluate=broken)
+
+    monkeypatch.setitem(tasks._REGISTRY, synthetic.NAME, dataclasses.replace(synthetic.TASK, build=build))
+    with pytest.raises(ValueError, match="scored no tokens"):
+        train(synthetic.config(tmp_path, steps=3))
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 3 and (tmp_path / "model.pt").is_file()
