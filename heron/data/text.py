@@ -146,6 +146,18 @@ _BINIDX_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16)
                  np.dtype(np.int32): 4, np.dtype(np.int64): 5, np.dtype(np.uint16): 8}
 
 
+def fingerprint(tokens: np.ndarray, sample: int = 1 << 20) -> str:
+    """A cheap identity of a token stream for resume checks: its length and a sha256 of its first
+    and last ``sample`` tokens and of ``sample`` tokens spread evenly over it (a changed, shortened
+    or swapped file changes it; reading a sample keeps a start on a large memmap fast)."""
+    tokens = np.asarray(tokens)
+    digest = hashlib.sha256(f"{tokens.size}|{tokens.dtype}".encode())
+    stride = max(1, tokens.size // sample)
+    for part in (tokens[:sample], tokens[-sample:], tokens[::stride][:sample]):
+        digest.update(np.ascontiguousarray(part).astype(np.int64).tobytes())
+    return f"{tokens.size} tokens, sha256 {digest.hexdigest()[:16]}"
+
+
 def _binidx_prefix(path: str | Path) -> Path:
     path = Path(path)
     return path.with_suffix("") if path.suffix in (".bin", ".idx") else path

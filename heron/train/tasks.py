@@ -71,6 +71,9 @@ class TaskSetup:
     export: Callable[[nn.Module, Path], Path] | None = None
     # The names `evaluate` reports, so `--keep-best` is checked before the first step
     metrics: tuple[str, ...] = ()
+    # What a resumed run's data must match (data read from files; generated data follows from
+    # the configuration, which the checkpoint already pins)
+    data_identity: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -388,7 +391,9 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
 
     return TaskSetup(Curriculum([(0, train_source)]), train_source.vocab_size, model, identity, evaluate,
                      _save_with_heron,
-                     metrics=NEXT_TOKEN_METRICS + (("copy_token_accuracy", "copy_exact_share") if copy_trials else ()))
+                     metrics=NEXT_TOKEN_METRICS + (("copy_token_accuracy", "copy_exact_share") if copy_trials else ()),
+                     data_identity={"train": text.fingerprint(train_source.tokens),
+                                    "validation": text.fingerprint(validation.tokens)})
 
 
 def _copy_metrics(model, pool, trials: int, seed: int) -> dict[str, float]:

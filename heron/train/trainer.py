@@ -147,6 +147,13 @@ def _read_resume_checkpoint(path: Path, config: TrainConfig, setup: TaskSetup) -
     if payload["model_config"] != setup.model_identity:
         changes = trajectory_differences({"model": payload["model_config"]}, {"model": setup.model_identity})
         raise ValueError(f"checkpoint {path} is from another model configuration: " + "; ".join(changes))
+    saved_data = payload.get("data")
+    if saved_data is not None and setup.data_identity is not None and saved_data != setup.data_identity:
+        changed = [f"{part}: {saved_data.get(part)} -> {setup.data_identity.get(part)}"
+                   for part in sorted(set(saved_data) | set(setup.data_identity))
+                   if saved_data.get(part) != setup.data_identity.get(part)]
+        raise ValueError(f"--resume: the training data changed since checkpoint {path} ({'; '.join(changed)}); "
+                         "resume with the original files, or start a new run in a fresh --out directory")
     changes = trajectory_differences(payload["config"], config.to_dict())
     if changes:
         raise ValueError(
@@ -260,6 +267,7 @@ def _train(config, task, device: torch.device, context: DistributedContext, resu
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
             "model_config": setup.model_identity,
+            "data": setup.data_identity,
             "model": model_state,
             "optimizer": optimizer_state,
             "step": step,

@@ -1,5 +1,7 @@
 """A few steps of every registered task, through the real data modules and models."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -130,6 +132,20 @@ def test_evaluation_options_are_checked_before_training(tmp_path):
         with pytest.raises(ValueError, match="task option eval_batches: expected an int >= 1"):
             get_task("text").build(_config(tmp_path / "run", "text", task_options={
                 "data": [str(text_file)], "tokenizer": "bytes", "seq_len": 32, "eval_batches": bad}))
+
+
+def test_resume_refuses_changed_training_data(tmp_path):
+    text_file = tmp_path / "a.txt"
+    text_file.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    options = {"data": [str(text_file)], "tokenizer": "bytes", "seq_len": 32}
+    small = {"n_layer": 1, "n_embd": 32, "head_size": 16}
+    config = _config(tmp_path / "run", "text", steps=3, batch_size=2, time_limit=1e-9, model_config=small,
+                     task_options=options)
+    first = train(config)
+    assert not first.finished
+    text_file.write_text("the quick brown fox jumps over the lazy cat. " * 50)  # edited between the slices
+    with pytest.raises(ValueError, match="the training data changed since checkpoint .*train: .* tokens"):
+        train(dataclasses.replace(config, time_limit=0.0), resume=first.checkpoint)
 
 
 def test_abc_task(tmp_path):
