@@ -109,12 +109,17 @@ def iter_documents(path: str | Path) -> Iterable[bytes]:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"data: {path}:{line_number} is not valid JSON ({exc.msg})") from None
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"data: {path}:{line_number} is not valid UTF-8 ({exc.reason})") from None
                 if isinstance(record, dict):
                     record = record.get("text")
                 if not isinstance(record, str):
                     raise ValueError(f"data: {path}:{line_number}: expected an object with a \"text\" string "
                                      "or a JSON string")
-                yield record.encode("utf-8")
+                try:
+                    yield record.encode("utf-8")
+                except UnicodeEncodeError as exc:  # a lone surrogate escaped in the JSON ("\ud800")
+                    raise ValueError(f"data: {path}:{line_number}: the text is not valid Unicode ({exc.reason})") from None
     else:
         raise ValueError(f"data: {path} has an unsupported extension {path.suffix!r}; "
                          "expected .txt, .jsonl or a binidx prefix (.bin/.idx)")

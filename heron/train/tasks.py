@@ -352,7 +352,14 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     # The repeat augmentation (off unless repeat_prob > 0) is built first, so a bad value is
     # reported before any data is read; it applies to the training rows only.
     repeats = text.RepeatAugmentation(**{name: options[name] for name in TEXT_REPEAT_OPTIONS})
-    paths = [options["data"]] if isinstance(options["data"], str) else list(options["data"])
+    data = options["data"]
+    listed = [data] if isinstance(data, str) else data
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(path, str) for path in listed):
+        raise ValueError(f"task option data: expected a file path or a list of paths, got {data!r}")
+    paths = [data] if isinstance(data, str) else list(data)
+    folders = [path for path in paths if Path(path).is_dir()]
+    if folders:
+        raise ValueError(f"task 'text': data must be files (.txt, .jsonl, binidx), not folders: {', '.join(folders)}")
     missing = [str(path) for path in paths if not Path(path).exists() and not text.binidx_exists(path)]
     if missing:
         raise FileNotFoundError(f"task 'text': data file(s) not found: {', '.join(missing)}")

@@ -197,6 +197,8 @@ def lower_is_better(metric: str) -> bool:
 
 def _train(config, task, device: torch.device, context: DistributedContext, resume) -> TrainResult:
     out = Path(config.out)
+    # before the model is built or a file written (the first step would find it otherwise)
+    context.shard(config.batch_size // config.grad_accum)
     if resume is None and ((out / CHECKPOINT_NAME).exists() or previous_path(out / CHECKPOINT_NAME).exists()):
         raise ValueError(
             f"{out} already holds a training checkpoint: continue it with --resume, or choose a fresh --out"

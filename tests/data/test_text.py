@@ -112,6 +112,19 @@ def test_binidx_prefixes_with_dots_name_their_own_files(tmp_path):
         assert load_token_file(spelled).tolist() == [1, 2, 3, 0]
 
 
+def test_jsonl_encoding_errors_name_file_and_line(tmp_path):
+    from heron.data.text import iter_documents
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl:2 is not valid UTF-8"):
+        list(iter_documents(broken))
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"text": "\\ud800"}\n')
+    with pytest.raises(ValueError, match=r"surrogate.jsonl:1: the text is not valid Unicode"):
+        list(iter_documents(surrogate))
+
+
 def test_binidx_validation(tmp_path):
     prefix = write_binidx(tmp_path / "data", [[1, 2, 3]], dtype=np.uint16)
     with prefix.with_suffix(".bin").open("ab") as handle:

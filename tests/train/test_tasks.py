@@ -148,6 +148,13 @@ def test_resume_refuses_changed_training_data(tmp_path):
         train(dataclasses.replace(config, time_limit=0.0), resume=first.checkpoint)
 
 
+def test_text_data_option_must_name_files(tmp_path):
+    for bad, message in ((5, "task option data: expected a file path or a list of paths"),
+                         ([str(tmp_path)], "data must be files .* not folders")):
+        with pytest.raises(ValueError, match=message):
+            get_task("text").build(_config(tmp_path / "run", "text", task_options={"data": bad, "seq_len": 32}))
+
+
 def test_abc_task(tmp_path):
     pytest.importorskip("music21")
     config = _config(tmp_path, "abc", steps=2, batch_size=2, warmup=1, eval_samples=1,

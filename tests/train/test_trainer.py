@@ -312,3 +312,14 @@ def test_a_failing_final_evaluation_keeps_the_checkpoint_and_model(tmp_path, mon
     with pytest.raises(ValueError, match="scored no tokens"):
         train(synthetic.config(tmp_path, steps=3))
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 3 and (tmp_path / "model.pt").is_file()
+
+
+def test_a_batch_that_processes_cannot_share_is_refused_before_anything_is_written(tmp_path):
+    from heron.train.distributed import DistributedContext
+    from heron.train.trainer import _train
+
+    config = synthetic.config(tmp_path / "run", steps=2, batch_size=3)
+    two_processes = DistributedContext(rank=0, world_size=2)
+    with pytest.raises(ValueError, match="cannot be split evenly over 2 processes"):
+        _train(config, synthetic.TASK, torch.device("cpu"), two_processes, None)
+    assert not (tmp_path / "run").exists()
