@@ -201,6 +201,9 @@ def read_binidx(path: str | Path) -> np.ndarray:
         raise ValueError(f"data: {index_path} declares dtype code {dtype_code}; expected an integer dtype")
     dtype = np.dtype(_BINIDX_DTYPES[dtype_code])
     sequence_count, _document_count = struct.unpack("<QQ", header[18:34])
+    if 34 + 4 * sequence_count > index_path.stat().st_size:
+        raise ValueError(f"data: {index_path} declares {sequence_count} sequences but is too short to hold their "
+                         "sizes (a truncated or damaged index)")
     sizes = np.memmap(index_path, dtype=np.int32, mode="r", offset=34, shape=(sequence_count,)) \
         if sequence_count else np.zeros(0, dtype=np.int32)
     total = int(sizes.sum(dtype=np.int64))

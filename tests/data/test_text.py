@@ -112,6 +112,18 @@ def test_binidx_prefixes_with_dots_name_their_own_files(tmp_path):
         assert load_token_file(spelled).tolist() == [1, 2, 3, 0]
 
 
+def test_binidx_index_claiming_too_many_sequences_is_named(tmp_path):
+    import struct
+
+    prefix = write_binidx(tmp_path / "data", [[1, 2, 3]], dtype=np.uint16)
+    index = tmp_path / "data.idx"
+    raw = bytearray(index.read_bytes())
+    raw[18:26] = struct.pack("<Q", 10**6)
+    index.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"data.idx declares 1000000 sequences but is too short"):
+        read_binidx(prefix)
+
+
 def test_jsonl_encoding_errors_name_file_and_line(tmp_path):
     from heron.data.text import iter_documents
 
