@@ -38,12 +38,9 @@ def _check(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.digits > 60:
         raise ValueError(f"--digits must be at most 60 (the reversal task's range), got {args.digits}")
-    from heron.train.distributed import resolve_device
+    from heron.commands import resolve_device
 
-    try:  # before the banner and the run folder
-        resolve_device(args.device)
-    except ValueError as exc:
-        raise ValueError(f"--device: {exc}") from None
+    resolve_device(args.device)  # before the banner and the run folder
 
 
 # What a demo run writes into its folder (the trainer's files; the demo turns TensorBoard off).

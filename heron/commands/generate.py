@@ -101,13 +101,9 @@ def _check_arguments(args) -> None:
         if token < 0:
             raise ValueError(f"--stop-token: expected a token id >= 0, got {token}")
     if args.copy_json is not None:
-        _check_output_file(args.copy_json, "--copy-json")
+        from heron.commands import check_output_path
 
-
-def _check_output_file(name: str, option: str) -> None:
-    from heron.commands import check_output_path
-
-    check_output_path(name, option, folder=False)
+        check_output_path(args.copy_json, "--copy-json", folder=False)
 
 
 def _read_prompt_file(name: str) -> str:

@@ -50,14 +50,15 @@ def _check_max_gain(value, name: str) -> None:
 
 def _check_estimator_fields(config, owner: str) -> None:
     """``rosa_estimator`` and ``rosa_tau`` are checked even for a model without ROSA blocks, so a
-    typo fails where it is made rather than when ROSA is switched on later."""
-    from heron.ops.rosa.grad import ESTIMATORS
+    typo fails where it is made rather than when ROSA is switched on later. The ROSA layers'
+    own :class:`~heron.ops.rosa.grad.EstimatorConfig` does the checking; its message ("estimator
+    must ...", "tau must ...") gets the config field's name."""
+    from heron.ops.rosa.grad import EstimatorConfig
 
-    if config.rosa_estimator not in ESTIMATORS:
-        raise ValueError(f"{owner}.rosa_estimator must be one of {ESTIMATORS}, got {config.rosa_estimator!r}")
-    tau = config.rosa_tau
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
-        raise ValueError(f"{owner}.rosa_tau must be a positive finite number, got {tau!r}")
+    try:
+        EstimatorConfig(config.rosa_estimator, config.rosa_tau)
+    except ValueError as exc:
+        raise ValueError(f"{owner}.rosa_{exc}") from None
 
 
 def default_lora_rank(n_embd: int, factor: float) -> int:

@@ -346,9 +346,8 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
                                 **TEXT_REPEAT_OPTIONS})
     copy_trials, copy_seed, copy_pool_size = options["copy_trials"], options["copy_seed"], options["copy_pool"]
     for name, value, low in (("copy_trials", copy_trials, 0), ("copy_seed", copy_seed, 0),
-                             ("copy_pool", copy_pool_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+                             ("copy_pool", copy_pool_size, 1), ("eval_batches", options["eval_batches"], 1)):
+        _check_count(name, value, low)  # now, not after the training
     # The repeat augmentation (off unless repeat_prob > 0) is built first, so a bad value is
     # reported before any data is read; it applies to the training rows only.
     repeats = text.RepeatAugmentation(**{name: options[name] for name in TEXT_REPEAT_OPTIONS})
@@ -356,7 +355,7 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     listed = [data] if isinstance(data, str) else data
     if not isinstance(listed, (list, tuple)) or not all(isinstance(path, str) for path in listed):
         raise ValueError(f"task option data: expected a file path or a list of paths, got {data!r}")
-    paths = [data] if isinstance(data, str) else list(data)
+    paths = list(listed)
     folders = [path for path in paths if Path(path).is_dir()]
     if folders:
         raise ValueError(f"task 'text': data must be files (.txt, .jsonl, binidx), not folders: {', '.join(folders)}")
@@ -377,7 +376,6 @@ def _build_text_task(config: TrainConfig) -> TaskSetup:
     train_source = train_source.with_repeats(repeats)
     model, identity = _language_model({**TEXT_MODEL, "vocab_size": train_source.vocab_size}, config)
     eval_batches = config.eval_samples or options["eval_batches"]
-    _check_count("eval_batches", options["eval_batches"], low=1)  # checked now, not after the training
     eval_rows = max(1, min(config.batch_size, 64))
 
     # The copy protocol of `heron generate --copy-eval` (issue 7) at every evaluation, on the
